@@ -1,0 +1,165 @@
+"""Command lines behind `scripts/*.py` and the `charjax-*` entry points: flags -> library calls.
+
+Problems the user can fix (`CharjaxError`, bad flag values) end as one line on stderr and exit
+code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+
+from charjax.config import Config
+from charjax.errors import CharjaxError
+
+_DEFAULTS = Config()
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """'0.2,0.5' -> (0.2, 0.5); '' -> ()."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _config_flag(parser, name: str, help: str, type: Callable, **kw) -> None:
+    """A flag for Config field `name`, left out of the namespace unless given (for --resume)."""
+    default = getattr(_DEFAULTS, name)
+    shown = ",".join(f"{t:g}" for t in default) if isinstance(default, tuple) else default
+    parser.add_argument(
+        "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+        type=type, help=f"{help} (default: {shown})", **kw,
+    )
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="charjax-train",
+        description="Train the char-level LSTM (defaults = the Keras Nietzsche example).",
+    )
+    _config_flag(p, "text", "corpus: 'nietzsche' or a path to a UTF-8 text file", type=str,
+                 metavar="PATH")
+    _config_flag(p, "max_chars", "use only the first N chars of the text; 0 = all", type=int,
+                 metavar="N")
+    _config_flag(p, "epochs", "epochs to train in total (a resumed run counts earlier ones)",
+                 type=int)
+    _config_flag(p, "batch_size", "windows per optimizer step", type=int)
+    _config_flag(p, "maxlen", "window length in chars", type=int)
+    _config_flag(p, "step", "stride between window starts", type=int)
+    _config_flag(p, "hidden", "LSTM units", type=int)
+    _config_flag(p, "learning_rate", "RMSprop learning rate", type=float)
+    _config_flag(p, "seed", "seed of every PRNG key (init, data order, samples)", type=int)
+    _config_flag(p, "keep", "checkpoints to keep on disk", type=int)
+    _config_flag(p, "sample_length", "chars generated per temperature after each epoch", type=int)
+    _config_flag(p, "temperatures", "comma list of sampling temperatures; '' = no samples",
+                 type=_floats)
+    _config_flag(p, "steps_per_call", "optimizer steps per jitted call (speed only)", type=int)
+    p.add_argument("--checkpoint-dir", default="checkpoints/",
+                   help="where checkpoints go (default: checkpoints/)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --checkpoint-dir from its latest epoch")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return p
+
+
+def sample_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="charjax-sample",
+        description="Generate text from a checkpoint. Text goes to stdout, diagnostics to stderr.",
+    )
+    p.add_argument("--checkpoint-dir", default="checkpoints/",
+                   help="run directory written by charjax-train (default: checkpoints/)")
+    p.add_argument("--epoch", type=int, default=None, help="epoch to load (default: latest)")
+    p.add_argument("--prime", default=None,
+                   help="text to start from (default: the first maxlen chars of the training text)")
+    p.add_argument("--length", type=int, default=400, help="chars to generate (default: 400)")
+    p.add_argument("--temperature", type=_floats, default=(0.5,),
+                   help="temperature, or a comma list; 0 = greedy (default: 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
+    p.add_argument("--mode", choices=("window", "stateful"), default="window",
+                   help="window: re-read the last maxlen chars each step, like the original; "
+                   "stateful: carry the LSTM state (default: window)")
+    p.add_argument("--num-samples", type=int, default=1, help="samples per temperature (default: 1)")
+    p.add_argument("--top-k", type=int, default=0, help="keep only the k likeliest chars; 0 = off")
+    p.add_argument("--top-p", type=_finite, default=1.0,
+                   help="nucleus: keep the likeliest chars up to this mass; 1 = off (default: 1)")
+    p.add_argument("--unknown", choices=("error", "skip"), default="error",
+                   help="prime chars outside the vocabulary: error (default) or skip them")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return p
+
+
+def _run(main: Callable[[argparse.Namespace], int], parser, argv) -> int:
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except CharjaxError as e:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from charjax import runner
+
+    given = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
+    runner.train_run(Config(**given), args.checkpoint_dir, resume=args.resume, given=given)
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import jax
+
+    from charjax import checkpoint, data, sample, train
+
+    ckpts = checkpoint.Checkpoints(args.checkpoint_dir, create=False)
+    try:
+        meta = ckpts.meta(args.epoch)
+        cfg = checkpoint.config_of(meta)
+        vocab = data.Vocab(meta["vocab"])
+        like = jax.eval_shape(lambda: train.init_state(jax.random.key(0), vocab.size, cfg))
+        params = ckpts.restore(like, meta["epoch"]).params
+    finally:
+        ckpts.close()
+    prime = meta["prime"] if args.prime is None else args.prime
+    prime = prime.lower() if cfg.lower else prime
+    unknown = vocab.unknown(prime)
+    if unknown and args.unknown == "error":
+        raise CharjaxError(
+            f"prime characters not in the vocabulary: {unknown!r}; remove them or pass "
+            "--unknown skip"
+        )
+    if unknown:
+        print(f"skipping prime characters not in the vocabulary: {unknown!r}", file=sys.stderr)
+        prime = "".join(c for c in prime if c not in unknown)
+    print(f"epoch {meta['epoch']}, mode {args.mode}, prime {prime[-cfg.maxlen:]!r}",
+          file=sys.stderr)
+    ids = sample.generate(
+        params, vocab.encode(prime), jax.random.key(args.seed), list(args.temperature),
+        length=args.length, mode=args.mode, maxlen=cfg.maxlen, num_samples=args.num_samples,
+        top_k=args.top_k, top_p=args.top_p,
+    ).reshape(-1, args.length)
+    for text in map(vocab.decode, ids):
+        print(text, flush=True)
+    return 0
+
+
+def train_main(argv=None) -> int:
+    return _run(_train, train_parser(), argv)
+
+
+def sample_main(argv=None) -> int:
+    return _run(_sample, sample_parser(), argv)

@@ -1,0 +1,75 @@
+"""The one frozen configuration of a run; its defaults are the original Keras example's settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+from charjax.errors import CharjaxError
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that decides a run's numbers (and a few knobs that only decide its speed/output)."""
+
+    text: str = "nietzsche"  # corpus: "nietzsche" (downloaded/cached) or a path to a UTF-8 file
+    max_chars: int = 0  # use only the first N chars of the corpus; 0 = all
+    lower: bool = True  # lower-case the text, as the original does
+    maxlen: int = 60  # window length in chars
+    step: int = 3  # stride between window starts
+    hidden: int = 128  # LSTM units
+    batch_size: int = 128  # windows per optimizer step (last partial batch included)
+    epochs: int = 60  # passes over all windows
+    learning_rate: float = 0.01  # RMSprop learning rate
+    rho: float = 0.9  # RMSprop decay of the squared-gradient average (Keras `rho`)
+    epsilon: float = 1e-7  # RMSprop epsilon, added inside the square root (Keras 3)
+    seed: int = 0  # root of every PRNG key: init, data order, samples
+    steps_per_call: int = 10  # optimizer steps per jitted call (speed only, same numbers)
+    sample_length: int = 400  # chars generated per temperature after each epoch
+    temperatures: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)  # empty = no per-epoch samples
+    keep: int = 5  # checkpoints kept on disk
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["temperatures"] = list(self.temperatures)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        """Inverse of `to_dict`; unknown keys (from newer versions) are ignored."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if "temperatures" in kw:
+            kw["temperatures"] = tuple(float(t) for t in kw["temperatures"])
+        return cls(**kw)
+
+    def replace(self, **changes) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def check(self) -> Config:
+        """Raise a `CharjaxError` naming the first nonsensical value; return self otherwise."""
+        positive = ("maxlen", "step", "hidden", "batch_size", "steps_per_call", "keep")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise CharjaxError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("epochs", "max_chars", "sample_length"):
+            if getattr(self, name) < 0:
+                raise CharjaxError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise CharjaxError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+        if not (0 <= self.rho < 1 and self.epsilon > 0):
+            raise CharjaxError(f"RMSprop needs 0 <= rho < 1 and epsilon > 0, got {self.rho}, {self.epsilon}")
+        if any(not math.isfinite(t) or t < 0 for t in self.temperatures):
+            raise CharjaxError(
+                f"--temperatures must be finite numbers >= 0, got {list(self.temperatures)}"
+            )
+        return self
+
+
+# Fields that change the trained numbers; a resumed run must agree with the checkpoint on these.
+MATH_FIELDS = (
+    "text", "max_chars", "lower", "maxlen", "step", "hidden", "batch_size",
+    "learning_rate", "rho", "epsilon", "seed",
+)

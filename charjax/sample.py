@@ -1,0 +1,149 @@
+"""Text generation in one jitted program: window (faithful) or stateful mode, batched.
+
+`generate` compiles once per (length, mode, maxlen, model shape, batch); temperatures, top-k,
+top-p, prime contents and keys are traced, so changing them never recompiles.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from charjax import model
+from charjax.errors import CharjaxError
+
+MODES = ("window", "stateful")
+
+
+def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Set logits outside the top-k (k > 0) and outside the top-p nucleus (p < 1) to -inf."""
+    vocab = logits.shape[-1]
+    ranked = jnp.sort(logits)[::-1]
+    kth = ranked[jnp.clip(top_k - 1, 0, vocab - 1)]
+    logits = jnp.where((top_k > 0) & (logits < kth), -jnp.inf, logits)
+    # Nucleus: keep the most probable chars until their mass reaches p (the first always stays).
+    probs = jax.nn.softmax(logits)
+    sorted_probs = jnp.sort(probs)[::-1]
+    mass_before = jnp.cumsum(sorted_probs) - sorted_probs
+    cutoff = jnp.min(jnp.where(mass_before < top_p, sorted_probs, jnp.inf))
+    return jnp.where((top_p < 1.0) & (probs < cutoff), -jnp.inf, logits)
+
+
+def pick(keys: jax.Array, logits: jax.Array, temperatures, top_k, top_p) -> jax.Array:
+    """One char id per row of logits float32[S, V] (keys [S], temperatures [S]); T = 0 is argmax.
+
+    Dividing logits by T is the original's `exp(log(p)/T)` reweighting, done on logits so that
+    zero probabilities never reach a log. Filtering runs only when top-k or top-p is on.
+    """
+    safe_t = jnp.where(temperatures > 0, temperatures, 1.0)
+    scaled = logits / safe_t[:, None]
+    scaled = lax.cond(
+        (top_k > 0) | (top_p < 1.0),
+        lambda x: jax.vmap(filter_logits, in_axes=(0, None, None))(x, top_k, top_p),
+        lambda x: x,
+        scaled,
+    )
+    drawn = jax.vmap(jax.random.categorical)(keys, scaled)
+    return jnp.where(temperatures > 0, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("length", "mode"))
+def _generate(params, prime, valid, keys, temperatures, top_k, top_p, *, length, mode):
+    """prime int32[P] left-padded (valid bool[P]); keys [S, length]; -> ids int32[S, length]."""
+    samples = temperatures.shape[0]
+    window = jnp.broadcast_to(prime, (samples, prime.shape[0]))
+    carry, logits = model.forward(params, window, valid=valid)
+
+    if mode == "window":
+        # Each step re-reads the last `len(prime)` chars from a zero state, like the original.
+        def step(loop, step_keys):
+            window, valid, logits = loop
+            ids = pick(step_keys, logits, temperatures, top_k, top_p)
+            window = jnp.concatenate([window[:, 1:], ids[:, None]], axis=1)
+            valid = jnp.concatenate([valid[1:], jnp.ones((1,), bool)])
+            _, logits = model.forward(params, window, valid=valid)
+            return (window, valid, logits), ids
+
+        loop = (window, valid, logits)
+    else:
+        # Carry (h, c) across steps: O(1) work per char.
+        def step(loop, step_keys):
+            carry, logits = loop
+            ids = pick(step_keys, logits, temperatures, top_k, top_p)
+            carry, logits = model.forward(params, ids[:, None], carry)
+            return (carry, logits), ids
+
+        loop = (carry, logits)
+    _, ids = lax.scan(step, loop, jnp.swapaxes(keys, 0, 1))
+    return jnp.swapaxes(ids, 0, 1)
+
+
+def _pad_prime(prime_ids, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad to `size` (keeping the last `size` ids) with a validity mask."""
+    prime_ids = np.asarray(prime_ids, np.int32)[-size:] if size else np.zeros(0, np.int32)
+    pad = size - prime_ids.shape[0]
+    return (
+        np.concatenate([np.zeros(pad, np.int32), prime_ids]),
+        np.arange(size) >= pad,
+    )
+
+
+def _check(temperatures: np.ndarray, top_k: int, top_p: float, length: int, vocab: int) -> None:
+    if not np.all(np.isfinite(temperatures)) or np.any(temperatures < 0):
+        raise CharjaxError(
+            f"temperature must be a finite number >= 0 (0 = greedy), got {temperatures.tolist()}"
+        )
+    if not 0 <= top_k <= vocab:
+        raise CharjaxError(f"top-k must be between 0 (off) and the vocabulary size {vocab}")
+    if not (0 < top_p <= 1):
+        raise CharjaxError(f"top-p must be in (0, 1] (1 = off), got {top_p}")
+    if length < 0:
+        raise CharjaxError(f"length must be >= 0, got {length}")
+
+
+def generate(
+    params: dict,
+    prime_ids,
+    key: jax.Array,
+    temperature,
+    *,
+    length: int,
+    mode: str = "window",
+    maxlen: int = 60,
+    num_samples: int = 1,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> jax.Array:
+    """Generate `length` char ids after `prime_ids`.
+
+    temperature: a number or 1-D list; the result is int32[*temperature.shape, length], with a
+    sample axis before `length` when `num_samples > 1`. Each (temperature, sample) gets its own
+    key split from `key`, so a fixed key always gives the same texts. `mode="window"` feeds the
+    model the last `maxlen` chars at every step from a zero state (the original); "stateful"
+    carries the LSTM state, reading the whole prime once.
+    """
+    if mode not in MODES:
+        raise CharjaxError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    temps = np.asarray(temperature, np.float32)
+    vocab, _ = model.shape_of(params)
+    _check(temps, top_k, top_p, length, vocab)
+    if num_samples < 1:
+        raise CharjaxError(f"num-samples must be >= 1, got {num_samples}")
+    flat_t = np.repeat(temps.reshape(-1), num_samples)
+    prime_len = len(prime_ids)
+    if mode == "window":
+        size = maxlen
+    else:  # bucket prime lengths (powers of two) so most primes share one compilation
+        size = max(maxlen, 1 << max(prime_len - 1, 0).bit_length())
+    prime, valid = _pad_prime(prime_ids, size)
+    keys = jax.vmap(lambda k: jax.random.split(k, length))(jax.random.split(key, flat_t.size))
+    ids = _generate(
+        params, prime, valid, keys, jnp.asarray(flat_t), jnp.int32(top_k), jnp.float32(top_p),
+        length=length, mode=mode,
+    )
+    shape = temps.shape + ((num_samples,) if num_samples > 1 else ()) + (length,)
+    return ids.reshape(shape)
