@@ -46,7 +46,9 @@ class Checkpoints:
         """Write epoch `epoch` (state pytree + JSON-able meta) and prune old ones."""
         self._manager.save(
             epoch,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
             force=True,
         )
         self._manager.wait_until_finished()
@@ -69,7 +71,9 @@ class Checkpoints:
 
     def meta(self, epoch: int | None = None) -> dict:
         epoch = self._epoch_or_latest(epoch)
-        restored = self._manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        restored = self._manager.restore(
+            epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        )
         return restored["meta"]
 
     def restore(self, like, epoch: int | None = None):
@@ -85,8 +89,9 @@ class Checkpoints:
         self._manager.close()
 
 
-def make_meta(cfg: Config, vocab_chars: str, corpus_sha256: str, epoch: int, metrics: dict,
-              prime: str) -> dict:
+def make_meta(
+    cfg: Config, vocab_chars: str, corpus_sha256: str, epoch: int, metrics: dict, prime: str
+) -> dict:
     """The JSON that makes a checkpoint self-contained."""
     return {
         "format": 1,

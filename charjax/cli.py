@@ -39,8 +39,12 @@ def _config_flag(parser, name: str, help: str, type: Callable, **kw) -> None:
     default = getattr(_DEFAULTS, name)
     shown = ",".join(f"{t:g}" for t in default) if isinstance(default, tuple) else default
     parser.add_argument(
-        "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-        type=type, help=f"{help} (default: {shown})", **kw,
+        "--" + name.replace("_", "-"),
+        dest=name,
+        default=argparse.SUPPRESS,
+        type=type,
+        help=f"{help} (default: {shown})",
+        **kw,
     )
 
 
@@ -49,12 +53,15 @@ def train_parser() -> argparse.ArgumentParser:
         prog="charjax-train",
         description="Train the char-level LSTM (defaults = the Keras Nietzsche example).",
     )
-    _config_flag(p, "text", "corpus: 'nietzsche' or a path to a UTF-8 text file", type=str,
-                 metavar="PATH")
-    _config_flag(p, "max_chars", "use only the first N chars of the text; 0 = all", type=int,
-                 metavar="N")
-    _config_flag(p, "epochs", "epochs to train in total (a resumed run counts earlier ones)",
-                 type=int)
+    _config_flag(
+        p, "text", "corpus: 'nietzsche' or a path to a UTF-8 text file", type=str, metavar="PATH"
+    )
+    _config_flag(
+        p, "max_chars", "use only the first N chars of the text; 0 = all", type=int, metavar="N"
+    )
+    _config_flag(
+        p, "epochs", "epochs to train in total (a resumed run counts earlier ones)", type=int
+    )
     _config_flag(p, "batch_size", "windows per optimizer step", type=int)
     _config_flag(p, "maxlen", "window length in chars", type=int)
     _config_flag(p, "step", "stride between window starts", type=int)
@@ -63,13 +70,20 @@ def train_parser() -> argparse.ArgumentParser:
     _config_flag(p, "seed", "seed of every PRNG key (init, data order, samples)", type=int)
     _config_flag(p, "keep", "checkpoints to keep on disk", type=int)
     _config_flag(p, "sample_length", "chars generated per temperature after each epoch", type=int)
-    _config_flag(p, "temperatures", "comma list of sampling temperatures; '' = no samples",
-                 type=_floats)
+    _config_flag(
+        p, "temperatures", "comma list of sampling temperatures; '' = no samples", type=_floats
+    )
     _config_flag(p, "steps_per_call", "optimizer steps per jitted call (speed only)", type=int)
-    p.add_argument("--checkpoint-dir", default="checkpoints/",
-                   help="where checkpoints go (default: checkpoints/)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run saved in --checkpoint-dir from its latest epoch")
+    p.add_argument(
+        "--checkpoint-dir",
+        default="checkpoints/",
+        help="where checkpoints go (default: checkpoints/)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run saved in --checkpoint-dir from its latest epoch",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
@@ -79,24 +93,48 @@ def sample_parser() -> argparse.ArgumentParser:
         prog="charjax-sample",
         description="Generate text from a checkpoint. Text goes to stdout, diagnostics to stderr.",
     )
-    p.add_argument("--checkpoint-dir", default="checkpoints/",
-                   help="run directory written by charjax-train (default: checkpoints/)")
+    p.add_argument(
+        "--checkpoint-dir",
+        default="checkpoints/",
+        help="run directory written by charjax-train (default: checkpoints/)",
+    )
     p.add_argument("--epoch", type=int, default=None, help="epoch to load (default: latest)")
-    p.add_argument("--prime", default=None,
-                   help="text to start from (default: the first maxlen chars of the training text)")
+    p.add_argument(
+        "--prime",
+        default=None,
+        help="text to start from (default: the first maxlen chars of the training text)",
+    )
     p.add_argument("--length", type=int, default=400, help="chars to generate (default: 400)")
-    p.add_argument("--temperature", type=_floats, default=(0.5,),
-                   help="temperature, or a comma list; 0 = greedy (default: 0.5)")
+    p.add_argument(
+        "--temperature",
+        type=_floats,
+        default=(0.5,),
+        help="temperature, or a comma list; 0 = greedy (default: 0.5)",
+    )
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
-    p.add_argument("--mode", choices=("window", "stateful"), default="window",
-                   help="window: re-read the last maxlen chars each step, like the original; "
-                   "stateful: carry the LSTM state (default: window)")
-    p.add_argument("--num-samples", type=int, default=1, help="samples per temperature (default: 1)")
+    p.add_argument(
+        "--mode",
+        choices=("window", "stateful"),
+        default="window",
+        help="window: re-read the last maxlen chars each step, like the original; "
+        "stateful: carry the LSTM state (default: window)",
+    )
+    p.add_argument(
+        "--num-samples", type=int, default=1, help="samples per temperature (default: 1)"
+    )
     p.add_argument("--top-k", type=int, default=0, help="keep only the k likeliest chars; 0 = off")
-    p.add_argument("--top-p", type=_finite, default=1.0,
-                   help="nucleus: keep the likeliest chars up to this mass; 1 = off (default: 1)")
-    p.add_argument("--unknown", choices=("error", "skip"), default="error",
-                   help="prime chars outside the vocabulary: error (default) or skip them")
+    p.add_argument(
+        "--top-p",
+        type=_finite,
+        default=1.0,
+        help="nucleus: keep the likeliest chars up to this mass; 1 = off (default: 1)",
+    )
+    p.add_argument(
+        "--unknown",
+        choices=("error", "skip"),
+        default="error",
+        help="prime chars outside the vocabulary: error (default) or skip them",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
@@ -145,13 +183,21 @@ def _sample(args: argparse.Namespace) -> int:
     if unknown:
         print(f"skipping prime characters not in the vocabulary: {unknown!r}", file=sys.stderr)
         prime = "".join(c for c in prime if c not in unknown)
-    print(f"epoch {meta['epoch']}, mode {args.mode}, prime {prime[-cfg.maxlen:]!r}",
-          file=sys.stderr)
     ids = sample.generate(
-        params, vocab.encode(prime), jax.random.key(args.seed), list(args.temperature),
-        length=args.length, mode=args.mode, maxlen=cfg.maxlen, num_samples=args.num_samples,
-        top_k=args.top_k, top_p=args.top_p,
+        params,
+        vocab.encode(prime),
+        jax.random.key(args.seed),
+        list(args.temperature),
+        length=args.length,
+        mode=args.mode,
+        maxlen=cfg.maxlen,
+        num_samples=args.num_samples,
+        top_k=args.top_k,
+        top_p=args.top_p,
     ).reshape(-1, args.length)
+    print(
+        f"epoch {meta['epoch']}, mode {args.mode}, prime {prime[-cfg.maxlen :]!r}", file=sys.stderr
+    )
     for text in map(vocab.decode, ids):
         print(text, flush=True)
     return 0

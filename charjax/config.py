@@ -11,7 +11,7 @@ from charjax.errors import CharjaxError
 
 @dataclass(frozen=True)
 class Config:
-    """Everything that decides a run's numbers (and a few knobs that only decide its speed/output)."""
+    """Everything that decides a run's numbers, plus a few knobs for speed and output."""
 
     text: str = "nietzsche"  # corpus: "nietzsche" (downloaded/cached) or a path to a UTF-8 file
     max_chars: int = 0  # use only the first N chars of the corpus; 0 = all
@@ -53,14 +53,22 @@ class Config:
         positive = ("maxlen", "step", "hidden", "batch_size", "steps_per_call", "keep")
         for name in positive:
             if getattr(self, name) < 1:
-                raise CharjaxError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise CharjaxError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         for name in ("epochs", "max_chars", "sample_length"):
             if getattr(self, name) < 0:
-                raise CharjaxError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                raise CharjaxError(
+                    f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
+                )
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise CharjaxError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+            raise CharjaxError(
+                f"--learning-rate must be a positive number, got {self.learning_rate}"
+            )
         if not (0 <= self.rho < 1 and self.epsilon > 0):
-            raise CharjaxError(f"RMSprop needs 0 <= rho < 1 and epsilon > 0, got {self.rho}, {self.epsilon}")
+            raise CharjaxError(
+                f"RMSprop needs 0 <= rho < 1 and epsilon > 0, got {self.rho}, {self.epsilon}"
+            )
         if any(not math.isfinite(t) or t < 0 for t in self.temperatures):
             raise CharjaxError(
                 f"--temperatures must be finite numbers >= 0, got {list(self.temperatures)}"
@@ -70,6 +78,15 @@ class Config:
 
 # Fields that change the trained numbers; a resumed run must agree with the checkpoint on these.
 MATH_FIELDS = (
-    "text", "max_chars", "lower", "maxlen", "step", "hidden", "batch_size",
-    "learning_rate", "rho", "epsilon", "seed",
+    "text",
+    "max_chars",
+    "lower",
+    "maxlen",
+    "step",
+    "hidden",
+    "batch_size",
+    "learning_rate",
+    "rho",
+    "epsilon",
+    "seed",
 )

@@ -26,7 +26,7 @@ NIETZSCHE_FILE = "nietzsche.txt"
 
 
 def cache_dir() -> Path:
-    """Where downloads live: $CHARJAX_CACHE_DIR, else $XDG_CACHE_HOME/charjax, else ~/.cache/charjax."""
+    """Where downloads live: $CHARJAX_CACHE_DIR, else $XDG_CACHE_HOME/charjax or ~/.cache/charjax."""
     if os.environ.get("CHARJAX_CACHE_DIR"):
         return Path(os.environ["CHARJAX_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -69,7 +69,7 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:
 
 
 def resolve_corpus(text: str, *, url: str = NIETZSCHE_URL, sha256: str = NIETZSCHE_SHA256) -> Path:
-    """Path of the corpus: a user path as given, or the Nietzsche file from data dir/cache/download."""
+    """Path of the corpus: a user path as given, or Nietzsche from data dir, cache or download."""
     if text != NIETZSCHE:
         path = Path(text).expanduser()
         if not path.exists():
@@ -108,7 +108,7 @@ def read_text(path: Path, *, max_chars: int = 0, lower: bool = True) -> str:
 
 @dataclass(frozen=True)
 class Vocab:
-    """Sorted distinct characters; a char's id is its index (as in the original's `char_indices`)."""
+    """Sorted distinct characters; a char's id is its index (the original's `char_indices`)."""
 
     chars: str
 

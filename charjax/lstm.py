@@ -36,7 +36,7 @@ def input_projection(params: dict, ids: jax.Array) -> jax.Array:
 
 
 def cell(recurrent_kernel: jax.Array, carry: tuple, xz: jax.Array) -> tuple:
-    """One step: (h, c) and the projected input xz float32[B, 4H] -> new (h, c), each float32[B, H]."""
+    """One step: (h, c) and the projected input xz float32[B, 4H] -> new (h, c) float32[B, H]."""
     h, c = carry
     z = xz + h @ recurrent_kernel
     i, f, g, o = jnp.split(z, 4, axis=-1)

@@ -33,7 +33,7 @@ class LSTM(nn.Module):
 
 
 class CharLSTM(nn.Module):
-    """ids int32[B, T] -> (final (h, c) each float32[B, H], logits float32[B, V] after the last step)."""
+    """ids int32[B, T] -> ((h, c) float32[B, H], logits float32[B, V] after the last step)."""
 
     vocab_size: int
     hidden: int = 128
@@ -41,7 +41,9 @@ class CharLSTM(nn.Module):
     @nn.compact
     def __call__(self, ids, carry=None, valid=None):
         carry, _ = LSTM(self.vocab_size, self.hidden, name="lstm")(ids, carry, valid)
-        dense = nn.Dense(self.vocab_size, kernel_init=nn.initializers.glorot_uniform(), name="dense")
+        dense = nn.Dense(
+            self.vocab_size, kernel_init=nn.initializers.glorot_uniform(), name="dense"
+        )
         return carry, dense(carry[0])
 
 

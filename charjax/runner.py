@@ -55,7 +55,9 @@ def epoch_samples(params, corpus: Corpus, sample_key, epoch: int, cfg: Config) -
     out = sample.generate(
         params, prime, gen_key, list(cfg.temperatures), length=cfg.sample_length, maxlen=cfg.maxlen
     )
-    texts = {f"{t:g}": corpus.vocab.decode(row) for t, row in zip(cfg.temperatures, out)}
+    texts = {
+        f"{t:g}": corpus.vocab.decode(row) for t, row in zip(cfg.temperatures, out, strict=False)
+    }
     return {"seed": corpus.vocab.decode(prime), "texts": texts}
 
 
@@ -68,7 +70,8 @@ def merge_resumed(saved: Config, given: dict) -> Config:
     ]
     if conflicts:
         raise CharjaxError(
-            "--resume with settings that differ from the checkpoint: " + "; ".join(conflicts)
+            "--resume with settings that differ from the checkpoint: "
+            + "; ".join(conflicts)
             + "; drop these flags or start a new run in another --checkpoint-dir"
         )
     return saved.replace(**given)
@@ -108,7 +111,7 @@ def train_run(
     given: dict | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[train.TrainState, list[dict]]:
-    """Train epochs up to `cfg.epochs`, saving a checkpoint after each -> (state, metrics per epoch).
+    """Train epochs up to `cfg.epochs`, saving a checkpoint after each -> (state, metrics list).
 
     `given` holds the flags the user set explicitly; on resume they are checked against and
     applied to the saved config.
@@ -123,8 +126,10 @@ def train_run(
         prime = corpus.text[: cfg.maxlen]  # stored so sampling needs no corpus
         if first > 1:
             log(f"resuming from epoch {first - 1} in {ckpts.directory}")
-        log(f"corpus: {len(corpus.ids):,} chars, {corpus.vocab.size} distinct, "
-            f"{len(starts):,} windows; training epochs {first}..{cfg.epochs}")
+        log(
+            f"corpus: {len(corpus.ids):,} chars, {corpus.vocab.size} distinct, "
+            f"{len(starts):,} windows; training epochs {first}..{cfg.epochs}"
+        )
         history = []
         for epoch in range(first, cfg.epochs + 1):
             t0 = time.perf_counter()
@@ -135,18 +140,27 @@ def train_run(
                     f"epoch {epoch}: the loss became {loss}; nothing was saved for this epoch. "
                     "Lower --learning-rate and --resume from the last checkpoint"
                 )
-            metrics = {"epoch": epoch, "loss": loss, "seconds": seconds,
-                       "windows_per_s": len(starts) / seconds}
-            log(f"epoch {epoch}/{cfg.epochs}  loss {loss:.4f}  {seconds:.1f} s  "
-                f"{metrics['windows_per_s']:,.0f} windows/s")
+            metrics = {
+                "epoch": epoch,
+                "loss": loss,
+                "seconds": seconds,
+                "windows_per_s": len(starts) / seconds,
+            }
+            log(
+                f"epoch {epoch}/{cfg.epochs}  loss {loss:.4f}  {seconds:.1f} s  "
+                f"{metrics['windows_per_s']:,.0f} windows/s"
+            )
             if cfg.temperatures and cfg.sample_length:
                 shown = epoch_samples(state.params, corpus, sample_key, epoch, cfg)
                 metrics["samples"] = shown
                 log(f'----- Generating with seed: "{shown["seed"]}"')
                 for t, text in shown["texts"].items():
                     log(f"----- temperature: {t}\n{shown['seed']}{text}")
-            ckpts.save(epoch, state, checkpoint.make_meta(
-                cfg, corpus.vocab.chars, corpus.sha256, epoch, metrics, prime))
+            ckpts.save(
+                epoch,
+                state,
+                checkpoint.make_meta(cfg, corpus.vocab.chars, corpus.sha256, epoch, metrics, prime),
+            )
             history.append(metrics)
         return state, history
     finally:

@@ -142,8 +142,15 @@ def generate(
     prime, valid = _pad_prime(prime_ids, size)
     keys = jax.vmap(lambda k: jax.random.split(k, length))(jax.random.split(key, flat_t.size))
     ids = _generate(
-        params, prime, valid, keys, jnp.asarray(flat_t), jnp.int32(top_k), jnp.float32(top_p),
-        length=length, mode=mode,
+        params,
+        prime,
+        valid,
+        keys,
+        jnp.asarray(flat_t),
+        jnp.int32(top_k),
+        jnp.float32(top_p),
+        length=length,
+        mode=mode,
     )
     shape = temps.shape + ((num_samples,) if num_samples > 1 else ()) + (length,)
     return ids.reshape(shape)

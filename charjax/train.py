@@ -62,7 +62,7 @@ def train_step(state: TrainState, inputs, targets, weights, cfg: Config):
 
 
 def _train_chunk(state, ids, plan_starts, plan_weights, chunk, cfg: Config):
-    """Scan `train_step` over the batches of chunk `chunk` of an epoch plan -> (state, losses[K])."""
+    """Scan `train_step` over the batches of chunk `chunk` of the plan -> (state, losses[K])."""
 
     def body(state, batch):
         starts, weights = batch

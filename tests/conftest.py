@@ -1,0 +1,54 @@
+"""Shared fixtures: the real corpus from the data dir (never the network) and tiny texts."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from charjax.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path | None:
+    """$CHARJAX_DATA_DIR, else ../shared/data beside the checkout (where CI puts it)."""
+    for candidate in (os.environ.get("CHARJAX_DATA_DIR"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "nietzsche.txt").is_file():
+            return Path(candidate).resolve()
+    return None
+
+
+@pytest.fixture
+def nietzsche_dir(monkeypatch) -> Path:
+    found = data_dir()
+    if found is None:
+        pytest.skip("nietzsche.txt not found: set CHARJAX_DATA_DIR")
+    monkeypatch.setenv("CHARJAX_DATA_DIR", str(found))
+    return found
+
+
+TINY_TEXT = "the quick brown fox jumps over the lazy dog. a fox is quick; a dog is lazy.\n" * 12
+
+
+@pytest.fixture
+def tiny_text(tmp_path) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_text(TINY_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_cfg(tiny_text) -> Config:
+    """A model and data small enough to train an epoch in well under a second."""
+    return Config(
+        text=str(tiny_text),
+        maxlen=10,
+        step=3,
+        hidden=16,
+        batch_size=32,
+        epochs=2,
+        steps_per_call=4,
+        sample_length=20,
+        temperatures=(0.5, 1.0),
+        keep=5,
+    )

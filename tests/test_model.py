@@ -1,0 +1,86 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from charjax import lstm, model
+
+
+def test_parameter_shapes_and_count():
+    params = model.init_params(jax.random.key(0), 59, 128)
+    shapes = jax.tree.map(lambda x: (x.shape, x.dtype), params)
+    assert shapes == {
+        "lstm": {
+            "kernel": ((59, 512), jnp.float32),
+            "recurrent_kernel": ((128, 512), jnp.float32),
+            "bias": ((512,), jnp.float32),
+        },
+        "dense": {"kernel": ((128, 59), jnp.float32), "bias": ((59,), jnp.float32)},
+    }
+    assert model.num_params(params) == 4 * 128 * (59 + 128 + 1) + 128 * 59 + 59 == 103_867
+    assert model.shape_of(params) == (59, 128)
+
+
+def test_keras_initialisers():
+    params = model.init_params(jax.random.key(1), 59, 128)
+    bias = np.asarray(params["lstm"]["bias"])
+    assert (bias[128:256] == 1).all() and (np.delete(bias, np.s_[128:256]) == 0).all()
+    r = np.asarray(params["lstm"]["recurrent_kernel"])
+    np.testing.assert_allclose(r @ r.T, np.eye(128), atol=1e-5)  # orthogonal rows
+    for kernel, fan in (
+        (params["lstm"]["kernel"], 59 + 512),
+        (params["dense"]["kernel"], 128 + 59),
+    ):
+        limit = np.sqrt(6 / fan)  # glorot-uniform
+        assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit
+    assert (np.asarray(params["dense"]["bias"]) == 0).all()
+
+
+def test_forward_shapes_and_jit():
+    params = model.init_params(jax.random.key(0), 11, 8)
+    ids = jax.random.randint(jax.random.key(1), (3, 7), 0, 11)
+    (h, c), logits = model.forward(params, ids)
+    assert h.shape == c.shape == (3, 8) and logits.shape == (3, 11) and logits.dtype == jnp.float32
+    (_, _), jitted = jax.jit(model.forward)(params, ids)
+    np.testing.assert_allclose(jitted, logits, rtol=1e-6, atol=1e-6)
+
+
+def test_forward_matches_a_hand_written_cell_loop():
+    params = model.init_params(jax.random.key(2), 7, 5)
+    ids = np.array([[1, 4, 6, 0]])
+    p = jax.tree.map(np.asarray, params)
+    h = np.zeros((1, 5), np.float32)
+    c = np.zeros((1, 5), np.float32)
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    for t in range(ids.shape[1]):
+        x = np.eye(7, dtype=np.float32)[ids[:, t]]
+        z = x @ p["lstm"]["kernel"] + h @ p["lstm"]["recurrent_kernel"] + p["lstm"]["bias"]
+        i, f, g, o = np.split(z, 4, axis=-1)
+        c = sig(f) * c + sig(i) * np.tanh(g)
+        h = sig(o) * np.tanh(c)
+    _, logits = model.forward(params, jnp.asarray(ids))
+    np.testing.assert_allclose(logits, h @ p["dense"]["kernel"] + p["dense"]["bias"], atol=1e-5)
+
+
+def test_left_padding_with_valid_mask_equals_the_short_window():
+    params = model.init_params(jax.random.key(3), 9, 6)
+    short = jnp.array([[3, 1, 4]])
+    padded = jnp.array([[0, 0, 3, 1, 4]])
+    valid = jnp.array([False, False, True, True, True])
+    (h1, c1), l1 = model.forward(params, short)
+    (h2, c2), l2 = model.forward(params, padded, valid=valid)
+    np.testing.assert_array_equal(h1, h2)
+    np.testing.assert_array_equal(l1, l2)
+
+
+def test_carry_continues_a_sequence():
+    params = model.init_params(jax.random.key(4), 9, 6)
+    ids = jnp.array([[1, 2, 3, 4, 5, 6]])
+    _, whole = model.forward(params, ids)
+    carry, _ = model.forward(params, ids[:, :4])
+    _, rest = model.forward(params, ids[:, 4:], carry)
+    np.testing.assert_allclose(whole, rest, atol=1e-6)
+
+
+def test_cell_output_shapes():
+    h, c = lstm.cell(jnp.zeros((4, 16)), lstm.zero_carry(2, 4), jnp.zeros((2, 16)))
+    assert h.shape == c.shape == (2, 4)

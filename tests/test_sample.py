@@ -1,0 +1,181 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from charjax import model, sample
+from charjax.errors import CharjaxError
+
+V, H, MAXLEN = 13, 16, 8
+
+
+@pytest.fixture(scope="module")
+def params():
+    return model.init_params(jax.random.key(0), V, H)
+
+
+PRIME = np.array([1, 5, 2, 7, 3, 3, 9, 0])
+
+
+def test_shapes_and_dtypes(params):
+    one = sample.generate(params, PRIME, jax.random.key(0), 0.5, length=12, maxlen=MAXLEN)
+    assert one.shape == (12,) and one.dtype == jnp.int32
+    many = sample.generate(
+        params,
+        PRIME,
+        jax.random.key(0),
+        [0.2, 1.0, 1.2],
+        length=12,
+        maxlen=MAXLEN,
+        num_samples=4,
+        mode="stateful",
+    )
+    assert many.shape == (3, 4, 12)
+    assert int(many.min()) >= 0 and int(many.max()) < V
+
+
+@pytest.mark.parametrize("mode", sample.MODES)
+def test_same_key_same_text_other_key_other_text(params, mode):
+    def gen(key):
+        return np.asarray(
+            sample.generate(  # noqa: E731
+                params, PRIME, jax.random.key(key), [0.5, 1.0], length=40, maxlen=MAXLEN, mode=mode
+            )
+        )
+
+    assert (gen(7) == gen(7)).all()
+    assert (gen(7) != gen(8)).any()
+    assert (gen(7)[0] != gen(7)[1]).any()  # each temperature has its own key
+
+
+def test_changing_temperature_or_key_does_not_recompile(params):
+    sample.generate(params, PRIME, jax.random.key(0), [0.5, 1.0], length=9, maxlen=MAXLEN)
+    before = sample._generate._cache_size()
+    for t, k in ((0.2, 1), (1.5, 2), (0.0, 3)):
+        sample.generate(
+            params,
+            PRIME[::-1],
+            jax.random.key(k),
+            [t, 1.0],
+            length=9,
+            maxlen=MAXLEN,
+            top_k=3,
+            top_p=0.9,
+        )
+    assert sample._generate._cache_size() == before
+
+
+def _rigged(char: int):
+    """Params whose output puts all probability on `char`, whatever the input."""
+    params = model.init_params(jax.random.key(1), V, H)
+    dense = {"kernel": jnp.zeros((H, V)), "bias": jnp.full((V,), -1e4).at[char].set(1e4)}
+    return {**params, "dense": dense}
+
+
+@pytest.mark.parametrize("mode", sample.MODES)
+@pytest.mark.parametrize("temperature", [0.0, 0.2, 0.5, 1.0, 1.2, 5.0])
+def test_rigged_logits_give_the_known_char(mode, temperature):
+    out = sample.generate(
+        _rigged(4),
+        PRIME,
+        jax.random.key(3),
+        temperature,
+        length=30,
+        maxlen=MAXLEN,
+        mode=mode,
+        num_samples=3,
+    )
+    assert (np.asarray(out) == 4).all()
+
+
+def _greedy_reference(params, prime, length, mode):
+    """A step-by-step Python loop: the obvious way to generate greedily."""
+    ids, carry, out = list(prime), None, []
+    if mode == "stateful":
+        carry, logits = model.forward(params, jnp.array([ids]))
+    for _ in range(length):
+        if mode == "window":
+            _, logits = model.forward(params, jnp.array([ids[-MAXLEN:]]))
+        nxt = int(jnp.argmax(logits[0]))
+        out.append(nxt)
+        ids.append(nxt)
+        if mode == "stateful":
+            carry, logits = model.forward(params, jnp.array([[nxt]]), carry)
+    return out
+
+
+@pytest.mark.parametrize("mode", sample.MODES)
+@pytest.mark.parametrize(
+    "prime", [PRIME, PRIME[:3], np.tile(PRIME, 3)], ids=["full", "short", "long"]
+)
+def test_greedy_matches_a_step_by_step_loop(params, mode, prime):
+    got = sample.generate(
+        params, prime, jax.random.key(0), 0.0, length=10, maxlen=MAXLEN, mode=mode
+    )
+    assert np.asarray(got).tolist() == _greedy_reference(params, prime, 10, mode)
+
+
+def test_window_and_stateful_agree_on_the_first_char(params):
+    for key in range(3):
+        firsts = [
+            np.asarray(
+                sample.generate(
+                    params,
+                    PRIME,
+                    jax.random.key(key),
+                    [0.5, 1.0, 1.5],
+                    length=1,
+                    maxlen=MAXLEN,
+                    mode=m,
+                    num_samples=50,
+                )
+            )
+            for m in sample.MODES
+        ]
+        assert (firsts[0] == firsts[1]).all()
+
+
+def test_frequencies_at_t1_match_softmax():
+    logits = jnp.log(jnp.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04]))
+    n = 40_000
+    keys = jax.random.split(jax.random.key(5), n)
+    draws = jax.jit(sample.pick)(
+        keys, jnp.broadcast_to(logits, (n, 6)), jnp.ones(n), jnp.int32(0), jnp.float32(1.0)
+    )
+    counts = np.bincount(np.asarray(draws), minlength=6)
+    expected = n * np.asarray(jax.nn.softmax(logits))
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 20.5  # 99.9 % quantile of chi-square with 5 degrees of freedom
+
+
+def test_top_k_and_top_p_keep_only_the_head():
+    logits = jnp.log(jnp.array([0.05, 0.3, 0.02, 0.25, 0.2, 0.08, 0.1]))
+    n = 5000
+    keys = jax.random.split(jax.random.key(6), n)
+    batch = jnp.broadcast_to(logits, (n, 7))
+    hot = jnp.full(n, 3.0)  # a high temperature flattens the distribution: a harder test
+    top3 = np.asarray(sample.pick(keys, batch, hot, jnp.int32(3), jnp.float32(1.0)))
+    assert set(top3.tolist()) == {1, 3, 4}
+    nucleus = np.asarray(sample.pick(keys, batch, jnp.ones(n), jnp.int32(0), jnp.float32(0.6)))
+    assert set(nucleus.tolist()) == {1, 3, 4}  # 0.3 + 0.25 < 0.6 <= 0.3 + 0.25 + 0.2
+    everything = np.asarray(sample.pick(keys, batch, hot, jnp.int32(0), jnp.float32(1.0)))
+    assert set(everything.tolist()) == set(range(7))
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), [0.5, -1.0]])
+def test_bad_temperatures_are_refused(params, bad):
+    with pytest.raises(CharjaxError, match="temperature"):
+        sample.generate(params, PRIME, jax.random.key(0), bad, length=5, maxlen=MAXLEN)
+
+
+def test_other_bad_arguments_are_refused(params):
+    for kw, word in (
+        ({"mode": "fast"}, "mode"),
+        ({"top_k": -1}, "top-k"),
+        ({"top_p": 0.0}, "top-p"),
+        ({"length": -5}, "length"),
+        ({"num_samples": 0}, "num-samples"),
+    ):
+        args = {"length": 5, **kw}
+        with pytest.raises(CharjaxError, match=word):
+            sample.generate(params, PRIME, jax.random.key(0), 0.5, maxlen=MAXLEN, **args)
