@@ -26,7 +26,7 @@ NIETZSCHE_FILE = "nietzsche.txt"
 
 
 def cache_dir() -> Path:
-    """Where downloads live: $CHARJAX_CACHE_DIR, else $XDG_CACHE_HOME/charjax or ~/.cache/charjax."""
+    """Downloads go to $CHARJAX_CACHE_DIR, else $XDG_CACHE_HOME/charjax or ~/.cache/charjax."""
     if os.environ.get("CHARJAX_CACHE_DIR"):
         return Path(os.environ["CHARJAX_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
