@@ -76,10 +76,17 @@ class Checkpoints:
         )
         return restored["meta"]
 
-    def restore(self, like, epoch: int | None = None):
-        """The state saved at `epoch` (default: latest), shaped like the pytree `like`."""
+    def restore(self, like, epoch: int | None = None, sharding=None):
+        """The state saved at `epoch` (default: latest), shaped like the pytree `like`.
+
+        Arrays land on `sharding` (default: the first local device), whatever devices the
+        run that saved them used.
+        """
         epoch = self._epoch_or_latest(epoch)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like
+        )
         restored = self._manager.restore(
             epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
         )

@@ -204,6 +204,10 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def train_main(argv=None) -> int:
+    from charjax import parallel
+
+    parallel.request_cpu_devices()
+    parallel.tune_host_malloc()
     return _run(_train, train_parser(), argv)
 
 

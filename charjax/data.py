@@ -155,19 +155,28 @@ def gather_windows(ids: jax.Array, starts: jax.Array, maxlen: int) -> tuple[jax.
 
 
 def epoch_plan(
-    key: jax.Array, epoch: int, starts: jax.Array, batch_size: int, steps_per_call: int
+    key: jax.Array,
+    epoch: int,
+    starts: jax.Array,
+    batch_size: int,
+    steps_per_call: int,
+    width: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """One epoch's batches as starts int32[chunks, steps_per_call, batch] and weights float32[...].
+    """One epoch's batches as starts int32[chunks, steps_per_call, width] and weights float32[...].
 
-    Every window appears once, in the order `permutation(fold_in(key, epoch))`. The tail is
-    padded with weight-0 slots: the last partial batch trains on its real windows only (as
-    Keras does), and batches that are all padding are skipped by the train step.
+    Every window appears once, in the order `permutation(fold_in(key, epoch))`, `batch_size`
+    to a batch. Weight-0 slots pad the tail and each batch up to `width` (default `batch_size`;
+    wider so that batches split evenly over devices): the last partial batch trains on its real
+    windows only (as Keras does), and batches that are all padding are skipped by the train step.
     """
     n = starts.shape[0]
+    width = width or batch_size
+    batches = -(-n // batch_size)
+    chunks = -(-batches // steps_per_call)
+    slots = chunks * steps_per_call * batch_size
     order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-    per_chunk = batch_size * steps_per_call
-    total = -(-n // per_chunk) * per_chunk
-    padded = jnp.zeros(total, starts.dtype).at[:n].set(starts[order])
-    weights = (jnp.arange(total) < n).astype(jnp.float32)
-    shape = (total // per_chunk, steps_per_call, batch_size)
-    return padded.reshape(shape), weights.reshape(shape)
+    padded = jnp.zeros(slots, starts.dtype).at[:n].set(starts[order])
+    weights = (jnp.arange(slots) < n).astype(jnp.float32)
+    shape = (chunks, steps_per_call, batch_size)
+    pad = ((0, 0), (0, 0), (0, width - batch_size))
+    return jnp.pad(padded.reshape(shape), pad), jnp.pad(weights.reshape(shape), pad)

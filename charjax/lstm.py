@@ -35,18 +35,33 @@ def input_projection(params: dict, ids: jax.Array) -> jax.Array:
     return params["kernel"][ids] + params["bias"]
 
 
-def cell(recurrent_kernel: jax.Array, carry: tuple, xz: jax.Array) -> tuple:
-    """One step: (h, c) and the projected input xz float32[B, 4H] -> new (h, c) float32[B, H]."""
+def cell_with_gates(recurrent_kernel: jax.Array, carry: tuple, xz: jax.Array):
+    """One step: (h, c) and the projected input xz float32[B, 4H] -> ((h, c), gates [B, 4H]).
+
+    The gates (i, f, g, o after their activations) are what the hand-written backward needs.
+    """
     h, c = carry
     z = xz + h @ recurrent_kernel
     i, f, g, o = jnp.split(z, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    return h, c
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    return (h, c), jnp.concatenate([i, f, g, o], axis=-1)
 
 
-def zero_carry(batch: int, hidden: int, dtype=jnp.float32) -> tuple:
-    return jnp.zeros((batch, hidden), dtype), jnp.zeros((batch, hidden), dtype)
+def cell(recurrent_kernel: jax.Array, carry: tuple, xz: jax.Array) -> tuple:
+    """One step -> new (h, c), each float32[B, H]."""
+    return cell_with_gates(recurrent_kernel, carry, xz)[0]
+
+
+def zero_carry(xz: jax.Array) -> tuple:
+    """Zero (h, c) float32[B, H] for projected inputs xz [T, B, 4H].
+
+    Derived from xz (not built from shapes) so that inside `shard_map` it has the same
+    per-device type as the carries the scan computes from the data.
+    """
+    zeros = jnp.zeros_like(xz[0, :, : xz.shape[-1] // 4])
+    return zeros, zeros
 
 
 def run(params: dict, ids: jax.Array, carry: tuple | None = None, valid: jax.Array | None = None):
@@ -55,13 +70,11 @@ def run(params: dict, ids: jax.Array, carry: tuple | None = None, valid: jax.Arr
     `valid` bool[T] (optional) marks steps that count; at the others the carry passes through
     unchanged, so left-padding a short window gives exactly the short window's result.
     """
-    batch, steps = ids.shape
-    hidden = params["recurrent_kernel"].shape[0]
+    xz = input_projection(params, ids.T)  # [T, B, 4H], gathered time-major
     if carry is None:
-        carry = zero_carry(batch, hidden, params["kernel"].dtype)
+        carry = zero_carry(xz)
     if valid is None:
-        valid = jnp.ones((steps,), bool)
-    xz = jnp.swapaxes(input_projection(params, ids), 0, 1)  # [T, B, 4H]
+        valid = jnp.ones(ids.shape[1:], bool)
 
     def step(carry, inputs):
         xz_t, valid_t = inputs
@@ -71,3 +84,80 @@ def run(params: dict, ids: jax.Array, carry: tuple | None = None, valid: jax.Arr
 
     carry, hs = lax.scan(step, carry, (xz, valid))
     return carry, jnp.swapaxes(hs, 0, 1)
+
+
+def _forward_saving(params: dict, ids: jax.Array):
+    """Zero-state scan over ids int32[B, T] that keeps what the backward pass needs."""
+    recurrent = params["recurrent_kernel"]
+    xz = input_projection(params, ids.T)  # [T, B, 4H], gathered time-major
+
+    def step(carry, xz_t):
+        carry, gates = cell_with_gates(recurrent, carry, xz_t)
+        return carry, (*carry, gates)
+
+    carry, (hs, cs, gates) = lax.scan(step, zero_carry(xz), xz)
+    return carry, (hs, cs, gates)
+
+
+@jax.custom_vjp
+def final_carry(params: dict, ids: jax.Array) -> tuple:
+    """(h, c) after scanning ids int32[B, T] from a zero state: `run(...)[0]`, same numbers.
+
+    Its gradient is hand-written (as cuDNN does it): the backward loop carries only (dh, dc)
+    and emits each step's gate gradients; the weight gradients are then one large matmul over
+    all T*B rows (recurrent kernel) and a row scatter-add (input kernel), instead of T small
+    accumulations inside the loop.
+    """
+    return _forward_saving(params, ids)[0]
+
+
+def _final_carry_fwd(params, ids):
+    carry, saved = _forward_saving(params, ids)
+    return carry, (params, ids, saved)
+
+
+def _final_carry_bwd(res, cotangent):
+    params, ids, (hs, cs, gates) = res
+    recurrent = params["recurrent_kernel"]
+    h_prev = jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]])  # h_{t-1}, [T, B, H]
+    c_prev = jnp.concatenate([jnp.zeros_like(cs[:1]), cs[:-1]])
+
+    def step(grad, saved):
+        dh, dc = grad
+        c, c_before, gate = saved
+        i, f, g, o = jnp.split(gate, 4, axis=-1)
+        tanh_c = jnp.tanh(c)
+        dc = dc + dh * o * (1 - tanh_c**2)
+        dz = jnp.concatenate(
+            [
+                dc * g * i * (1 - i),
+                dc * c_before * f * (1 - f),
+                dc * i * (1 - g**2),
+                dh * tanh_c * o * (1 - o),
+            ],
+            axis=-1,
+        )
+        return (dz @ recurrent.T, dc * f), dz
+
+    dh, dc = cotangent
+    _, dzs = lax.scan(step, (dh, dc), (cs, c_prev, gates), reverse=True)
+    gates4 = dzs.shape[-1]
+    dz_rows = dzs.reshape(-1, gates4)  # [T*B, 4H]
+    grads = {
+        "kernel": jax.ops.segment_sum(
+            dz_rows, jnp.swapaxes(ids, 0, 1).reshape(-1), num_segments=params["kernel"].shape[0]
+        ),
+        "recurrent_kernel": h_prev.reshape(-1, h_prev.shape[-1]).T @ dz_rows,
+        "bias": dz_rows.sum(axis=0),
+    }
+    return grads, None
+
+
+final_carry.defvjp(_final_carry_fwd, _final_carry_bwd)
+
+
+def final(params: dict, ids: jax.Array, carry: tuple | None = None, valid=None) -> tuple:
+    """Final (h, c) of a scan; from a zero state over all steps it takes the fast-gradient path."""
+    if carry is None and valid is None:
+        return final_carry(params, ids)
+    return run(params, ids, carry, valid)[0]

@@ -29,7 +29,7 @@ class LSTM(nn.Module):
             ),
             "bias": self.param("bias", lstm.bias_init, (gates,)),
         }
-        return lstm.run(params, ids, carry, valid)
+        return lstm.final(params, ids, carry, valid)
 
 
 class CharLSTM(nn.Module):
@@ -40,7 +40,7 @@ class CharLSTM(nn.Module):
 
     @nn.compact
     def __call__(self, ids, carry=None, valid=None):
-        carry, _ = LSTM(self.vocab_size, self.hidden, name="lstm")(ids, carry, valid)
+        carry = LSTM(self.vocab_size, self.hidden, name="lstm")(ids, carry, valid)
         dense = nn.Dense(
             self.vocab_size, kernel_init=nn.initializers.glorot_uniform(), name="dense"
         )

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charjax import checkpoint, data, sample, train
+from charjax import checkpoint, data, parallel, sample, train
 from charjax.config import MATH_FIELDS, Config
 from charjax.errors import CharjaxError
 
@@ -121,6 +121,7 @@ def train_run(
     try:
         cfg, corpus, state, first = _start(cfg, given or {}, ckpts, resume)
         _, data_key, sample_key = run_keys(cfg.seed)
+        mesh = parallel.data_mesh()
         ids = jnp.asarray(corpus.ids)
         starts = jnp.asarray(data.window_starts(len(corpus.ids), cfg.maxlen, cfg.step))
         prime = corpus.text[: cfg.maxlen]  # stored so sampling needs no corpus
@@ -133,7 +134,7 @@ def train_run(
         history = []
         for epoch in range(first, cfg.epochs + 1):
             t0 = time.perf_counter()
-            state, loss = train.train_epoch(state, ids, starts, data_key, epoch, cfg)
+            state, loss = train.train_epoch(state, ids, starts, data_key, epoch, cfg, mesh)
             seconds = time.perf_counter() - t0
             if not np.isfinite(loss):
                 raise CharjaxError(

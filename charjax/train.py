@@ -1,7 +1,8 @@
 """Training: the Keras-3 RMSprop optimizer, next-char cross-entropy, and the jitted steps.
 
 `train_step` is one optimizer step; `train_chunk` (the jit boundary) scans it over
-`steps_per_call` batches of an epoch plan so the host dispatches once per chunk, not per step.
+`steps_per_call` batches of an epoch plan, data-parallel over a device mesh, so the host
+dispatches once per chunk, not once per step.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
-from charjax import data, model
+from charjax import data, model, parallel
 from charjax.config import Config
 
 
@@ -41,39 +44,61 @@ def init_state(key: jax.Array, vocab_size: int, cfg: Config) -> TrainState:
     return TrainState(params, opt_state, jnp.zeros((), jnp.int32))
 
 
-def loss_fn(params: dict, inputs: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
-    """Weighted mean cross-entropy of the next char (nats); weight-0 rows are padding.
+def loss_sum(params: dict, inputs: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+    """Weighted sum of next-char cross-entropies (nats); weight-0 rows are padding.
 
     Keras computes it from clipped softmax probabilities; on logits it is the same value except
     where a target's probability is below 1e-7, where Keras' clip zeroes the gradient.
     """
     _, logits = model.forward(params, inputs)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    return jnp.sum(weights * ce) / jnp.maximum(jnp.sum(weights), 1.0)
+    return jnp.sum(weights * optax.softmax_cross_entropy_with_integer_labels(logits, targets))
 
 
-def train_step(state: TrainState, inputs, targets, weights, cfg: Config):
-    """One RMSprop step on a batch -> (new state, loss). An all-padding batch changes nothing."""
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, inputs, targets, weights)
+def _psum(x, axis_name):
+    return x if axis_name is None else lax.psum(x, axis_name)
+
+
+def train_step(state: TrainState, inputs, targets, weights, cfg: Config, axis_name=None):
+    """One RMSprop step on a batch -> (new state, mean loss). An all-padding batch changes nothing.
+
+    Inside `shard_map`, `axis_name` names the mesh axis the batch is split over: loss sums,
+    gradient sums and window counts are added across devices, so the step equals the
+    single-device step on the whole batch.
+    """
+    params = state.params
+    if axis_name is not None:  # per-device gradients differ until summed: mark them varying
+        params = jax.tree.map(lambda p: lax.pcast(p, (axis_name,), to="varying"), params)
+    total, grads = jax.value_and_grad(loss_sum)(params, inputs, targets, weights)
+    count = _psum(jnp.sum(weights), axis_name)
+    scale = 1.0 / jnp.maximum(count, 1.0)
+    grads = jax.tree.map(lambda g: _psum(g, axis_name) * scale, grads)
     updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
     new = TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1)
-    active = jnp.sum(weights) > 0
-    return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state), loss
+    state = jax.tree.map(lambda n, o: jnp.where(count > 0, n, o), new, state)
+    return state, _psum(total, axis_name) * scale
 
 
-def _train_chunk(state, ids, plan_starts, plan_weights, chunk, cfg: Config):
+def _train_chunk(state, ids, plan_starts, plan_weights, chunk, cfg: Config, mesh: Mesh):
     """Scan `train_step` over the batches of chunk `chunk` of the plan -> (state, losses[K])."""
 
-    def body(state, batch):
-        starts, weights = batch
-        inputs, targets = data.gather_windows(ids, starts, cfg.maxlen)
-        return train_step(state, inputs, targets, weights, cfg)
+    def per_device(state, ids, starts, weights):
+        def body(state, batch):
+            inputs, targets = data.gather_windows(ids, batch[0], cfg.maxlen)
+            return train_step(state, inputs, targets, batch[1], cfg, parallel.AXIS)
 
-    return lax.scan(body, state, (plan_starts[chunk], plan_weights[chunk]))
+        return lax.scan(body, state, (starts, weights))
+
+    sharded = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(P(), P(), P(None, parallel.AXIS), P(None, parallel.AXIS)),
+        out_specs=(P(), P()),
+    )
+    return sharded(state, ids, plan_starts[chunk], plan_weights[chunk])
 
 
-train_chunk = jax.jit(_train_chunk, static_argnames="cfg", donate_argnums=0)
-make_plan = jax.jit(data.epoch_plan, static_argnames=("batch_size", "steps_per_call"))
+train_chunk = jax.jit(_train_chunk, static_argnames=("cfg", "mesh"), donate_argnums=0)
+make_plan = jax.jit(data.epoch_plan, static_argnames=("batch_size", "steps_per_call", "width"))
 
 
 def train_epoch(
@@ -83,21 +108,35 @@ def train_epoch(
     data_key: jax.Array,
     epoch: int,
     cfg: Config,
+    mesh: Mesh | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> tuple[TrainState, float]:
     """One pass over all windows in the order of `(data_key, epoch)` -> (state, mean window loss).
 
-    The mean weighs each batch by its real windows, as Keras' epoch loss does.
-    `on_chunk(done, total)` is called after each chunk is dispatched (progress display).
+    The mean weighs each batch by its real windows, as Keras' epoch loss does. `mesh` defaults
+    to all local devices; `on_chunk(done, total)` is called after each chunk (progress display).
     """
-    plan_starts, plan_weights = make_plan(
-        data_key, epoch, starts, batch_size=cfg.batch_size, steps_per_call=cfg.steps_per_call
+    mesh = mesh or parallel.data_mesh()
+    width = -(-cfg.batch_size // mesh.size) * mesh.size  # pad batches to split evenly
+    plan_starts, plan_weights = jax.device_put(
+        make_plan(
+            data_key,
+            epoch,
+            starts,
+            batch_size=cfg.batch_size,
+            steps_per_call=cfg.steps_per_call,
+            width=width,
+        ),
+        parallel.batch_sharded(mesh),
     )
+    state, ids = jax.device_put((state, ids), parallel.replicated(mesh))
     chunks = plan_starts.shape[0]
     losses = []
     for chunk in range(chunks):
-        state, chunk_losses = train_chunk(state, ids, plan_starts, plan_weights, chunk, cfg)
-        losses.append(chunk_losses)
+        state, chunk_losses = train_chunk(state, ids, plan_starts, plan_weights, chunk, cfg, mesh)
+        # Wait for each chunk: queued multi-device CPU calls can time out XLA's all-reduce
+        # rendezvous, and progress reports then tell the truth.
+        losses.append(jax.block_until_ready(chunk_losses))
         if on_chunk is not None:
             on_chunk(chunk + 1, chunks)
     counts = np.asarray(plan_weights.sum(axis=-1))  # real windows per batch [chunks, K]

@@ -66,7 +66,7 @@ def test_left_padding_with_valid_mask_equals_the_short_window():
     short = jnp.array([[3, 1, 4]])
     padded = jnp.array([[0, 0, 3, 1, 4]])
     valid = jnp.array([False, False, True, True, True])
-    (h1, c1), l1 = model.forward(params, short)
+    (h1, c1), l1 = model.forward(params, short, valid=jnp.ones(3, bool))
     (h2, c2), l2 = model.forward(params, padded, valid=valid)
     np.testing.assert_array_equal(h1, h2)
     np.testing.assert_array_equal(l1, l2)
@@ -82,5 +82,26 @@ def test_carry_continues_a_sequence():
 
 
 def test_cell_output_shapes():
-    h, c = lstm.cell(jnp.zeros((4, 16)), lstm.zero_carry(2, 4), jnp.zeros((2, 16)))
+    h, c = lstm.cell(jnp.zeros((4, 16)), lstm.zero_carry(jnp.zeros((3, 2, 16))), jnp.zeros((2, 16)))
     assert h.shape == c.shape == (2, 4)
+
+
+def test_fast_gradient_equals_autodiff_of_the_plain_scan():
+    params = model.init_params(jax.random.key(5), 11, 16)["lstm"]
+    ids = jax.random.randint(jax.random.key(6), (4, 9), 0, 11)
+    probe_h, probe_c = jax.random.normal(jax.random.key(7), (2, 4, 16))
+
+    def objective(final):
+        def f(p):
+            h, c = final(p, ids)
+            return jnp.sum(jnp.sin(h) * probe_h) + jnp.sum(c * probe_c)
+
+        return f
+
+    plain = lambda p, ids: lstm.run(p, ids)[0]  # noqa: E731
+    np.testing.assert_allclose(lstm.final_carry(params, ids)[0], plain(params, ids)[0], atol=1e-6)
+    fast_grads = jax.jit(jax.grad(objective(lstm.final_carry)))(params)
+    auto_grads = jax.jit(jax.grad(objective(plain)))(params)
+    for name in ("kernel", "recurrent_kernel", "bias"):
+        np.testing.assert_allclose(fast_grads[name], auto_grads[name], rtol=1e-5, atol=1e-6)
+        assert np.abs(np.asarray(fast_grads[name])).max() > 1e-3
