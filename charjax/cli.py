@@ -84,6 +84,8 @@ def train_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the run saved in --checkpoint-dir from its latest epoch",
     )
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar: one plain line per epoch (also when not on a terminal)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
@@ -154,7 +156,10 @@ def _train(args: argparse.Namespace) -> int:
     from charjax import runner
 
     given = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
-    runner.train_run(Config(**given), args.checkpoint_dir, resume=args.resume, given=given)
+    runner.train_run(
+        Config(**given), args.checkpoint_dir, resume=args.resume, given=given,
+        progress=False if args.quiet else None,
+    )
     return 0
 
 
@@ -201,6 +206,28 @@ def _sample(args: argparse.Namespace) -> int:
     for text in map(vocab.decode, ids):
         print(text, flush=True)
     return 0
+
+
+def plot_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="charjax-plot", description="Plot a run's loss curves from its metrics.jsonl as a PNG."
+    )
+    p.add_argument("--checkpoint-dir", default="checkpoints/",
+                   help="run directory written by charjax-train (default: checkpoints/)")
+    p.add_argument("--out", default=None, help="PNG to write (default: <checkpoint-dir>/loss.png)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return p
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from charjax.plot import plot_metrics
+
+    print(plot_metrics(args.checkpoint_dir, args.out))
+    return 0
+
+
+def plot_main(argv=None) -> int:
+    return _run(_plot, plot_parser(), argv)
 
 
 def train_main(argv=None) -> int:

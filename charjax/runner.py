@@ -18,6 +18,7 @@ import numpy as np
 from charjax import checkpoint, data, parallel, sample, train
 from charjax.config import MATH_FIELDS, Config
 from charjax.errors import CharjaxError
+from charjax.report import Reporter, append_metrics, read_metrics
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def merge_resumed(saved: Config, given: dict) -> Config:
     return saved.replace(**given)
 
 
-def _start(cfg: Config, given: dict, ckpts: checkpoint.Checkpoints, resume: bool):
+def _start(cfg: Config, given: dict, ckpts: checkpoint.Checkpoints, resume: bool, log):
     """-> (cfg, corpus, state, first epoch to train)."""
     have = ckpts.epochs()
     if not resume:
@@ -92,7 +93,15 @@ def _start(cfg: Config, given: dict, ckpts: checkpoint.Checkpoints, resume: bool
     if not have:
         raise CharjaxError(f"nothing to resume: no checkpoints in {ckpts.directory}")
     meta = ckpts.meta()
-    cfg = merge_resumed(checkpoint.config_of(meta), given).check()
+    saved = checkpoint.config_of(meta)
+    cfg = merge_resumed(saved, given).check()
+    log(f"resuming from epoch {meta['epoch']} in {ckpts.directory}")
+    for name in sorted(given):
+        if name != "text" and given[name] != getattr(saved, name):
+            log(f"  --{name.replace('_', '-')} {given[name]} replaces {getattr(saved, name)}")
+    recorded = [m["epoch"] for m in read_metrics(ckpts.directory)]
+    if meta["epoch"] not in recorded:  # the run died between checkpoint and metrics line
+        append_metrics(ckpts.directory, meta["metrics"])
     corpus = load_corpus(cfg)
     if corpus.sha256 != meta["corpus_sha256"] or corpus.vocab.chars != meta["vocab"]:
         raise CharjaxError(
@@ -109,32 +118,43 @@ def train_run(
     *,
     resume: bool = False,
     given: dict | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
+    progress: bool | None = None,
 ) -> tuple[train.TrainState, list[dict]]:
     """Train epochs up to `cfg.epochs`, saving a checkpoint after each -> (state, metrics list).
 
     `given` holds the flags the user set explicitly; on resume they are checked against and
-    applied to the saved config.
+    applied to the saved config. Lines go to `log` (default: stdout); `progress` turns the live
+    progress bar on or off (default: on when stdout is a terminal and `log` is not given).
     """
     cfg.check()
+    report = Reporter(progress=progress, log=log)
     ckpts = checkpoint.Checkpoints(checkpoint_dir, keep=cfg.keep)
     try:
-        cfg, corpus, state, first = _start(cfg, given or {}, ckpts, resume)
+        cfg, corpus, state, first = _start(cfg, given or {}, ckpts, resume, report.log)
         _, data_key, sample_key = run_keys(cfg.seed)
         mesh = parallel.data_mesh()
         ids = jnp.asarray(corpus.ids)
         starts = jnp.asarray(data.window_starts(len(corpus.ids), cfg.maxlen, cfg.step))
+        batches = -(-len(starts) // cfg.batch_size)
         prime = corpus.text[: cfg.maxlen]  # stored so sampling needs no corpus
-        if first > 1:
-            log(f"resuming from epoch {first - 1} in {ckpts.directory}")
-        log(
+        report.log(
             f"corpus: {len(corpus.ids):,} chars, {corpus.vocab.size} distinct, "
-            f"{len(starts):,} windows; training epochs {first}..{cfg.epochs}"
+            f"{len(starts):,} windows; epochs {first}..{cfg.epochs} on {mesh.size} "
+            f"{mesh.devices.flat[0].platform} device(s); checkpoints in {ckpts.directory}"
         )
         history = []
         for epoch in range(first, cfg.epochs + 1):
+            report.epoch_started(epoch, cfg.epochs)
             t0 = time.perf_counter()
-            state, loss = train.train_epoch(state, ids, starts, data_key, epoch, cfg, mesh)
+
+            def on_chunk(done, total, windows, loss, t0=t0):
+                done_batches = min(done * cfg.steps_per_call, batches)
+                report.chunk_done(done_batches, batches, windows, loss, time.perf_counter() - t0)
+
+            state, loss = train.train_epoch(
+                state, ids, starts, data_key, epoch, cfg, mesh, on_chunk=on_chunk
+            )
             seconds = time.perf_counter() - t0
             if not np.isfinite(loss):
                 raise CharjaxError(
@@ -147,21 +167,12 @@ def train_run(
                 "seconds": seconds,
                 "windows_per_s": len(starts) / seconds,
             }
-            log(
-                f"epoch {epoch}/{cfg.epochs}  loss {loss:.4f}  {seconds:.1f} s  "
-                f"{metrics['windows_per_s']:,.0f} windows/s"
-            )
             if cfg.temperatures and cfg.sample_length:
-                shown = epoch_samples(state.params, corpus, sample_key, epoch, cfg)
-                metrics["samples"] = shown
-                log(f'----- Generating with seed: "{shown["seed"]}"')
-                for t, text in shown["texts"].items():
-                    log(f"----- temperature: {t}\n{shown['seed']}{text}")
-            ckpts.save(
-                epoch,
-                state,
-                checkpoint.make_meta(cfg, corpus.vocab.chars, corpus.sha256, epoch, metrics, prime),
-            )
+                metrics["samples"] = epoch_samples(state.params, corpus, sample_key, epoch, cfg)
+            report.epoch_finished(metrics, cfg.epochs)
+            meta = checkpoint.make_meta(cfg, corpus.vocab.chars, corpus.sha256, epoch, metrics, prime)
+            ckpts.save(epoch, state, meta)
+            append_metrics(ckpts.directory, metrics)
             history.append(metrics)
         return state, history
     finally:

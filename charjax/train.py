@@ -109,12 +109,13 @@ def train_epoch(
     epoch: int,
     cfg: Config,
     mesh: Mesh | None = None,
-    on_chunk: Callable[[int, int], None] | None = None,
+    on_chunk: Callable[[int, int, int, float], None] | None = None,
 ) -> tuple[TrainState, float]:
     """One pass over all windows in the order of `(data_key, epoch)` -> (state, mean window loss).
 
     The mean weighs each batch by its real windows, as Keras' epoch loss does. `mesh` defaults
-    to all local devices; `on_chunk(done, total)` is called after each chunk (progress display).
+    to all local devices. After each chunk, `on_chunk(done, total, windows, mean_loss)` gets the
+    chunks done and in all, the windows trained so far and their mean loss (progress display).
     """
     mesh = mesh or parallel.data_mesh()
     width = -(-cfg.batch_size // mesh.size) * mesh.size  # pad batches to split evenly
@@ -130,15 +131,15 @@ def train_epoch(
         parallel.batch_sharded(mesh),
     )
     state, ids = jax.device_put((state, ids), parallel.replicated(mesh))
-    chunks = plan_starts.shape[0]
-    losses = []
-    for chunk in range(chunks):
-        state, chunk_losses = train_chunk(state, ids, plan_starts, plan_weights, chunk, cfg, mesh)
-        # Wait for each chunk: queued multi-device CPU calls can time out XLA's all-reduce
-        # rendezvous, and progress reports then tell the truth.
-        losses.append(jax.block_until_ready(chunk_losses))
-        if on_chunk is not None:
-            on_chunk(chunk + 1, chunks)
     counts = np.asarray(plan_weights.sum(axis=-1))  # real windows per batch [chunks, K]
-    batch_losses = np.asarray(jnp.stack(losses))
-    return state, float((batch_losses * counts).sum() / counts.sum())
+    chunks = plan_starts.shape[0]
+    loss_sum, windows = 0.0, 0
+    for chunk in range(chunks):
+        state, losses = train_chunk(state, ids, plan_starts, plan_weights, chunk, cfg, mesh)
+        # Waiting for each chunk keeps multi-device CPU runs from queueing calls (which can time
+        # out XLA's all-reduce rendezvous), and makes progress reports tell the truth.
+        loss_sum += float((np.asarray(losses) * counts[chunk]).sum())
+        windows += int(counts[chunk].sum())
+        if on_chunk is not None:
+            on_chunk(chunk + 1, chunks, windows, loss_sum / windows)
+    return state, loss_sum / windows

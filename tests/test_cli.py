@@ -208,3 +208,59 @@ def test_help_lists_flags_with_defaults():
         "--unknown",
     ):
         assert flag in sample_help
+
+
+def test_metrics_log_appends_on_resume_and_plots(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    text, ckpt = tiny_run
+    run_dir = tmp_path / "copy"
+    shutil.copytree(ckpt, run_dir)
+    before = (run_dir / "metrics.jsonl").read_text()
+    assert len(before.splitlines()) == 1
+    more = run("train.py", "--resume", "--epochs", 2, "--checkpoint-dir", run_dir, "--quiet")
+    assert more.returncode == 0, more.stderr
+    after = (run_dir / "metrics.jsonl").read_text()
+    assert after.startswith(before)  # appended, never truncated
+    records = [json.loads(line) for line in after.splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert set(records[1]) >= {"epoch", "loss", "seconds", "windows_per_s"}
+    out = tmp_path / "curve.png"
+    plotted = run("plot.py", "--checkpoint-dir", run_dir, "--out", out)
+    assert plotted.returncode == 0, plotted.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    empty = run("plot.py", "--checkpoint-dir", tmp_path)
+    assert empty.returncode == 2 and "train first" in empty.stderr
+
+
+def test_progress_bar_on_a_terminal_plain_lines_elsewhere(tiny_text, tmp_path):
+    import pty
+
+    leader, follower = pty.openpty()
+    args = [sys.executable, str(REPO / "scripts" / "train.py"), "--text", str(tiny_text),
+            "--epochs", "1", "--maxlen", "10", "--hidden", "8", "--batch-size", "4",
+            "--steps-per-call", "1", "--checkpoint-dir", str(tmp_path / "tty"), "--temperatures", ""]
+    proc = subprocess.Popen(args, stdout=follower, stderr=follower, env=os.environ.copy())
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=120) == 0, seen.decode(errors="replace")
+    screen = seen.decode(errors="replace")
+    assert "batches" in screen and "windows/s" in screen and "epoch 1/1  loss" in screen
+    plain = run("train.py", *args[2:-4], "--checkpoint-dir", tmp_path / "pipe", "--temperatures", "")
+    assert plain.returncode == 0 and "batches" not in plain.stdout
+
+
+def test_entry_points_are_installed():
+    bindir = Path(sys.executable).parent
+    for name in ("charjax-train", "charjax-sample", "charjax-bench", "charjax-plot"):
+        done = subprocess.run([str(bindir / name), "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and "usage: " + name in done.stdout, name

@@ -1,0 +1,88 @@
+"""What a training run shows and records: a live progress bar, epoch lines, metrics.jsonl.
+
+The progress bar (rich) appears only on a terminal; elsewhere, or with `--quiet`, each epoch
+is one plain line. `metrics.jsonl` in the checkpoint directory gets one JSON object per epoch and
+is only ever appended to.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(directory: str | Path) -> list[dict]:
+    """The epochs recorded in `directory/metrics.jsonl`, the last record of each epoch winning."""
+    path = Path(directory) / METRICS_FILE
+    if not path.is_file():
+        return []
+    by_epoch = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+            by_epoch[record["epoch"]] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def append_metrics(directory: str | Path, record: dict) -> None:
+    with open(Path(directory) / METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+class Reporter:
+    """Prints a run's progress; `log` gets every plain line (stdout by default)."""
+
+    def __init__(self, *, progress: bool | None = None, log: Callable[[str], None] | None = None):
+        self.log = log or (lambda line: print(line, flush=True))
+        if progress is None:
+            progress = log is None and sys.stdout.isatty()
+        self._progress = None
+        if progress:
+            self._progress = Progress(
+                TextColumn("epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("batches · loss {task.fields[loss]:.4f} · {task.fields[rate]:,.0f} windows/s"),
+                TimeRemainingColumn(),
+                console=Console(),
+                transient=True,
+            )
+        self._task = None
+        self._windows_per_chunk = 0
+
+    def epoch_started(self, epoch: int, epochs: int) -> None:
+        if self._progress is not None:
+            self._progress.start()
+            self._task = self._progress.add_task(
+                "", total=None, epoch=f"{epoch}/{epochs}", loss=float("nan"), rate=0.0
+            )
+
+    def chunk_done(self, done: int, total: int, windows: int, loss: float, seconds: float) -> None:
+        if self._progress is not None:
+            self._progress.update(
+                self._task, completed=done, total=total, loss=loss, rate=windows / max(seconds, 1e-9)
+            )
+
+    def epoch_finished(self, metrics: dict, epochs: int) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress.remove_task(self._task)
+        self.log(
+            f"epoch {metrics['epoch']}/{epochs}  loss {metrics['loss']:.4f}  "
+            f"{metrics['seconds']:.1f} s  {metrics['windows_per_s']:,.0f} windows/s"
+        )
+        shown = metrics.get("samples")
+        if shown:
+            self.log(f'----- Generating with seed: "{shown["seed"]}"')
+            for t, text in shown["texts"].items():
+                self.log(f"----- temperature: {t}\n{shown['seed']}{text}")
