@@ -1,12 +1,17 @@
 """Per-epoch checkpoints with orbax: train state plus JSON metadata (vocab, config, metrics).
 
-A checkpoint directory alone is enough to resume or sample. Orbax writes each epoch into a
-temporary folder and renames it when complete, so a checkpoint is either whole or absent.
+A checkpoint directory alone is enough to resume or sample. Orbax writes each checkpoint into a
+temporary folder and renames it when complete, so a checkpoint is either whole or absent; a
+folder left half-written by a killed process is never listed and is removed on the next start.
+An interrupted epoch (Ctrl-C) is kept apart in `partial/` with its position in the epoch.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -17,6 +22,36 @@ from charjax.errors import CharjaxError
 
 # orbax logs every save at INFO through absl; keep the console for the user's output.
 logging.getLogger("absl").setLevel(logging.WARNING)
+
+PARTIAL = "partial"
+LOCK_FILE = ".lock"
+
+
+def _manager(directory: Path, keep: int, create: bool) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        create=create,
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=create,  # remove what a killed save left behind
+    )
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+
+
+def _save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    manager.save(step, args=args, force=True)
+    manager.wait_until_finished()
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, like, sharding=None) -> tuple:
+    """(state shaped like `like`, meta) of `step`, arrays on `sharding` (default: 1st device)."""
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like
+    )
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+    restored = manager.restore(step, args=args)
+    return restored["state"], restored["meta"]
 
 
 class Checkpoints:
@@ -29,29 +64,14 @@ class Checkpoints:
                 f"checkpoint directory {self.directory} does not exist; train first or pass "
                 "--checkpoint-dir"
             )
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=create, enable_async_checkpointing=False
-        )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "meta")
-        )
+        self._manager = _manager(self.directory, keep, create)
 
     def epochs(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def latest(self) -> int | None:
-        return self._manager.latest_step()
-
     def save(self, epoch: int, state, meta: dict) -> None:
         """Write epoch `epoch` (state pytree + JSON-able meta) and prune old ones."""
-        self._manager.save(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        _save(self._manager, epoch, state, meta)
 
     def _epoch_or_latest(self, epoch: int | None) -> int:
         have = self.epochs()
@@ -82,18 +102,84 @@ class Checkpoints:
         Arrays land on `sharding` (default: the first local device), whatever devices the
         run that saved them used.
         """
-        epoch = self._epoch_or_latest(epoch)
-        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like
-        )
-        restored = self._manager.restore(
-            epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-        )
-        return restored["state"]
+        return _restore(self._manager, self._epoch_or_latest(epoch), like, sharding)[0]
+
+    # An epoch interrupted part-way: at most one, kept apart from the complete epochs.
+    def _partial_manager(self, create: bool = False) -> ocp.CheckpointManager | None:
+        path = self.directory / PARTIAL
+        if not (create or path.is_dir()):
+            return None
+        return _manager(path, 1, create)
+
+    def save_partial(self, epoch: int, state, meta: dict) -> None:
+        manager = self._partial_manager(create=True)
+        _save(manager, epoch, state, meta)
+        manager.close()
+
+    def partial_meta(self) -> dict | None:
+        """Metadata of the interrupted epoch (with its `position`), or None if there is none."""
+        manager = self._partial_manager()
+        if manager is None:
+            return None
+        try:
+            step = manager.latest_step()
+            if step is None:
+                return None
+            args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+            return manager.restore(step, args=args)["meta"]
+        finally:
+            manager.close()
+
+    def restore_partial(self, like):
+        """The state of the interrupted epoch, shaped like `like`."""
+        manager = self._partial_manager()
+        try:
+            return _restore(manager, manager.latest_step(), like)[0]
+        finally:
+            manager.close()
+
+    def clear_partial(self) -> None:
+        shutil.rmtree(self.directory / PARTIAL, ignore_errors=True)
 
     def close(self) -> None:
         self._manager.close()
+
+
+def lock_directory(directory: Path):
+    """Create `directory`, check it is writable, and lock it for this process (-> lock file).
+
+    Fails at once, before any training, if the directory cannot be written or if another
+    training run holds it. The lock (flock) is released when the process ends, however it ends.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise CharjaxError(
+            f"cannot write checkpoints to {directory} ({e.strerror or e}); choose another "
+            "--checkpoint-dir"
+        ) from None
+    handle = open(directory / LOCK_FILE, "a+")  # noqa: SIM115 (held until the run ends)
+    try:
+        import fcntl
+
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # no flock (Windows): run unlocked
+        return handle
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise CharjaxError(
+            f"another training run (pid {holder}) is using {directory}; wait for it to finish "
+            "or choose another --checkpoint-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def make_meta(

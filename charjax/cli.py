@@ -12,9 +12,16 @@ import sys
 from collections.abc import Callable
 
 from charjax.config import Config
-from charjax.errors import CharjaxError
+from charjax.errors import CharjaxError, Interrupted
 
 _DEFAULTS = Config()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (the flag, the problem, where to look)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -49,7 +56,7 @@ def _config_flag(parser, name: str, help: str, type: Callable, **kw) -> None:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="charjax-train",
         description="Train the char-level LSTM (defaults = the Keras Nietzsche example).",
     )
@@ -84,14 +91,17 @@ def train_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the run saved in --checkpoint-dir from its latest epoch",
     )
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress bar: one plain line per epoch (also when not on a terminal)")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar: one plain line per epoch (also when not on a terminal)",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
 
 def sample_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="charjax-sample",
         description="Generate text from a checkpoint. Text goes to stdout, diagnostics to stderr.",
     )
@@ -142,14 +152,39 @@ def sample_parser() -> argparse.ArgumentParser:
 
 
 def _run(main: Callable[[argparse.Namespace], int], parser, argv) -> int:
-    args = parser.parse_args(argv)
+    """Run a command; every failure ends as one line on stderr (`--debug`: the traceback)."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed as one line
+        return done.code
     try:
         return main(args)
+    except Interrupted as e:
+        print(f"{parser.prog}: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(
+            f"{parser.prog}: interrupted; nothing of the unfinished epoch was saved",
+            file=sys.stderr,
+        )
+        return 130
     except CharjaxError as e:
         if args.debug:
             raise
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug or an environment problem: still one line, no traceback
+        if args.debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(
+            f"{parser.prog}: unexpected error: {type(e).__name__}: {first} (rerun with --debug "
+            "for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -157,7 +192,10 @@ def _train(args: argparse.Namespace) -> int:
 
     given = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
     runner.train_run(
-        Config(**given), args.checkpoint_dir, resume=args.resume, given=given,
+        Config(**given),
+        args.checkpoint_dir,
+        resume=args.resume,
+        given=given,
         progress=False if args.quiet else None,
     )
     return 0
@@ -209,11 +247,14 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def plot_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="charjax-plot", description="Plot a run's loss curves from its metrics.jsonl as a PNG."
     )
-    p.add_argument("--checkpoint-dir", default="checkpoints/",
-                   help="run directory written by charjax-train (default: checkpoints/)")
+    p.add_argument(
+        "--checkpoint-dir",
+        default="checkpoints/",
+        help="run directory written by charjax-train (default: checkpoints/)",
+    )
     p.add_argument("--out", default=None, help="PNG to write (default: <checkpoint-dir>/loss.png)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p

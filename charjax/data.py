@@ -95,6 +95,13 @@ def resolve_corpus(text: str, *, url: str = NIETZSCHE_URL, sha256: str = NIETZSC
 def read_text(path: Path, *, max_chars: int = 0, lower: bool = True) -> str:
     """The text of a UTF-8 file, cut to `max_chars` (0 = all) and lower-cased like the original."""
     raw = Path(path).read_bytes()
+    if not raw:
+        raise CharjaxError(f"{path} is empty; pass a text file with --text")
+    if b"\x00" in raw[:65536]:
+        offset = raw.index(b"\x00")
+        raise CharjaxError(
+            f"{path} looks like a binary file (NUL byte at offset {offset}); pass a UTF-8 text file"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -3,3 +3,7 @@
 
 class CharjaxError(Exception):
     """A problem the user can fix; the message names it and says what to do."""
+
+
+class Interrupted(CharjaxError):
+    """The user stopped training (Ctrl-C); the message says what was saved and how to resume."""

@@ -31,7 +31,8 @@ def plot_metrics(directory: str | Path, out: str | Path | None = None) -> Path:
     ax.plot(epochs, [r["loss"] for r in records], marker="o", label="training loss")
     held_out = [(r["epoch"], r["val_loss"]) for r in records if "val_loss" in r]
     if held_out:
-        ax.plot(*zip(*held_out), marker="s", label="held-out loss")
+        val_epochs, val_loss = zip(*held_out, strict=True)
+        ax.plot(val_epochs, val_loss, marker="s", label="held-out loss")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy (nats/char)")

@@ -52,7 +52,9 @@ class Reporter:
                 TextColumn("epoch {task.fields[epoch]}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("batches · loss {task.fields[loss]:.4f} · {task.fields[rate]:,.0f} windows/s"),
+                TextColumn(
+                    "batches · loss {task.fields[loss]:.4f} · {task.fields[rate]:,.0f} windows/s"
+                ),
                 TimeRemainingColumn(),
                 console=Console(),
                 transient=True,
@@ -70,13 +72,20 @@ class Reporter:
     def chunk_done(self, done: int, total: int, windows: int, loss: float, seconds: float) -> None:
         if self._progress is not None:
             self._progress.update(
-                self._task, completed=done, total=total, loss=loss, rate=windows / max(seconds, 1e-9)
+                self._task,
+                completed=done,
+                total=total,
+                loss=loss,
+                rate=windows / max(seconds, 1e-9),
             )
 
-    def epoch_finished(self, metrics: dict, epochs: int) -> None:
+    def epoch_finished(self, metrics: dict | None, epochs: int) -> None:
+        """Close the progress bar; print the epoch's line and samples (None: epoch cut short)."""
         if self._progress is not None:
             self._progress.stop()
             self._progress.remove_task(self._task)
+        if metrics is None:
+            return
         self.log(
             f"epoch {metrics['epoch']}/{epochs}  loss {metrics['loss']:.4f}  "
             f"{metrics['seconds']:.1f} s  {metrics['windows_per_s']:,.0f} windows/s"

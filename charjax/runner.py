@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ import numpy as np
 
 from charjax import checkpoint, data, parallel, sample, train
 from charjax.config import MATH_FIELDS, Config
-from charjax.errors import CharjaxError
+from charjax.errors import CharjaxError, Interrupted
 from charjax.report import Reporter, append_metrics, read_metrics
 
 
@@ -78,38 +80,86 @@ def merge_resumed(saved: Config, given: dict) -> Config:
     return saved.replace(**given)
 
 
-def _start(cfg: Config, given: dict, ckpts: checkpoint.Checkpoints, resume: bool, log):
-    """-> (cfg, corpus, state, first epoch to train)."""
+@dataclass
+class _Start:
+    cfg: Config
+    corpus: Corpus
+    state: train.TrainState
+    epoch: int  # the first epoch to train
+    position: train.EpochPosition  # where in that epoch (non-zero after a Ctrl-C)
+
+
+def _fresh(cfg: Config, ckpts: checkpoint.Checkpoints) -> _Start:
     have = ckpts.epochs()
-    if not resume:
-        if have:
-            raise CharjaxError(
-                f"{ckpts.directory} already holds checkpoints (epochs {have[0]}..{have[-1]}); pass "
-                "--resume to continue that run, or choose another --checkpoint-dir"
-            )
-        corpus = load_corpus(cfg)
-        state = train.init_state(run_keys(cfg.seed)[0], corpus.vocab.size, cfg)
-        return cfg, corpus, state, 1
-    if not have:
+    if have or ckpts.partial_meta():
+        held = f"epochs {have[0]}..{have[-1]}" if have else "an interrupted epoch"
+        raise CharjaxError(
+            f"{ckpts.directory} already holds checkpoints ({held}); pass --resume to continue "
+            "that run, or choose another --checkpoint-dir"
+        )
+    corpus = load_corpus(cfg)
+    state = train.init_state(run_keys(cfg.seed)[0], corpus.vocab.size, cfg)
+    return _Start(cfg, corpus, state, 1, train.EpochPosition())
+
+
+def _resume(given: dict, ckpts: checkpoint.Checkpoints, log) -> _Start:
+    """Continue from the latest complete epoch, or from inside the epoch after it."""
+    have = ckpts.epochs()
+    partial = ckpts.partial_meta()
+    if partial and partial["epoch"] != (have[-1] if have else 0) + 1:
+        partial = None  # older than the latest complete epoch: superseded
+    if not have and not partial:
         raise CharjaxError(f"nothing to resume: no checkpoints in {ckpts.directory}")
-    meta = ckpts.meta()
+    meta = partial or ckpts.meta()
     saved = checkpoint.config_of(meta)
     cfg = merge_resumed(saved, given).check()
-    log(f"resuming from epoch {meta['epoch']} in {ckpts.directory}")
-    for name in sorted(given):
-        if name != "text" and given[name] != getattr(saved, name):
-            log(f"  --{name.replace('_', '-')} {given[name]} replaces {getattr(saved, name)}")
-    recorded = [m["epoch"] for m in read_metrics(ckpts.directory)]
-    if meta["epoch"] not in recorded:  # the run died between checkpoint and metrics line
-        append_metrics(ckpts.directory, meta["metrics"])
     corpus = load_corpus(cfg)
     if corpus.sha256 != meta["corpus_sha256"] or corpus.vocab.chars != meta["vocab"]:
         raise CharjaxError(
             f"the corpus {cfg.text} is not the one the checkpoint in {ckpts.directory} was "
             "trained on (different file or vocabulary); pass the original with --text"
         )
+    for name in sorted(given):
+        if name != "text" and given[name] != getattr(saved, name):
+            log(f"  --{name.replace('_', '-')} {given[name]} replaces {getattr(saved, name)}")
+    if have and have[-1] not in [m["epoch"] for m in read_metrics(ckpts.directory)]:
+        append_metrics(ckpts.directory, ckpts.meta()["metrics"])  # died before writing it
     like = jax.eval_shape(lambda: train.init_state(jax.random.key(0), corpus.vocab.size, cfg))
-    return cfg, corpus, ckpts.restore(like, meta["epoch"]), meta["epoch"] + 1
+    if partial:
+        position = train.EpochPosition(*partial["position"])
+        log(f"resuming inside epoch {partial['epoch']} after {position.windows:,} windows")
+        return _Start(cfg, corpus, ckpts.restore_partial(like), partial["epoch"], position)
+    log(f"resuming from epoch {meta['epoch']} in {ckpts.directory}")
+    state = ckpts.restore(like, meta["epoch"])
+    return _Start(cfg, corpus, state, meta["epoch"] + 1, train.EpochPosition())
+
+
+class _StopOnCtrlC:
+    """First Ctrl-C: finish the current chunk, save, stop. Second: abandon it at once."""
+
+    def __init__(self, log):
+        self.log, self.requested, self._previous = log, False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log(
+            "stopping after the current batches to save a checkpoint (Ctrl-C again to quit now)"
+        )
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _all_finite(tree) -> bool:
+    return all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(tree))
 
 
 def train_run(
@@ -126,54 +176,99 @@ def train_run(
     `given` holds the flags the user set explicitly; on resume they are checked against and
     applied to the saved config. Lines go to `log` (default: stdout); `progress` turns the live
     progress bar on or off (default: on when stdout is a terminal and `log` is not given).
+    Ctrl-C saves the epoch so far and raises `Interrupted`.
     """
     cfg.check()
     report = Reporter(progress=progress, log=log)
-    ckpts = checkpoint.Checkpoints(checkpoint_dir, keep=cfg.keep)
+    directory = Path(checkpoint_dir).expanduser().absolute()
+    lock = checkpoint.lock_directory(directory)
+    ckpts = checkpoint.Checkpoints(directory, keep=cfg.keep)
     try:
-        cfg, corpus, state, first = _start(cfg, given or {}, ckpts, resume, report.log)
+        begin = _resume(given or {}, ckpts, report.log) if resume else _fresh(cfg, ckpts)
+        cfg, corpus, state = begin.cfg, begin.corpus, begin.state
         _, data_key, sample_key = run_keys(cfg.seed)
         mesh = parallel.data_mesh()
         ids = jnp.asarray(corpus.ids)
         starts = jnp.asarray(data.window_starts(len(corpus.ids), cfg.maxlen, cfg.step))
         batches = -(-len(starts) // cfg.batch_size)
         prime = corpus.text[: cfg.maxlen]  # stored so sampling needs no corpus
+
+        def meta(epoch: int, metrics: dict) -> dict:
+            return checkpoint.make_meta(
+                cfg, corpus.vocab.chars, corpus.sha256, epoch, metrics, prime
+            )
+
         report.log(
             f"corpus: {len(corpus.ids):,} chars, {corpus.vocab.size} distinct, "
-            f"{len(starts):,} windows; epochs {first}..{cfg.epochs} on {mesh.size} "
+            f"{len(starts):,} windows; epochs {begin.epoch}..{cfg.epochs} on {mesh.size} "
             f"{mesh.devices.flat[0].platform} device(s); checkpoints in {ckpts.directory}"
         )
+        resume_hint = f"charjax-train --resume --checkpoint-dir {ckpts.directory}"
         history = []
-        for epoch in range(first, cfg.epochs + 1):
-            report.epoch_started(epoch, cfg.epochs)
-            t0 = time.perf_counter()
+        with _StopOnCtrlC(report.log) as ctrl_c:
+            for epoch in range(begin.epoch, cfg.epochs + 1):
+                report.epoch_started(epoch, cfg.epochs)
+                t0 = time.perf_counter()
 
-            def on_chunk(done, total, windows, loss, t0=t0):
-                done_batches = min(done * cfg.steps_per_call, batches)
-                report.chunk_done(done_batches, batches, windows, loss, time.perf_counter() - t0)
+                def on_chunk(done, total, windows, loss, t0=t0):
+                    done_batches = min(done * cfg.steps_per_call, batches)
+                    report.chunk_done(
+                        done_batches, batches, windows, loss, time.perf_counter() - t0
+                    )
 
-            state, loss = train.train_epoch(
-                state, ids, starts, data_key, epoch, cfg, mesh, on_chunk=on_chunk
-            )
-            seconds = time.perf_counter() - t0
-            if not np.isfinite(loss):
-                raise CharjaxError(
-                    f"epoch {epoch}: the loss became {loss}; nothing was saved for this epoch. "
-                    "Lower --learning-rate and --resume from the last checkpoint"
-                )
-            metrics = {
-                "epoch": epoch,
-                "loss": loss,
-                "seconds": seconds,
-                "windows_per_s": len(starts) / seconds,
-            }
-            if cfg.temperatures and cfg.sample_length:
-                metrics["samples"] = epoch_samples(state.params, corpus, sample_key, epoch, cfg)
-            report.epoch_finished(metrics, cfg.epochs)
-            meta = checkpoint.make_meta(cfg, corpus.vocab.chars, corpus.sha256, epoch, metrics, prime)
-            ckpts.save(epoch, state, meta)
-            append_metrics(ckpts.directory, metrics)
-            history.append(metrics)
+                position = begin.position if epoch == begin.epoch else train.EpochPosition()
+                try:
+                    state, loss = train.train_epoch(
+                        state,
+                        ids,
+                        starts,
+                        data_key,
+                        epoch,
+                        cfg,
+                        mesh,
+                        on_chunk=on_chunk,
+                        start=position,
+                        stop=lambda: ctrl_c.requested,
+                    )
+                except train.EpochInterrupted as stopped:
+                    report.epoch_finished(None, cfg.epochs)
+                    if not _all_finite(stopped.state.params):
+                        raise Interrupted(
+                            f"interrupted in epoch {epoch}; its parameters were not finite, so "
+                            f"nothing was saved for it. Resume from the last epoch: {resume_hint}"
+                        ) from None
+                    pos = stopped.position
+                    ckpts.save_partial(epoch, stopped.state, {**meta(epoch, {}), "position": pos})
+                    raise Interrupted(
+                        f"interrupted: saved epoch {epoch} after {pos.windows:,} of "
+                        f"{len(starts):,} windows. Continue with: {resume_hint}"
+                    ) from None
+                seconds = time.perf_counter() - t0
+                if not (np.isfinite(loss) and _all_finite(state.params)):
+                    report.epoch_finished(None, cfg.epochs)
+                    raise CharjaxError(
+                        f"epoch {epoch}: the loss became {loss:.4g} (parameters not finite); "
+                        "nothing was saved for this epoch. Lower --learning-rate and --resume "
+                        "from the last checkpoint"
+                    )
+                metrics = {
+                    "epoch": epoch,
+                    "loss": loss,
+                    "seconds": seconds,
+                    "windows_per_s": (len(starts) - position.windows) / seconds,
+                }
+                if cfg.temperatures and cfg.sample_length:
+                    metrics["samples"] = epoch_samples(state.params, corpus, sample_key, epoch, cfg)
+                report.epoch_finished(metrics, cfg.epochs)
+                ckpts.save(epoch, state, meta(epoch, metrics))
+                ckpts.clear_partial()
+                append_metrics(ckpts.directory, metrics)
+                history.append(metrics)
+                if ctrl_c.requested and epoch < cfg.epochs:
+                    raise Interrupted(
+                        f"interrupted after epoch {epoch}. Continue with: {resume_hint}"
+                    )
         return state, history
     finally:
         ckpts.close()
+        lock.close()

@@ -22,6 +22,25 @@ from charjax import data, model, parallel
 from charjax.config import Config
 
 
+class EpochPosition(NamedTuple):
+    """How far an epoch got: chunks done, and the loss sum and count of the windows trained."""
+
+    chunks: int = 0
+    loss_sum: float = 0.0
+    windows: int = 0
+
+
+class EpochInterrupted(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by `train_epoch` when `stop()` asks for it; carries the state and the position."""
+
+    def __init__(self, state, position: EpochPosition):
+        super().__init__(f"interrupted after {position.chunks} chunks")
+        self.state, self.position = state, position
+
+
+EPOCH_START = EpochPosition()
+
+
 class TrainState(NamedTuple):
     params: dict
     opt_state: optax.OptState
@@ -110,6 +129,8 @@ def train_epoch(
     cfg: Config,
     mesh: Mesh | None = None,
     on_chunk: Callable[[int, int, int, float], None] | None = None,
+    start: EpochPosition = EPOCH_START,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[TrainState, float]:
     """One pass over all windows in the order of `(data_key, epoch)` -> (state, mean window loss).
 
@@ -133,8 +154,8 @@ def train_epoch(
     state, ids = jax.device_put((state, ids), parallel.replicated(mesh))
     counts = np.asarray(plan_weights.sum(axis=-1))  # real windows per batch [chunks, K]
     chunks = plan_starts.shape[0]
-    loss_sum, windows = 0.0, 0
-    for chunk in range(chunks):
+    _, loss_sum, windows = start
+    for chunk in range(start.chunks, chunks):
         state, losses = train_chunk(state, ids, plan_starts, plan_weights, chunk, cfg, mesh)
         # Waiting for each chunk keeps multi-device CPU runs from queueing calls (which can time
         # out XLA's all-reduce rendezvous), and makes progress reports tell the truth.
@@ -142,4 +163,6 @@ def train_epoch(
         windows += int(counts[chunk].sum())
         if on_chunk is not None:
             on_chunk(chunk + 1, chunks, windows, loss_sum / windows)
+        if stop is not None and stop() and chunk + 1 < chunks:
+            raise EpochInterrupted(state, EpochPosition(chunk + 1, loss_sum, windows))
     return state, loss_sum / windows

@@ -238,9 +238,26 @@ def test_progress_bar_on_a_terminal_plain_lines_elsewhere(tiny_text, tmp_path):
     import pty
 
     leader, follower = pty.openpty()
-    args = [sys.executable, str(REPO / "scripts" / "train.py"), "--text", str(tiny_text),
-            "--epochs", "1", "--maxlen", "10", "--hidden", "8", "--batch-size", "4",
-            "--steps-per-call", "1", "--checkpoint-dir", str(tmp_path / "tty"), "--temperatures", ""]
+    args = [
+        sys.executable,
+        str(REPO / "scripts" / "train.py"),
+        "--text",
+        str(tiny_text),
+        "--epochs",
+        "1",
+        "--maxlen",
+        "10",
+        "--hidden",
+        "8",
+        "--batch-size",
+        "4",
+        "--steps-per-call",
+        "1",
+        "--checkpoint-dir",
+        str(tmp_path / "tty"),
+        "--temperatures",
+        "",
+    ]
     proc = subprocess.Popen(args, stdout=follower, stderr=follower, env=os.environ.copy())
     os.close(follower)
     seen = b""
@@ -255,7 +272,9 @@ def test_progress_bar_on_a_terminal_plain_lines_elsewhere(tiny_text, tmp_path):
     assert proc.wait(timeout=120) == 0, seen.decode(errors="replace")
     screen = seen.decode(errors="replace")
     assert "batches" in screen and "windows/s" in screen and "epoch 1/1  loss" in screen
-    plain = run("train.py", *args[2:-4], "--checkpoint-dir", tmp_path / "pipe", "--temperatures", "")
+    plain = run(
+        "train.py", *args[2:-4], "--checkpoint-dir", tmp_path / "pipe", "--temperatures", ""
+    )
     assert plain.returncode == 0 and "batches" not in plain.stdout
 
 

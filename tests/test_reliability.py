@@ -1,0 +1,281 @@
+"""Bad input gives one clear line; interrupted or killed runs lose no work and resume exactly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from charjax import checkpoint, cli, train
+from charjax.checkpoint import Checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--maxlen", "10", "--hidden", "8", "--batch-size", "16", "--temperatures", ""]
+
+
+def _one_line_error(capsys, code, main, argv, needle):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def texts(tmp_path):
+    d = tmp_path / "texts"
+    d.mkdir()
+    (d / "empty.txt").write_bytes(b"")
+    (d / "short.txt").write_text("too short")
+    (d / "latin1.txt").write_bytes("caf\u00e9 au lait ".encode("latin-1") * 10)
+    (d / "binary.bin").write_bytes(bytes(range(256)) * 4)
+    (d / "good.txt").write_text("a good enough text for a tiny model. " * 12)
+    (d / "other.txt").write_text("quite another text, with other letters: xyzq! " * 12)
+    (d / "file").write_text("not a directory")
+    return d
+
+
+def test_bad_training_inputs_are_one_line(capsys, texts, tmp_path):
+    good, ck = texts / "good.txt", tmp_path / "ck"
+    cases = [
+        (["--text", texts / "missing.txt"], "does not exist"),
+        (["--text", texts], "is not a file"),
+        (["--text", texts / "empty.txt"], "is empty"),
+        (["--text", texts / "short.txt"], "fewer than --maxlen + 1"),
+        (["--text", texts / "latin1.txt"], "not valid UTF-8 (bad byte at offset 3)"),
+        (["--text", texts / "binary.bin"], "binary file (NUL byte at offset 0)"),
+        (["--text", good, "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--text", good, "--maxlen", "0"], "--maxlen must be >= 1"),
+        (["--text", good, "--step", "-1"], "--step must be >= 1"),
+        (["--text", good, "--epochs", "-1"], "--epochs must be >= 0"),
+        (["--text", good, "--learning-rate", "nan"], "--learning-rate must be a positive"),
+        (["--text", good, "--temperatures", "0.5,-1"], "--temperatures must be finite"),
+        (["--text", good, "--temperatures", "inf"], "--temperatures must be finite"),
+        (["--text", good, "--checkpoint-dir", texts / "file" / "sub"], "cannot write checkpoints"),
+        (["--resume", "--checkpoint-dir", tmp_path / "nothing"], "nothing to resume"),
+    ]
+    for argv, needle in cases:
+        argv = [str(a) for a in argv]
+        if "--checkpoint-dir" not in argv:
+            argv += ["--checkpoint-dir", str(ck)]
+        base = ["--epochs", "1", "--maxlen", "10", "--hidden", "8", "--temperatures", ""]
+        _one_line_error(capsys, 2, cli.train_main, base + argv, needle)
+    # usage errors are one line too
+    _one_line_error(capsys, 2, cli.train_main, ["--batch-size", "abc"], "invalid int value")
+    assert not list(ck.glob("[0-9]*"))  # nothing was trained or saved
+
+
+def test_resume_checks_corpus_and_model(capsys, texts, tmp_path):
+    ck = str(tmp_path / "ck")
+    assert (
+        cli.train_main(
+            ["--text", str(texts / "good.txt"), "--epochs", "1", "--checkpoint-dir", ck, *TINY]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    _one_line_error(
+        capsys,
+        2,
+        cli.train_main,
+        ["--resume", "--text", str(texts / "other.txt"), "--checkpoint-dir", ck],
+        "not the one the checkpoint",
+    )
+    _one_line_error(
+        capsys,
+        2,
+        cli.train_main,
+        ["--resume", "--hidden", "32", "--checkpoint-dir", ck],
+        "--hidden 32 (checkpoint has 8)",
+    )
+    # a directory another run holds is refused before any work
+    held = checkpoint.lock_directory(Path(ck))
+    try:
+        _one_line_error(
+            capsys,
+            2,
+            cli.train_main,
+            ["--resume", "--epochs", "2", "--checkpoint-dir", ck],
+            "another training run",
+        )
+    finally:
+        held.close()
+    # sampling: missing or empty dir, absent epoch, bad numbers
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for argv, needle in [
+        (["--checkpoint-dir", str(tmp_path / "none")], "does not exist"),
+        (["--checkpoint-dir", str(empty)], "no checkpoints in"),
+        (["--checkpoint-dir", ck, "--epoch", "5"], "available: 1"),
+        (["--checkpoint-dir", ck, "--length", "-5"], "length must be >= 0"),
+        (["--checkpoint-dir", ck, "--temperature", "-0.5"], "temperature must be"),
+        (["--checkpoint-dir", ck, "--temperature", "nan"], "temperature must be"),
+        (["--checkpoint-dir", ck, "--top-p", "inf"], "expected a finite number"),
+        (["--checkpoint-dir", ck, "--num-samples", "0"], "num-samples must be >= 1"),
+    ]:
+        _one_line_error(capsys, 2, cli.sample_main, argv, needle)
+
+
+def test_thousands_of_distinct_chars_work(capsys, tmp_path):
+    chars = "".join(chr(c) for c in range(0x4E00, 0x4E00 + 3000))  # CJK ideographs
+    text = tmp_path / "cjk.txt"
+    text.write_text(chars * 2, encoding="utf-8")
+    ck = str(tmp_path / "ck")
+    assert (
+        cli.train_main(
+            [
+                "--text",
+                str(text),
+                "--epochs",
+                "1",
+                "--checkpoint-dir",
+                ck,
+                "--maxlen",
+                "10",
+                "--hidden",
+                "8",
+                "--batch-size",
+                "64",
+                "--temperatures",
+                "",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert cli.sample_main(["--checkpoint-dir", ck, "--length", "30", "--prime", chars[:5]]) == 0
+    out = capsys.readouterr().out.rstrip("\n")
+    assert len(out) == 30 and set(out) <= set(chars)
+
+
+def test_non_finite_loss_never_reaches_a_checkpoint(capsys, texts, tmp_path):
+    ck = tmp_path / "ck"
+    argv = [
+        "--text",
+        str(texts / "good.txt"),
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "1e38",
+        "--checkpoint-dir",
+        str(ck),
+        *TINY,
+    ]
+    _one_line_error(capsys, 2, cli.train_main, argv, "nothing was saved")
+    assert Checkpoints(ck).epochs() == []
+
+
+def _train_cmd(text, ck, epochs, *extra):
+    return [
+        sys.executable,
+        str(REPO / "scripts" / "train.py"),
+        "--text",
+        str(text),
+        "--epochs",
+        str(epochs),
+        "--checkpoint-dir",
+        str(ck),
+        "--steps-per-call",
+        "1",
+        "--quiet",
+        *TINY,
+        *extra,
+    ]
+
+
+def _final_params(ck):
+    ckpts = Checkpoints(ck, create=False)
+    meta = ckpts.meta()
+    cfg = checkpoint.config_of(meta)
+    like = jax.eval_shape(lambda: train.init_state(jax.random.key(0), len(meta["vocab"]), cfg))
+    return meta["epoch"], ckpts.restore(like)
+
+
+def _same(a, b) -> bool:
+    return all(
+        jax.tree.leaves(
+            jax.tree.map(lambda x, y: bool((np.asarray(x) == np.asarray(y)).all()), a, b)
+        )
+    )
+
+
+@pytest.fixture
+def long_text(tmp_path):
+    path = tmp_path / "long.txt"
+    rng = np.random.default_rng(0)
+    words = ["the", "will", "to", "power", "is", "a", "truth", "woman", "philosopher", "and"]
+    path.write_text(" ".join(rng.choice(words, 1500)) + ".", encoding="utf-8")
+    return path
+
+
+def test_ctrl_c_saves_and_resume_is_exact(long_text, tmp_path):
+    slow = ("--batch-size", "8", "--step", "1")  # ~900 steps: epochs long enough to interrupt
+    reference = subprocess.run(
+        _train_cmd(long_text, tmp_path / "ref", 2, *slow),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert reference.returncode == 0, reference.stderr
+    ck = tmp_path / "ck"
+    proc = subprocess.Popen(
+        _train_cmd(long_text, ck, 2, *slow),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not (ck / "1").is_dir() and time.time() < deadline:  # epoch 1 saved: epoch 2 runs
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    err = proc.stderr.read()
+    assert "interrupted: saved epoch 2 after" in err and "--resume" in err, err
+    assert "Traceback" not in err
+    assert Checkpoints(ck).epochs() == [1] and (ck / "partial").is_dir()
+    done = subprocess.run(
+        _train_cmd(long_text, ck, 2, "--resume", *slow), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "resuming inside epoch 2" in done.stdout
+    assert not (ck / "partial").exists()
+    (e1, ref), (e2, resumed) = _final_params(tmp_path / "ref"), _final_params(ck)
+    assert e1 == e2 == 2 and _same(ref, resumed)
+
+
+def test_sigkill_at_any_moment_loses_nothing(long_text, tmp_path):
+    reference = subprocess.run(
+        _train_cmd(long_text, tmp_path / "ref", 4), capture_output=True, text=True, timeout=300
+    )
+    assert reference.returncode == 0, reference.stderr
+    ck = tmp_path / "ck"
+    kills = 0
+    for delay in (2.5, 4.0, 3.1, 5.3):
+        resume = ["--resume"] if Checkpoints(ck).epochs() or (ck / "partial").exists() else []
+        proc = subprocess.Popen(
+            _train_cmd(long_text, ck, 4, *resume),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        if set(Checkpoints(ck).epochs()) >= {4}:
+            break
+    assert kills >= 2
+    resume = ["--resume"] if Checkpoints(ck).epochs() or (ck / "partial").exists() else []
+    done = subprocess.run(
+        _train_cmd(long_text, ck, 4, *resume), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    (e1, ref), (e2, resumed) = _final_params(tmp_path / "ref"), _final_params(ck)
+    assert e1 == e2 == 4 and _same(ref, resumed)
+    assert not [p for p in ck.iterdir() if "tmp" in p.name]  # no half-written checkpoint left
