@@ -1,6 +1,5 @@
 """Bad input gives one clear line; interrupted or killed runs lose no work and resume exactly."""
 
-import os
 import signal
 import subprocess
 import sys
