@@ -130,11 +130,11 @@ class Checkpoints:
         finally:
             manager.close()
 
-    def restore_partial(self, like):
+    def restore_partial(self, like, sharding=None):
         """The state of the interrupted epoch, shaped like `like`."""
         manager = self._partial_manager()
         try:
-            return _restore(manager, manager.latest_step(), like)[0]
+            return _restore(manager, manager.latest_step(), like, sharding)[0]
         finally:
             manager.close()
 

@@ -74,6 +74,7 @@ def train_parser() -> argparse.ArgumentParser:
     _config_flag(p, "step", "stride between window starts", type=int)
     _config_flag(p, "hidden", "LSTM units", type=int)
     _config_flag(p, "learning_rate", "RMSprop learning rate", type=float)
+    _config_flag(p, "dtype", "matmul precision: float32, or bfloat16 (for GPU/TPU)", type=str)
     _config_flag(p, "seed", "seed of every PRNG key (init, data order, samples)", type=int)
     _config_flag(p, "keep", "checkpoints to keep on disk", type=int)
     _config_flag(p, "sample_length", "chars generated per temperature after each epoch", type=int)
@@ -90,6 +91,25 @@ def train_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue the run saved in --checkpoint-dir from its latest epoch",
+    )
+    p.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        default=None,
+        help="multi-process run: address of process 0 (default: $JAX_COORDINATOR_ADDRESS; "
+        "unset = one process)",
+    )
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        default=None,
+        help="multi-process run: number of processes (default: $JAX_NUM_PROCESSES)",
+    )
+    p.add_argument(
+        "--process-id",
+        type=int,
+        default=None,
+        help="multi-process run: this process's index (default: $JAX_PROCESS_ID)",
     )
     p.add_argument(
         "--quiet",
@@ -188,8 +208,9 @@ def _run(main: Callable[[argparse.Namespace], int], parser, argv) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from charjax import runner
+    from charjax import parallel, runner
 
+    parallel.start_distributed(args.coordinator, args.num_processes, args.process_id)
     given = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
     runner.train_run(
         Config(**given),

@@ -24,6 +24,7 @@ class Config:
     learning_rate: float = 0.01  # RMSprop learning rate
     rho: float = 0.9  # RMSprop decay of the squared-gradient average (Keras `rho`)
     epsilon: float = 1e-7  # RMSprop epsilon, added inside the square root (Keras 3)
+    dtype: str = "float32"  # matmul operands: float32, or bfloat16 on GPU/TPU (params stay f32)
     seed: int = 0  # root of every PRNG key: init, data order, samples
     steps_per_call: int = 10  # optimizer steps per jitted call (speed only, same numbers)
     sample_length: int = 400  # chars generated per temperature after each epoch
@@ -73,6 +74,8 @@ class Config:
             raise CharjaxError(
                 f"--temperatures must be finite numbers >= 0, got {list(self.temperatures)}"
             )
+        if self.dtype not in ("float32", "bfloat16"):
+            raise CharjaxError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         return self
 
 
@@ -89,4 +92,5 @@ MATH_FIELDS = (
     "rho",
     "epsilon",
     "seed",
+    "dtype",
 )

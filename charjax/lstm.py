@@ -6,6 +6,8 @@ kernel float32[H, 4H] and a bias float32[4H], gates in the order i, f, c (candid
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -35,13 +37,21 @@ def input_projection(params: dict, ids: jax.Array) -> jax.Array:
     return params["kernel"][ids] + params["bias"]
 
 
-def cell_with_gates(recurrent_kernel: jax.Array, carry: tuple, xz: jax.Array):
+def matmul(a: jax.Array, b: jax.Array, dtype=None) -> jax.Array:
+    """a @ b; with `dtype` (e.g. bfloat16) the operands are cast to it and the products summed
+    in float32, the usual mixed precision of GPU/TPU matrix units. None keeps float32."""
+    if dtype is None:
+        return a @ b
+    return jnp.dot(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def cell_with_gates(recurrent_kernel: jax.Array, carry: tuple, xz: jax.Array, dtype=None):
     """One step: (h, c) and the projected input xz float32[B, 4H] -> ((h, c), gates [B, 4H]).
 
     The gates (i, f, g, o after their activations) are what the hand-written backward needs.
     """
     h, c = carry
-    z = xz + h @ recurrent_kernel
+    z = xz + matmul(h, recurrent_kernel, dtype)
     i, f, g, o = jnp.split(z, 4, axis=-1)
     i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
     c = f * c + i * g
@@ -49,9 +59,9 @@ def cell_with_gates(recurrent_kernel: jax.Array, carry: tuple, xz: jax.Array):
     return (h, c), jnp.concatenate([i, f, g, o], axis=-1)
 
 
-def cell(recurrent_kernel: jax.Array, carry: tuple, xz: jax.Array) -> tuple:
+def cell(recurrent_kernel: jax.Array, carry: tuple, xz: jax.Array, dtype=None) -> tuple:
     """One step -> new (h, c), each float32[B, H]."""
-    return cell_with_gates(recurrent_kernel, carry, xz)[0]
+    return cell_with_gates(recurrent_kernel, carry, xz, dtype)[0]
 
 
 def zero_carry(xz: jax.Array) -> tuple:
@@ -64,7 +74,7 @@ def zero_carry(xz: jax.Array) -> tuple:
     return zeros, zeros
 
 
-def run(params: dict, ids: jax.Array, carry: tuple | None = None, valid: jax.Array | None = None):
+def run(params: dict, ids: jax.Array, carry=None, valid: jax.Array | None = None, dtype=None):
     """Scan the cell over ids int32[B, T] -> (final (h, c), hs float32[B, T, H]).
 
     `valid` bool[T] (optional) marks steps that count; at the others the carry passes through
@@ -78,7 +88,7 @@ def run(params: dict, ids: jax.Array, carry: tuple | None = None, valid: jax.Arr
 
     def step(carry, inputs):
         xz_t, valid_t = inputs
-        new = cell(params["recurrent_kernel"], carry, xz_t)
+        new = cell(params["recurrent_kernel"], carry, xz_t, dtype)
         new = jax.tree.map(lambda n, o: jnp.where(valid_t, n, o), new, carry)
         return new, new[0]
 
@@ -86,21 +96,21 @@ def run(params: dict, ids: jax.Array, carry: tuple | None = None, valid: jax.Arr
     return carry, jnp.swapaxes(hs, 0, 1)
 
 
-def _forward_saving(params: dict, ids: jax.Array):
+def _forward_saving(params: dict, ids: jax.Array, dtype=None):
     """Zero-state scan over ids int32[B, T] that keeps what the backward pass needs."""
     recurrent = params["recurrent_kernel"]
     xz = input_projection(params, ids.T)  # [T, B, 4H], gathered time-major
 
     def step(carry, xz_t):
-        carry, gates = cell_with_gates(recurrent, carry, xz_t)
+        carry, gates = cell_with_gates(recurrent, carry, xz_t, dtype)
         return carry, (*carry, gates)
 
     carry, (hs, cs, gates) = lax.scan(step, zero_carry(xz), xz)
     return carry, (hs, cs, gates)
 
 
-@jax.custom_vjp
-def final_carry(params: dict, ids: jax.Array) -> tuple:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def final_carry(params: dict, ids: jax.Array, dtype=None) -> tuple:
     """(h, c) after scanning ids int32[B, T] from a zero state: `run(...)[0]`, same numbers.
 
     Its gradient is hand-written (as cuDNN does it): the backward loop carries only (dh, dc)
@@ -108,15 +118,15 @@ def final_carry(params: dict, ids: jax.Array) -> tuple:
     all T*B rows (recurrent kernel) and a row scatter-add (input kernel), instead of T small
     accumulations inside the loop.
     """
-    return _forward_saving(params, ids)[0]
+    return _forward_saving(params, ids, dtype)[0]
 
 
-def _final_carry_fwd(params, ids):
-    carry, saved = _forward_saving(params, ids)
+def _final_carry_fwd(params, ids, dtype):
+    carry, saved = _forward_saving(params, ids, dtype)
     return carry, (params, ids, saved)
 
 
-def _final_carry_bwd(res, cotangent):
+def _final_carry_bwd(dtype, res, cotangent):
     params, ids, (hs, cs, gates) = res
     recurrent = params["recurrent_kernel"]
     h_prev = jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]])  # h_{t-1}, [T, B, H]
@@ -137,7 +147,7 @@ def _final_carry_bwd(res, cotangent):
             ],
             axis=-1,
         )
-        return (dz @ recurrent.T, dc * f), dz
+        return (matmul(dz, recurrent.T, dtype), dc * f), dz
 
     dh, dc = cotangent
     _, dzs = lax.scan(step, (dh, dc), (cs, c_prev, gates), reverse=True)
@@ -147,7 +157,7 @@ def _final_carry_bwd(res, cotangent):
         "kernel": jax.ops.segment_sum(
             dz_rows, jnp.swapaxes(ids, 0, 1).reshape(-1), num_segments=params["kernel"].shape[0]
         ),
-        "recurrent_kernel": h_prev.reshape(-1, h_prev.shape[-1]).T @ dz_rows,
+        "recurrent_kernel": matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, dz_rows, dtype),
         "bias": dz_rows.sum(axis=0),
     }
     return grads, None
@@ -156,8 +166,8 @@ def _final_carry_bwd(res, cotangent):
 final_carry.defvjp(_final_carry_fwd, _final_carry_bwd)
 
 
-def final(params: dict, ids: jax.Array, carry: tuple | None = None, valid=None) -> tuple:
+def final(params: dict, ids: jax.Array, carry=None, valid=None, dtype=None) -> tuple:
     """Final (h, c) of a scan; from a zero state over all steps it takes the fast-gradient path."""
     if carry is None and valid is None:
-        return final_carry(params, ids)
-    return run(params, ids, carry, valid)[0]
+        return final_carry(params, ids, dtype)
+    return run(params, ids, carry, valid, dtype)[0]

@@ -18,6 +18,7 @@ class LSTM(nn.Module):
 
     vocab_size: int
     hidden: int
+    dtype: str | None = None  # matmul operand dtype; None = float32
 
     @nn.compact
     def __call__(self, ids, carry=None, valid=None):
@@ -29,7 +30,22 @@ class LSTM(nn.Module):
             ),
             "bias": self.param("bias", lstm.bias_init, (gates,)),
         }
-        return lstm.final(params, ids, carry, valid)
+        return lstm.final(params, ids, carry, valid, self.dtype)
+
+
+class Dense(nn.Module):
+    """Keras' Dense without activation: h @ kernel + bias (glorot-uniform kernel, zero bias)."""
+
+    features: int
+    dtype: str | None = None
+
+    @nn.compact
+    def __call__(self, h):
+        kernel = self.param(
+            "kernel", nn.initializers.glorot_uniform(), (h.shape[-1], self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return lstm.matmul(h, kernel, self.dtype) + bias
 
 
 class CharLSTM(nn.Module):
@@ -37,14 +53,12 @@ class CharLSTM(nn.Module):
 
     vocab_size: int
     hidden: int = 128
+    dtype: str | None = None  # "bfloat16": matmuls in bf16 (GPU/TPU); parameters stay float32
 
     @nn.compact
     def __call__(self, ids, carry=None, valid=None):
-        carry = LSTM(self.vocab_size, self.hidden, name="lstm")(ids, carry, valid)
-        dense = nn.Dense(
-            self.vocab_size, kernel_init=nn.initializers.glorot_uniform(), name="dense"
-        )
-        return carry, dense(carry[0])
+        carry = LSTM(self.vocab_size, self.hidden, self.dtype, name="lstm")(ids, carry, valid)
+        return carry, Dense(self.vocab_size, self.dtype, name="dense")(carry[0])
 
 
 def shape_of(params: dict) -> tuple[int, int]:
@@ -59,9 +73,10 @@ def init_params(key: jax.Array, vocab_size: int, hidden: int) -> dict:
     return CharLSTM(vocab_size, hidden).init(key, ids)["params"]
 
 
-def forward(params: dict, ids: jax.Array, carry=None, valid=None):
+def forward(params: dict, ids: jax.Array, carry=None, valid=None, dtype: str | None = None):
     """Pure forward pass: ids int32[B, T] -> ((h, c), logits float32[B, V])."""
-    return CharLSTM(*shape_of(params)).apply({"params": params}, ids, carry, valid)
+    dtype = None if dtype in (None, "float32") else dtype
+    return CharLSTM(*shape_of(params), dtype).apply({"params": params}, ids, carry, valid)
 
 
 def num_params(params: dict) -> int:

@@ -61,9 +61,54 @@ def tune_host_malloc() -> bool:
         return False
 
 
+def start_distributed(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
+    """Join a multi-process run (`jax.distributed.initialize`) when a coordinator is given.
+
+    Flags win over the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID. On CPU the processes talk through gloo collectives. Returns whether it did.
+    """
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if not coordinator:
+        return False
+    if num_processes is None:
+        num_processes = int(os.environ.get("JAX_NUM_PROCESSES", 1))
+    if process_id is None:
+        process_id = int(os.environ.get("JAX_PROCESS_ID", 0))
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    return True
+
+
+def is_primary() -> bool:
+    """Process 0 prints, writes metrics and holds the directory lock; all processes save."""
+    return jax.process_index() == 0
+
+
 def data_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over `devices` (default: all local devices of the default backend)."""
-    return Mesh(np.array(devices if devices is not None else jax.local_devices()), (AXIS,))
+    """A 1-D mesh over `devices` (default: every device of every process)."""
+    return Mesh(np.array(devices if devices is not None else jax.devices()), (AXIS,))
+
+
+def put(tree, sharding: NamedSharding):
+    """Place a pytree on `sharding`; every process passes the same full values.
+
+    Host (numpy) values are what `device_put` accepts across processes: each process then
+    transfers only the shards its own devices hold (its share of each batch).
+    """
+
+    def one(x):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree.map(one, tree)
+
+
+def local(tree):
+    """This process's copy of a replicated pytree, on one of its devices (for sampling)."""
+    return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

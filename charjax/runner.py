@@ -102,7 +102,7 @@ def _fresh(cfg: Config, ckpts: checkpoint.Checkpoints) -> _Start:
     return _Start(cfg, corpus, state, 1, train.EpochPosition())
 
 
-def _resume(given: dict, ckpts: checkpoint.Checkpoints, log) -> _Start:
+def _resume(given: dict, ckpts: checkpoint.Checkpoints, log, sharding) -> _Start:
     """Continue from the latest complete epoch, or from inside the epoch after it."""
     have = ckpts.epochs()
     partial = ckpts.partial_meta()
@@ -122,15 +122,17 @@ def _resume(given: dict, ckpts: checkpoint.Checkpoints, log) -> _Start:
     for name in sorted(given):
         if name != "text" and given[name] != getattr(saved, name):
             log(f"  --{name.replace('_', '-')} {given[name]} replaces {getattr(saved, name)}")
-    if have and have[-1] not in [m["epoch"] for m in read_metrics(ckpts.directory)]:
+    recorded = [m["epoch"] for m in read_metrics(ckpts.directory)]
+    if have and have[-1] not in recorded and parallel.is_primary():
         append_metrics(ckpts.directory, ckpts.meta()["metrics"])  # died before writing it
     like = jax.eval_shape(lambda: train.init_state(jax.random.key(0), corpus.vocab.size, cfg))
     if partial:
         position = train.EpochPosition(*partial["position"])
         log(f"resuming inside epoch {partial['epoch']} after {position.windows:,} windows")
-        return _Start(cfg, corpus, ckpts.restore_partial(like), partial["epoch"], position)
+        state = ckpts.restore_partial(like, sharding)
+        return _Start(cfg, corpus, state, partial["epoch"], position)
     log(f"resuming from epoch {meta['epoch']} in {ckpts.directory}")
-    state = ckpts.restore(like, meta["epoch"])
+    state = ckpts.restore(like, meta["epoch"], sharding)
     return _Start(cfg, corpus, state, meta["epoch"] + 1, train.EpochPosition())
 
 
@@ -141,7 +143,8 @@ class _StopOnCtrlC:
         self.log, self.requested, self._previous = log, False, None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        # Several processes would each see their own Ctrl-C; there it keeps its default meaning.
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -179,16 +182,22 @@ def train_run(
     Ctrl-C saves the epoch so far and raises `Interrupted`.
     """
     cfg.check()
+    primary = parallel.is_primary()
+    if not primary:  # in a multi-process run only process 0 talks
+        log, progress = (lambda line: None), False
     report = Reporter(progress=progress, log=log)
     directory = Path(checkpoint_dir).expanduser().absolute()
-    lock = checkpoint.lock_directory(directory)
+    lock = checkpoint.lock_directory(directory) if primary else None
     ckpts = checkpoint.Checkpoints(directory, keep=cfg.keep)
+    mesh = parallel.data_mesh()
     try:
-        begin = _resume(given or {}, ckpts, report.log) if resume else _fresh(cfg, ckpts)
+        if resume:
+            begin = _resume(given or {}, ckpts, report.log, parallel.replicated(mesh))
+        else:
+            begin = _fresh(cfg, ckpts)
         cfg, corpus, state = begin.cfg, begin.corpus, begin.state
         _, data_key, sample_key = run_keys(cfg.seed)
-        mesh = parallel.data_mesh()
-        ids = jnp.asarray(corpus.ids)
+        ids = parallel.put(corpus.ids, parallel.replicated(mesh))
         starts = jnp.asarray(data.window_starts(len(corpus.ids), cfg.maxlen, cfg.step))
         batches = -(-len(starts) // cfg.batch_size)
         prime = corpus.text[: cfg.maxlen]  # stored so sampling needs no corpus
@@ -258,11 +267,13 @@ def train_run(
                     "windows_per_s": (len(starts) - position.windows) / seconds,
                 }
                 if cfg.temperatures and cfg.sample_length:
-                    metrics["samples"] = epoch_samples(state.params, corpus, sample_key, epoch, cfg)
+                    params = parallel.local(state.params)
+                    metrics["samples"] = epoch_samples(params, corpus, sample_key, epoch, cfg)
                 report.epoch_finished(metrics, cfg.epochs)
                 ckpts.save(epoch, state, meta(epoch, metrics))
-                ckpts.clear_partial()
-                append_metrics(ckpts.directory, metrics)
+                if primary:
+                    ckpts.clear_partial()
+                    append_metrics(ckpts.directory, metrics)
                 history.append(metrics)
                 if ctrl_c.requested and epoch < cfg.epochs:
                     raise Interrupted(
@@ -271,4 +282,5 @@ def train_run(
         return state, history
     finally:
         ckpts.close()
-        lock.close()
+        if lock is not None:
+            lock.close()

@@ -63,13 +63,13 @@ def init_state(key: jax.Array, vocab_size: int, cfg: Config) -> TrainState:
     return TrainState(params, opt_state, jnp.zeros((), jnp.int32))
 
 
-def loss_sum(params: dict, inputs: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+def loss_sum(params: dict, inputs, targets, weights, dtype: str = "float32") -> jax.Array:
     """Weighted sum of next-char cross-entropies (nats); weight-0 rows are padding.
 
     Keras computes it from clipped softmax probabilities; on logits it is the same value except
     where a target's probability is below 1e-7, where Keras' clip zeroes the gradient.
     """
-    _, logits = model.forward(params, inputs)
+    _, logits = model.forward(params, inputs, dtype=dtype)
     return jnp.sum(weights * optax.softmax_cross_entropy_with_integer_labels(logits, targets))
 
 
@@ -87,7 +87,7 @@ def train_step(state: TrainState, inputs, targets, weights, cfg: Config, axis_na
     params = state.params
     if axis_name is not None:  # per-device gradients differ until summed: mark them varying
         params = jax.tree.map(lambda p: lax.pcast(p, (axis_name,), to="varying"), params)
-    total, grads = jax.value_and_grad(loss_sum)(params, inputs, targets, weights)
+    total, grads = jax.value_and_grad(loss_sum)(params, inputs, targets, weights, cfg.dtype)
     count = _psum(jnp.sum(weights), axis_name)
     scale = 1.0 / jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: _psum(g, axis_name) * scale, grads)
@@ -140,19 +140,17 @@ def train_epoch(
     """
     mesh = mesh or parallel.data_mesh()
     width = -(-cfg.batch_size // mesh.size) * mesh.size  # pad batches to split evenly
-    plan_starts, plan_weights = jax.device_put(
-        make_plan(
-            data_key,
-            epoch,
-            starts,
-            batch_size=cfg.batch_size,
-            steps_per_call=cfg.steps_per_call,
-            width=width,
-        ),
-        parallel.batch_sharded(mesh),
+    plan = make_plan(
+        data_key,
+        epoch,
+        starts,
+        batch_size=cfg.batch_size,
+        steps_per_call=cfg.steps_per_call,
+        width=width,
     )
-    state, ids = jax.device_put((state, ids), parallel.replicated(mesh))
-    counts = np.asarray(plan_weights.sum(axis=-1))  # real windows per batch [chunks, K]
+    counts = np.asarray(plan[1].sum(axis=-1))  # real windows per batch [chunks, K]
+    plan_starts, plan_weights = parallel.put(plan, parallel.batch_sharded(mesh))
+    state, ids = parallel.put((state, ids), parallel.replicated(mesh))
     chunks = plan_starts.shape[0]
     _, loss_sum, windows = start
     for chunk in range(start.chunks, chunks):

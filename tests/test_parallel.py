@@ -72,3 +72,110 @@ def test_plan_pads_batches_to_the_device_width():
     assert w.sum(axis=-1).tolist() == [[6, 6, 6, 6], [6, 6, 6, 6], [2, 0, 0, 0]]
     real = np.asarray(plan)[w > 0]
     assert sorted(real.tolist()) == list(range(50))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _restore_params(directory):
+    from charjax import checkpoint, train
+    from charjax.checkpoint import Checkpoints
+
+    ckpts = Checkpoints(directory, create=False)
+    meta = ckpts.meta()
+    cfg = checkpoint.config_of(meta)
+    like = jax.eval_shape(lambda: train.init_state(jax.random.key(0), len(meta["vocab"]), cfg))
+    return meta, ckpts.restore(like).params
+
+
+def test_two_processes_match_one(tiny_text, tmp_path):
+    """Two processes (one CPU device each, gloo collectives) train like one with two devices."""
+    script = str(data.__file__).replace("charjax/data.py", "scripts/train.py")
+    args = [
+        sys.executable,
+        script,
+        "--text",
+        str(tiny_text),
+        "--epochs",
+        "2",
+        "--maxlen",
+        "10",
+        "--hidden",
+        "16",
+        "--batch-size",
+        "30",
+        "--steps-per-call",
+        "3",
+        "--sample-length",
+        "20",
+        "--temperatures",
+        "0.5",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    port = _free_port()
+    multi = [
+        subprocess.Popen(
+            [
+                *args,
+                "--checkpoint-dir",
+                str(tmp_path / "multi"),
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**env, "CHARJAX_CPU_DEVICES": "1"},
+        )
+        for i in (0, 1)
+    ]
+    outs = [p.communicate(timeout=300) for p in multi]
+    assert [p.returncode for p in multi] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    single = subprocess.run(
+        [*args, "--checkpoint-dir", str(tmp_path / "single")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "CHARJAX_CPU_DEVICES": "2"},
+    )
+    assert single.returncode == 0, single.stderr
+    assert "on 2 cpu device(s)" in outs[0][0] and "on 2 cpu device(s)" in single.stdout
+    assert "epoch 2/2" in outs[0][0] and "epoch" not in outs[1][0]  # only process 0 talks
+    (meta_m, multi_p), (meta_s, single_p) = (
+        _restore_params(tmp_path / d) for d in ("multi", "single")
+    )
+    assert meta_m["metrics"]["loss"] == pytest.approx(meta_s["metrics"]["loss"], rel=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), multi_p, single_p
+    )
+
+
+def test_bfloat16_matmuls_keep_float32_parameters(tiny_cfg):
+    from charjax import runner, train
+
+    corpus = runner.load_corpus(tiny_cfg)
+    ids = jnp.asarray(corpus.ids)
+    starts = jnp.asarray(data.window_starts(len(corpus.ids), tiny_cfg.maxlen, tiny_cfg.step))
+    inputs, targets = data.gather_windows(ids, starts[:32], tiny_cfg.maxlen)
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = tiny_cfg.replace(dtype=dtype)
+        state = train.init_state(jax.random.key(0), corpus.vocab.size, cfg)
+        step = jax.jit(train.train_step, static_argnames="cfg")
+        for _ in range(5):
+            state, loss = step(state, inputs, targets, jnp.ones(32), cfg)
+        results[dtype] = (state, float(loss))
+    bf16_state, bf16_loss = results["bfloat16"]
+    leaves = jax.tree.leaves((bf16_state.params, bf16_state.opt_state))
+    assert leaves and all(x.dtype == jnp.float32 for x in leaves)
+    assert bf16_loss != results["float32"][1]  # the matmuls really ran in bfloat16
+    assert bf16_loss == pytest.approx(results["float32"][1], abs=0.05)
