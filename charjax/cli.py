@@ -7,6 +7,7 @@ code 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Callable
@@ -167,6 +168,11 @@ def sample_parser() -> argparse.ArgumentParser:
         default="error",
         help="prime chars outside the vocabulary: error (default) or skip them",
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON list of {temperature, sample, text} instead of the raw texts",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
@@ -262,8 +268,18 @@ def _sample(args: argparse.Namespace) -> int:
     print(
         f"epoch {meta['epoch']}, mode {args.mode}, prime {prime[-cfg.maxlen :]!r}", file=sys.stderr
     )
-    for text in map(vocab.decode, ids):
-        print(text, flush=True)
+    texts = [vocab.decode(row) for row in ids]
+    if args.json:
+        temps = [t for t in args.temperature for _ in range(args.num_samples)]
+        samples = [i % args.num_samples for i in range(len(texts))]
+        records = [
+            {"temperature": t, "sample": k, "text": text}
+            for t, k, text in zip(temps, samples, texts, strict=True)
+        ]
+        print(json.dumps(records, ensure_ascii=False), flush=True)
+    else:  # raw text, each sample followed by a newline (samples may contain newlines)
+        for text in texts:
+            print(text, flush=True)
     return 0
 
 

@@ -54,7 +54,7 @@ def test_encode_decode_round_trip(text):
     assert vocab.decode(ids) == text
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.text(min_size=2, max_size=300), st.integers(1, 20), st.integers(1, 7))
 def test_windows_slice_the_text(text, maxlen, step):
     vocab = data.Vocab.from_text(text)

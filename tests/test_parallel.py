@@ -51,8 +51,8 @@ def _train_on(devices: int, text, batch_size: int, tmp_path):
     return dict(np.load(out))
 
 
-@pytest.mark.parametrize("batch_size", [32, 30])  # 30 does not split over 4: padded to 32
-def test_four_devices_match_one(tiny_text, tmp_path, batch_size):
+def test_four_devices_match_one(tiny_text, tmp_path):
+    batch_size = 30  # does not split over 4 devices: padded to 32 with zero-weight rows
     one = _train_on(1, tiny_text, batch_size, tmp_path)
     four = _train_on(4, tiny_text, batch_size, tmp_path)
     assert set(one) == set(four)
