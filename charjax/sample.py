@@ -17,6 +17,7 @@ from charjax import model
 from charjax.errors import CharjaxError
 
 MODES = ("window", "stateful")
+PRECOMPUTE_NOISE_MAX = 1 << 24  # floats (64 MB) of Gumbel noise drawn before the loop
 
 
 def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -33,8 +34,11 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
     return jnp.where((top_p < 1.0) & (probs < cutoff), -jnp.inf, logits)
 
 
-def pick(keys: jax.Array, logits: jax.Array, temperatures, top_k, top_p) -> jax.Array:
-    """One char id per row of logits float32[S, V] (keys [S], temperatures [S]); T = 0 is argmax.
+def pick(noise: jax.Array, logits: jax.Array, temperatures, top_k, top_p) -> jax.Array:
+    """One char id per row of logits float32[S, V] (Gumbel noise [S, V], temperatures [S]).
+
+    argmax(logits/T + Gumbel noise) is a draw from softmax(logits/T) (what
+    `jax.random.categorical` does); T = 0 is the plain argmax.
 
     Dividing logits by T is the original's `exp(log(p)/T)` reweighting, done on logits so that
     zero probabilities never reach a log. Filtering runs only when top-k or top-p is on.
@@ -47,7 +51,7 @@ def pick(keys: jax.Array, logits: jax.Array, temperatures, top_k, top_p) -> jax.
         lambda x: x,
         scaled,
     )
-    drawn = jax.vmap(jax.random.categorical)(keys, scaled)
+    drawn = jnp.argmax(scaled + noise, axis=-1)
     return jnp.where(temperatures > 0, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
 
@@ -60,9 +64,9 @@ def _generate(params, prime, valid, keys, temperatures, top_k, top_p, *, length,
 
     if mode == "window":
         # Each step re-reads the last `len(prime)` chars from a zero state, like the original.
-        def step(loop, step_keys):
+        def step(loop, step_noise):
             window, valid, logits = loop
-            ids = pick(step_keys, logits, temperatures, top_k, top_p)
+            ids = pick(step_noise, logits, temperatures, top_k, top_p)
             window = jnp.concatenate([window[:, 1:], ids[:, None]], axis=1)
             valid = jnp.concatenate([valid[1:], jnp.ones((1,), bool)])
             _, logits = model.forward(params, window, valid=valid)
@@ -71,14 +75,23 @@ def _generate(params, prime, valid, keys, temperatures, top_k, top_p, *, length,
         loop = (window, valid, logits)
     else:
         # Carry (h, c) across steps: O(1) work per char.
-        def step(loop, step_keys):
+        def step(loop, step_noise):
             carry, logits = loop
-            ids = pick(step_keys, logits, temperatures, top_k, top_p)
+            ids = pick(step_noise, logits, temperatures, top_k, top_p)
             carry, logits = model.forward(params, ids[:, None], carry)
             return (carry, logits), ids
 
         loop = (carry, logits)
-    _, ids = lax.scan(step, loop, jnp.swapaxes(keys, 0, 1))
+    vocab = logits.shape[-1]
+    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (vocab,)))  # keys [S] -> noise [S, V]
+    keys = jnp.swapaxes(keys, 0, 1)  # [L, S]
+    if keys.size * vocab <= PRECOMPUTE_NOISE_MAX:
+        # Drawing all the noise before the loop takes the RNG off the sequential path; the
+        # draws are the same as inside the loop, so both ways give the same text.
+        xs, noise_of = jax.vmap(gumbel)(keys), (lambda x: x)
+    else:  # long texts with large vocabularies: draw each step's noise in the loop
+        xs, noise_of = keys, gumbel
+    _, ids = lax.scan(lambda loop, x: step(loop, noise_of(x)), loop, xs)
     return jnp.swapaxes(ids, 0, 1)
 
 

@@ -135,12 +135,21 @@ def test_window_and_stateful_agree_on_the_first_char(params):
         assert (firsts[0] == firsts[1]).all()
 
 
+def _noise(keys, vocab):
+    """Standard Gumbel noise, one row per key: what `pick` turns into a categorical draw."""
+    return jax.vmap(lambda k: jax.random.gumbel(k, (vocab,)))(keys)
+
+
 def test_frequencies_at_t1_match_softmax():
     logits = jnp.log(jnp.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04]))
     n = 40_000
     keys = jax.random.split(jax.random.key(5), n)
     draws = jax.jit(sample.pick)(
-        keys, jnp.broadcast_to(logits, (n, 6)), jnp.ones(n), jnp.int32(0), jnp.float32(1.0)
+        _noise(keys, 6),
+        jnp.broadcast_to(logits, (n, 6)),
+        jnp.ones(n),
+        jnp.int32(0),
+        jnp.float32(1.0),
     )
     counts = np.bincount(np.asarray(draws), minlength=6)
     expected = n * np.asarray(jax.nn.softmax(logits))
@@ -154,11 +163,12 @@ def test_top_k_and_top_p_keep_only_the_head():
     keys = jax.random.split(jax.random.key(6), n)
     batch = jnp.broadcast_to(logits, (n, 7))
     hot = jnp.full(n, 3.0)  # a high temperature flattens the distribution: a harder test
-    top3 = np.asarray(sample.pick(keys, batch, hot, jnp.int32(3), jnp.float32(1.0)))
+    noise = _noise(keys, 7)
+    top3 = np.asarray(sample.pick(noise, batch, hot, jnp.int32(3), jnp.float32(1.0)))
     assert set(top3.tolist()) == {1, 3, 4}
-    nucleus = np.asarray(sample.pick(keys, batch, jnp.ones(n), jnp.int32(0), jnp.float32(0.6)))
+    nucleus = np.asarray(sample.pick(noise, batch, jnp.ones(n), jnp.int32(0), jnp.float32(0.6)))
     assert set(nucleus.tolist()) == {1, 3, 4}  # 0.3 + 0.25 < 0.6 <= 0.3 + 0.25 + 0.2
-    everything = np.asarray(sample.pick(keys, batch, hot, jnp.int32(0), jnp.float32(1.0)))
+    everything = np.asarray(sample.pick(noise, batch, hot, jnp.int32(0), jnp.float32(1.0)))
     assert set(everything.tolist()) == set(range(7))
 
 
@@ -179,3 +189,13 @@ def test_other_bad_arguments_are_refused(params):
         args = {"length": 5, **kw}
         with pytest.raises(CharjaxError, match=word):
             sample.generate(params, PRIME, jax.random.key(0), 0.5, maxlen=MAXLEN, **args)
+
+
+def test_noise_drawn_before_or_inside_the_loop_gives_the_same_text(params, monkeypatch):
+    args = (params, PRIME, jax.random.key(11), [0.7, 1.3])
+    before = sample.generate(*args, length=25, maxlen=MAXLEN, mode="stateful", top_p=0.95)
+    monkeypatch.setattr(sample, "PRECOMPUTE_NOISE_MAX", 0)
+    sample._generate.clear_cache()
+    inside = sample.generate(*args, length=25, maxlen=MAXLEN, mode="stateful", top_p=0.95)
+    sample._generate.clear_cache()
+    np.testing.assert_array_equal(before, inside)
