@@ -23,9 +23,9 @@ _FLAG = "--xla_force_host_platform_device_count"
 def request_cpu_devices(count: int | None = None) -> None:
     """Ask XLA for `count` host (CPU) devices; call before jax starts its backends.
 
-    On the 2-core CPU measured here, two single-threaded devices with the batch split between
-    them train ~1.4x faster than one two-threaded device (less thread synchronisation around
-    the small per-step ops). Default: $CHARJAX_CPU_DEVICES, else min(2, cores). A count the user
+    On the 2-core CPU measured here, two devices with the batch split between them train ~1.4x
+    faster than one two-threaded device (less thread synchronisation around the small
+    per-step ops). Default: $CHARJAX_CPU_DEVICES, else min(2, cores). A count the user
     already put in XLA_FLAGS wins; GPUs and TPUs are not affected; once jax has started its
     backends the request has no effect.
     """
