@@ -64,6 +64,7 @@ class Checkpoints:
                 f"checkpoint directory {self.directory} does not exist; train first or pass "
                 "--checkpoint-dir"
             )
+        self.keep = keep
         self._manager = _manager(self.directory, keep, create)
 
     def epochs(self) -> list[int]:
@@ -111,9 +112,11 @@ class Checkpoints:
             return None
         return _manager(path, 1, create)
 
-    def save_partial(self, epoch: int, state, meta: dict) -> None:
+    def save_partial(self, step: int, state, meta: dict) -> None:
+        """Save an interrupted epoch under its optimizer step (which only grows, so a second
+        interruption of the same epoch is a newer save); the epoch is in `meta`."""
         manager = self._partial_manager(create=True)
-        _save(manager, epoch, state, meta)
+        _save(manager, step, state, meta)
         manager.close()
 
     def partial_meta(self) -> dict | None:

@@ -191,10 +191,8 @@ def _run(main: Callable[[argparse.Namespace], int], parser, argv) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(
-            f"{parser.prog}: interrupted; nothing of the unfinished epoch was saved",
-            file=sys.stderr,
-        )
+        what = "; the epoch in progress was not saved" if parser.prog == "charjax-train" else ""
+        print(f"{parser.prog}: interrupted{what}", file=sys.stderr)
         return 130
     except CharjaxError as e:
         if args.debug:
@@ -214,7 +212,11 @@ def _run(main: Callable[[argparse.Namespace], int], parser, argv) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from charjax import parallel, runner
+    from charjax import parallel
+
+    parallel.request_cpu_devices()  # before jax starts its backends
+    parallel.tune_host_malloc()
+    from charjax import runner
 
     parallel.start_distributed(args.coordinator, args.num_processes, args.process_id)
     given = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
@@ -242,6 +244,8 @@ def _sample(args: argparse.Namespace) -> int:
         params = ckpts.restore(like, meta["epoch"]).params
     finally:
         ckpts.close()
+    if not args.temperature:
+        raise CharjaxError("--temperature needs at least one number (0 = greedy)")
     prime = meta["prime"] if args.prime is None else args.prime
     prime = prime.lower() if cfg.lower else prime
     unknown = vocab.unknown(prime)
@@ -264,7 +268,7 @@ def _sample(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         top_k=args.top_k,
         top_p=args.top_p,
-    ).reshape(-1, args.length)
+    ).reshape(len(args.temperature) * args.num_samples, args.length)
     print(
         f"epoch {meta['epoch']}, mode {args.mode}, prime {prime[-cfg.maxlen :]!r}", file=sys.stderr
     )
@@ -309,10 +313,6 @@ def plot_main(argv=None) -> int:
 
 
 def train_main(argv=None) -> int:
-    from charjax import parallel
-
-    parallel.request_cpu_devices()
-    parallel.tune_host_malloc()
     return _run(_train, train_parser(), argv)
 
 

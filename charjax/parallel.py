@@ -16,6 +16,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from charjax.errors import CharjaxError
+
 AXIS = "data"
 _FLAG = "--xla_force_host_platform_device_count"
 
@@ -33,7 +35,10 @@ def request_cpu_devices(count: int | None = None) -> None:
     if _FLAG in flags:
         return
     if count is None:
-        count = int(os.environ.get("CHARJAX_CPU_DEVICES", 0)) or min(2, os.cpu_count() or 1)
+        wanted = os.environ.get("CHARJAX_CPU_DEVICES", "")
+        if wanted and not (wanted.isdigit() and int(wanted) > 0):
+            raise CharjaxError(f"CHARJAX_CPU_DEVICES must be a whole number >= 1, got {wanted!r}")
+        count = int(wanted) if wanted else min(2, os.cpu_count() or 1)
     os.environ["XLA_FLAGS"] = f"{flags} {_FLAG}={count}".strip()
 
 

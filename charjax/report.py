@@ -35,8 +35,15 @@ def read_metrics(directory: str | Path) -> list[dict]:
 
 
 def append_metrics(directory: str | Path, record: dict) -> None:
-    with open(Path(directory) / METRICS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    """Append one JSON line; a line left unfinished by a crash is closed first, not joined."""
+    path = Path(directory) / METRICS_FILE
+    with open(path, "a+b") as f:
+        f.seek(0, 2)
+        if f.tell() > 0:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 class Reporter:
@@ -61,6 +68,11 @@ class Reporter:
             )
         self._task = None
         self._windows_per_chunk = 0
+
+    def close(self) -> None:
+        """Stop a live progress bar (restores the terminal after an interruption)."""
+        if self._progress is not None:
+            self._progress.stop()
 
     def epoch_started(self, epoch: int, epochs: int) -> None:
         if self._progress is not None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -97,6 +98,8 @@ def _fresh(cfg: Config, ckpts: checkpoint.Checkpoints) -> _Start:
             f"{ckpts.directory} already holds checkpoints ({held}); pass --resume to continue "
             "that run, or choose another --checkpoint-dir"
         )
+    if cfg.text != data.NIETZSCHE:  # stored absolute, so --resume works from any directory
+        cfg = cfg.replace(text=str(Path(cfg.text).expanduser().absolute()))
     corpus = load_corpus(cfg)
     state = train.init_state(run_keys(cfg.seed)[0], corpus.vocab.size, cfg)
     return _Start(cfg, corpus, state, 1, train.EpochPosition())
@@ -112,6 +115,12 @@ def _resume(given: dict, ckpts: checkpoint.Checkpoints, log, sharding) -> _Start
         raise CharjaxError(f"nothing to resume: no checkpoints in {ckpts.directory}")
     meta = partial or ckpts.meta()
     saved = checkpoint.config_of(meta)
+    if partial and given.get("steps_per_call", saved.steps_per_call) != saved.steps_per_call:
+        raise CharjaxError(
+            f"the interrupted epoch {partial['epoch']} was split into chunks of "
+            f"--steps-per-call {saved.steps_per_call}; resume it without --steps-per-call "
+            "(change it after that epoch)"
+        )
     cfg = merge_resumed(saved, given).check()
     corpus = load_corpus(cfg)
     if corpus.sha256 != meta["corpus_sha256"] or corpus.vocab.chars != meta["vocab"]:
@@ -119,50 +128,72 @@ def _resume(given: dict, ckpts: checkpoint.Checkpoints, log, sharding) -> _Start
             f"the corpus {cfg.text} is not the one the checkpoint in {ckpts.directory} was "
             "trained on (different file or vocabulary); pass the original with --text"
         )
-    for name in sorted(given):
-        if name != "text" and given[name] != getattr(saved, name):
-            log(f"  --{name.replace('_', '-')} {given[name]} replaces {getattr(saved, name)}")
     recorded = [m["epoch"] for m in read_metrics(ckpts.directory)]
     if have and have[-1] not in recorded and parallel.is_primary():
         append_metrics(ckpts.directory, ckpts.meta()["metrics"])  # died before writing it
     like = jax.eval_shape(lambda: train.init_state(jax.random.key(0), corpus.vocab.size, cfg))
+    changed = [
+        f"--{name.replace('_', '-')} {given[name]} (was {getattr(saved, name)})"
+        for name in sorted(given)
+        if name != "text" and given[name] != getattr(saved, name)
+    ]
     if partial:
         position = train.EpochPosition(*partial["position"])
         log(f"resuming inside epoch {partial['epoch']} after {position.windows:,} windows")
+        for line in changed:
+            log(f"  using {line}")
         state = ckpts.restore_partial(like, sharding)
         return _Start(cfg, corpus, state, partial["epoch"], position)
     log(f"resuming from epoch {meta['epoch']} in {ckpts.directory}")
+    for line in changed:
+        log(f"  using {line}")
     state = ckpts.restore(like, meta["epoch"], sharding)
     return _Start(cfg, corpus, state, meta["epoch"] + 1, train.EpochPosition())
 
 
 class _StopOnCtrlC:
-    """First Ctrl-C: finish the current chunk, save, stop. Second: abandon it at once."""
+    """First Ctrl-C (or SIGTERM): finish the current chunk, save, stop. Second: quit at once,
+    except while a checkpoint is being written, which always completes."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, log):
-        self.log, self.requested, self._previous = log, False, None
+        self.log, self.requested, self.saving, self._previous = log, False, False, {}
 
     def __enter__(self):
         # Several processes would each see their own Ctrl-C; there it keeps its default meaning.
         if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.requested and not self.saving:
             raise KeyboardInterrupt
-        self.requested = True
-        self.log(
-            "stopping after the current batches to save a checkpoint (Ctrl-C again to quit now)"
-        )
+        if not self.requested:
+            self.requested = True
+            self.log(
+                "stopping after the current batches to save a checkpoint "
+                "(Ctrl-C again to quit without saving the epoch in progress)"
+            )
+
+    @contextlib.contextmanager
+    def protect(self):
+        """A block (a checkpoint write) that a second Ctrl-C does not cut short."""
+        self.saving = True
+        try:
+            yield
+        finally:
+            self.saving = False
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def _all_finite(tree) -> bool:
-    return all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(tree))
+    """Whether every float in the pytree (parameters and optimizer state) is finite."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return all(bool(jnp.isfinite(x).all()) for x in leaves)
 
 
 def train_run(
@@ -187,15 +218,19 @@ def train_run(
         log, progress = (lambda line: None), False
     report = Reporter(progress=progress, log=log)
     directory = Path(checkpoint_dir).expanduser().absolute()
-    lock = checkpoint.lock_directory(directory) if primary else None
-    ckpts = checkpoint.Checkpoints(directory, keep=cfg.keep)
+    lock = ckpts = None
     mesh = parallel.data_mesh()
     try:
+        lock = checkpoint.lock_directory(directory) if primary else None
+        ckpts = checkpoint.Checkpoints(directory, keep=cfg.keep)
         if resume:
             begin = _resume(given or {}, ckpts, report.log, parallel.replicated(mesh))
         else:
             begin = _fresh(cfg, ckpts)
         cfg, corpus, state = begin.cfg, begin.corpus, begin.state
+        if cfg.keep != ckpts.keep:  # the run's own --keep, restored from its checkpoint
+            ckpts.close()
+            ckpts = checkpoint.Checkpoints(directory, keep=cfg.keep)
         _, data_key, sample_key = run_keys(cfg.seed)
         ids = parallel.put(corpus.ids, parallel.replicated(mesh))
         starts = jnp.asarray(data.window_starts(len(corpus.ids), cfg.maxlen, cfg.step))
@@ -241,24 +276,29 @@ def train_run(
                     )
                 except train.EpochInterrupted as stopped:
                     report.epoch_finished(None, cfg.epochs)
-                    if not _all_finite(stopped.state.params):
+                    if not _all_finite(stopped.state):
                         raise Interrupted(
                             f"interrupted in epoch {epoch}; its parameters were not finite, so "
                             f"nothing was saved for it. Resume from the last epoch: {resume_hint}"
                         ) from None
                     pos = stopped.position
-                    ckpts.save_partial(epoch, stopped.state, {**meta(epoch, {}), "position": pos})
+                    with ctrl_c.protect():
+                        ckpts.save_partial(
+                            int(stopped.state.step),
+                            stopped.state,
+                            {**meta(epoch, {}), "position": pos},
+                        )
                     raise Interrupted(
                         f"interrupted: saved epoch {epoch} after {pos.windows:,} of "
                         f"{len(starts):,} windows. Continue with: {resume_hint}"
                     ) from None
                 seconds = time.perf_counter() - t0
-                if not (np.isfinite(loss) and _all_finite(state.params)):
+                if not (np.isfinite(loss) and _all_finite(state)):
                     report.epoch_finished(None, cfg.epochs)
                     raise CharjaxError(
-                        f"epoch {epoch}: the loss became {loss:.4g} (parameters not finite); "
-                        "nothing was saved for this epoch. Lower --learning-rate and --resume "
-                        "from the last checkpoint"
+                        f"epoch {epoch}: the loss became {loss:.4g} (state not finite); nothing "
+                        "was saved for this epoch. Start a new run with a lower --learning-rate "
+                        "in another --checkpoint-dir (a resume would repeat the same numbers)"
                     )
                 metrics = {
                     "epoch": epoch,
@@ -270,10 +310,11 @@ def train_run(
                     params = parallel.local(state.params)
                     metrics["samples"] = epoch_samples(params, corpus, sample_key, epoch, cfg)
                 report.epoch_finished(metrics, cfg.epochs)
-                ckpts.save(epoch, state, meta(epoch, metrics))
-                if primary:
-                    ckpts.clear_partial()
-                    append_metrics(ckpts.directory, metrics)
+                with ctrl_c.protect():
+                    ckpts.save(epoch, state, meta(epoch, metrics))
+                    if primary:
+                        ckpts.clear_partial()
+                        append_metrics(ckpts.directory, metrics)
                 history.append(metrics)
                 if ctrl_c.requested and epoch < cfg.epochs:
                     raise Interrupted(
@@ -281,6 +322,8 @@ def train_run(
                     )
         return state, history
     finally:
-        ckpts.close()
+        report.close()
+        if ckpts is not None:
+            ckpts.close()
         if lock is not None:
             lock.close()

@@ -44,7 +44,8 @@ def pick(noise: jax.Array, logits: jax.Array, temperatures, top_k, top_p) -> jax
     zero probabilities never reach a log. Filtering runs only when top-k or top-p is on.
     """
     safe_t = jnp.where(temperatures > 0, temperatures, 1.0)
-    scaled = logits / safe_t[:, None]
+    # Shifting the max logit to 0 first keeps tiny temperatures from overflowing to +inf.
+    scaled = (logits - logits.max(axis=-1, keepdims=True)) / safe_t[:, None]
     scaled = lax.cond(
         (top_k > 0) | (top_p < 1.0),
         lambda x: jax.vmap(filter_logits, in_axes=(0, None, None))(x, top_k, top_p),

@@ -140,9 +140,11 @@ def train_epoch(
 ) -> tuple[TrainState, float]:
     """One pass over all windows in the order of `(data_key, epoch)` -> (state, mean window loss).
 
-    The mean weighs each batch by its real windows, as Keras' epoch loss does. `mesh` defaults
-    to all local devices. After each chunk, `on_chunk(done, total, windows, mean_loss)` gets the
-    chunks done and in all, the windows trained so far and their mean loss (progress display).
+    The mean weighs each batch by its real windows, as Keras' epoch loss does. The input
+    state's buffers are donated to the jitted steps: use the returned state, not the old one.
+    `mesh` defaults to all devices. After each chunk, `on_chunk(done, total, windows,
+    mean_loss)` gets the chunks done and in all, the windows trained so far and their mean loss
+    (progress display).
     """
     mesh = mesh or parallel.data_mesh()
     width = -(-cfg.batch_size // mesh.size) * mesh.size  # pad batches to split evenly

@@ -278,3 +278,114 @@ def test_sigkill_at_any_moment_loses_nothing(long_text, tmp_path):
     (e1, ref), (e2, resumed) = _final_params(tmp_path / "ref"), _final_params(ck)
     assert e1 == e2 == 4 and _same(ref, resumed)
     assert not [p for p in ck.iterdir() if "tmp" in p.name]  # no half-written checkpoint left
+
+
+def test_mid_epoch_resume_in_process(tiny_cfg, tmp_path):
+    """An epoch stopped after one chunk, saved as a partial, resumes to the uninterrupted result;
+    a second interruption of the same epoch saves again; the chunk size cannot change meanwhile."""
+    from charjax import runner
+    from charjax.errors import CharjaxError
+
+    quiet = lambda *a: None  # noqa: E731
+    cfg = tiny_cfg.replace(epochs=2, temperatures=(), steps_per_call=2)
+    whole, _ = runner.train_run(cfg, tmp_path / "whole", log=quiet)
+    first, _ = runner.train_run(cfg.replace(epochs=1), tmp_path / "split", log=quiet)
+    corpus, ids, starts = _corpus_arrays(cfg)
+    data_key = runner.run_keys(cfg.seed)[1]
+    ckpts = Checkpoints(tmp_path / "split")
+    meta = ckpts.meta()
+    for chunks in (1, 2):  # interrupted twice in the same epoch: the newer save wins
+        calls = iter(range(100))
+        fresh = jax.tree.map(np.array, first)  # train_epoch consumes (donates) its state
+        with pytest.raises(train.EpochInterrupted) as stop:
+            train.train_epoch(
+                fresh,
+                ids,
+                starts,
+                data_key,
+                2,
+                cfg,
+                stop=lambda chunks=chunks, calls=calls: next(calls) + 1 >= chunks,
+            )
+        state, pos = stop.value.state, stop.value.position
+        assert pos.chunks == chunks
+        ckpts.save_partial(int(state.step), state, {**meta, "epoch": 2, "position": pos})
+    assert ckpts.partial_meta()["position"][0] == 2
+    ckpts.close()
+    with pytest.raises(CharjaxError, match="--steps-per-call 2"):
+        runner.train_run(
+            cfg, tmp_path / "split", resume=True, given={"steps_per_call": 3}, log=quiet
+        )
+    resumed, history = runner.train_run(
+        cfg, tmp_path / "split", resume=True, given={"epochs": 2}, log=quiet
+    )
+    assert [m["epoch"] for m in history] == [2] and _same(resumed, whole)
+    assert not (tmp_path / "split" / "partial").exists()
+
+
+def _corpus_arrays(cfg):
+    import jax.numpy as jnp
+
+    from charjax import data, runner
+
+    corpus = runner.load_corpus(cfg)
+    starts = data.window_starts(len(corpus.ids), cfg.maxlen, cfg.step)
+    return corpus, jnp.asarray(corpus.ids), jnp.asarray(starts)
+
+
+def test_resume_keeps_the_runs_own_keep(tiny_cfg, tmp_path):
+    from charjax import runner
+
+    quiet = lambda *a: None  # noqa: E731
+    cfg = tiny_cfg.replace(epochs=2, keep=1, temperatures=())
+    runner.train_run(cfg, tmp_path, log=quiet)
+    runner.train_run(Config_default(), tmp_path, resume=True, given={"epochs": 3}, log=quiet)
+    assert Checkpoints(tmp_path).epochs() == [3]
+
+
+def Config_default():  # noqa: N802 (reads as the class it stands for)
+    from charjax.config import Config
+
+    return Config()
+
+
+def test_torn_metrics_line_is_closed_not_joined(tmp_path):
+    from charjax.report import append_metrics, read_metrics
+
+    append_metrics(tmp_path, {"epoch": 1, "loss": 2.0})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "lo')  # a crash mid-write
+    append_metrics(tmp_path, {"epoch": 2, "loss": 1.5})
+    assert read_metrics(tmp_path) == [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.5}]
+
+
+def test_odd_sampling_and_environment_inputs(capsys, texts, tmp_path, monkeypatch):
+    import jax.numpy as jnp
+
+    from charjax import sample
+
+    noise = jnp.zeros((1, 3))
+    tiny_t = sample.pick(
+        noise, jnp.array([[10.0, 30.0, 5.0]]), jnp.array([2e-38]), jnp.int32(0), jnp.float32(1.0)
+    )
+    assert int(tiny_t[0]) == 1  # no overflow to inf, no wrong argmax
+    ck = str(tmp_path / "ck")
+    assert (
+        cli.train_main(
+            ["--text", str(texts / "good.txt"), "--epochs", "1", "--checkpoint-dir", ck, *TINY]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert cli.sample_main(["--checkpoint-dir", ck, "--length", "0", "--temperature", "1,2"]) == 0
+    assert capsys.readouterr().out == "\n\n"
+    _one_line_error(
+        capsys,
+        2,
+        cli.sample_main,
+        ["--checkpoint-dir", ck, "--temperature", ","],
+        "at least one number",
+    )
+    monkeypatch.setenv("CHARJAX_CPU_DEVICES", "two")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    _one_line_error(capsys, 2, cli.train_main, ["--checkpoint-dir", ck], "CHARJAX_CPU_DEVICES")
