@@ -1,9 +1,15 @@
 """Shared fixtures: the real corpus from the data dir (never the network) and tiny texts."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# One compilation cache for the whole session, inherited by the CLI subprocesses: the same tiny
+# programs are compiled once instead of once per process. (Set before anything imports jax.)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="charjax-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 from charjax.config import Config
 

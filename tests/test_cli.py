@@ -30,7 +30,7 @@ def test_train_resume_and_sample_on_nietzsche(nietzsche_dir, tmp_path):
     first = run(
         "train.py",
         "--max-chars",
-        12000,
+        6000,
         "--epochs",
         2,
         "--checkpoint-dir",
@@ -241,7 +241,7 @@ def test_progress_bar_on_a_terminal_plain_lines_elsewhere(tiny_text, tmp_path):
         "--hidden",
         "8",
         "--batch-size",
-        "4",
+        "16",
         "--steps-per-call",
         "1",
         "--checkpoint-dir",
