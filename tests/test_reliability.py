@@ -68,15 +68,16 @@ def test_bad_training_inputs_are_one_line(capsys, texts, tmp_path):
     assert not list(ck.glob("[0-9]*"))  # nothing was trained or saved
 
 
-def test_resume_checks_corpus_and_model(capsys, texts, tmp_path):
-    ck = str(tmp_path / "ck")
-    assert (
-        cli.train_main(
-            ["--text", str(texts / "good.txt"), "--epochs", "1", "--checkpoint-dir", ck, *TINY]
-        )
-        == 0
-    )
+def _train_tiny(capsys, text, directory) -> str:
+    """One tiny epoch on `text` into `directory` (output swallowed) -> the directory."""
+    argv = ["--text", str(text), "--epochs", "1", "--checkpoint-dir", str(directory), *TINY]
+    assert cli.train_main(argv) == 0
     capsys.readouterr()
+    return str(directory)
+
+
+def test_resume_checks_corpus_and_model(capsys, texts, tmp_path):
+    ck = _train_tiny(capsys, texts / "good.txt", tmp_path / "ck")
     _one_line_error(
         capsys,
         2,
@@ -369,14 +370,7 @@ def test_odd_sampling_and_environment_inputs(capsys, texts, tmp_path, monkeypatc
         noise, jnp.array([[10.0, 30.0, 5.0]]), jnp.array([2e-38]), jnp.int32(0), jnp.float32(1.0)
     )
     assert int(tiny_t[0]) == 1  # no overflow to inf, no wrong argmax
-    ck = str(tmp_path / "ck")
-    assert (
-        cli.train_main(
-            ["--text", str(texts / "good.txt"), "--epochs", "1", "--checkpoint-dir", ck, *TINY]
-        )
-        == 0
-    )
-    capsys.readouterr()
+    ck = _train_tiny(capsys, texts / "good.txt", tmp_path / "ck")
     assert cli.sample_main(["--checkpoint-dir", ck, "--length", "0", "--temperature", "1,2"]) == 0
     assert capsys.readouterr().out == "\n\n"
     _one_line_error(
