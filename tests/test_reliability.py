@@ -1,5 +1,6 @@
 """Bad input gives one clear line; interrupted or killed runs lose no work and resume exactly."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -383,3 +384,17 @@ def test_odd_sampling_and_environment_inputs(capsys, texts, tmp_path, monkeypatc
     monkeypatch.setenv("CHARJAX_CPU_DEVICES", "two")
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     _one_line_error(capsys, 2, cli.train_main, ["--checkpoint-dir", ck], "CHARJAX_CPU_DEVICES")
+
+
+def test_sigterm_is_a_ctrl_c_and_saves_are_never_cut_short():
+    from charjax.runner import _StopOnCtrlC
+
+    said = []
+    with _StopOnCtrlC(said.append) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)  # first: ask to stop after the current batches
+        assert stop.requested and len(said) == 1
+        with stop.protect():
+            os.kill(os.getpid(), signal.SIGINT)  # second, while saving: the save goes on
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # second, otherwise: quit now
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
