@@ -24,15 +24,30 @@ from charjax.errors import CharjaxError
 logging.getLogger("absl").setLevel(logging.WARNING)
 
 PARTIAL = "partial"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint still being written
 LOCK_FILE = ".lock"
 
 
+def remove_unfinished(directory: Path) -> None:
+    """Delete the temporary folders a killed save left behind (orbax never lists them).
+
+    Done here, synchronously, rather than by orbax's background clean-up, which can still be
+    running when a run that fails at start-up exits.
+    """
+    if directory.is_dir():
+        for path in directory.iterdir():
+            if TMP_SUFFIX in path.name:
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def _manager(directory: Path, keep: int, create: bool) -> ocp.CheckpointManager:
+    if create:
+        remove_unfinished(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         create=create,
         enable_async_checkpointing=False,
-        cleanup_tmp_directories=create,  # remove what a killed save left behind
+        cleanup_tmp_directories=False,  # done synchronously by `remove_unfinished`
     )
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
 
@@ -145,6 +160,9 @@ class Checkpoints:
         shutil.rmtree(self.directory / PARTIAL, ignore_errors=True)
 
     def close(self) -> None:
+        # Let orbax's background work (e.g. the root metadata written at start-up) finish:
+        # otherwise a run that fails early can leave a thread logging at interpreter exit.
+        self._manager.wait_until_finished()
         self._manager.close()
 
 

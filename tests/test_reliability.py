@@ -387,10 +387,10 @@ def test_odd_sampling_and_environment_inputs(capsys, texts, tmp_path, monkeypatc
 
 
 def test_sigterm_is_a_ctrl_c_and_saves_are_never_cut_short():
-    from charjax.runner import _StopOnCtrlC
+    from charjax.stop import StopRequest
 
     said = []
-    with _StopOnCtrlC(said.append) as stop:
+    with StopRequest(said.append) as stop:
         os.kill(os.getpid(), signal.SIGTERM)  # first: ask to stop after the current batches
         assert stop.requested and len(said) == 1
         with stop.protect():
