@@ -53,17 +53,8 @@ def bench_train(steps: int, repeats: int) -> dict:
     mesh = parallel.data_mesh()
     chunks_per_repeat = max(1, steps // cfg.steps_per_call)
     state = train.init_state(jax.random.key(0), corpus.vocab.size, cfg)
-    width = -(-cfg.batch_size // mesh.size) * mesh.size
-    plan = train.make_plan(
-        jax.random.key(1),
-        1,
-        starts,
-        batch_size=cfg.batch_size,
-        steps_per_call=cfg.steps_per_call,
-        width=width,
-    )
-    plan_starts, plan_weights = jax.device_put(plan, parallel.batch_sharded(mesh))
-    state, ids = jax.device_put((state, ids), parallel.replicated(mesh))
+    plan_starts, plan_weights = train.placed_plan(jax.random.key(1), 1, starts, cfg, mesh)
+    state, ids = parallel.put((state, ids), parallel.replicated(mesh))
     needed = 2 + repeats * chunks_per_repeat
     if needed > plan_starts.shape[0]:
         raise SystemExit(f"at most {plan_starts.shape[0] * cfg.steps_per_call} steps fit an epoch")

@@ -126,6 +126,20 @@ train_chunk = jax.jit(_train_chunk, static_argnames=("cfg", "mesh"), donate_argn
 make_plan = jax.jit(data.epoch_plan, static_argnames=("batch_size", "steps_per_call", "width"))
 
 
+def placed_plan(data_key, epoch: int, starts, cfg: Config, mesh: Mesh):
+    """The epoch plan with each batch padded to split evenly over the mesh and sharded on it."""
+    width = -(-cfg.batch_size // mesh.size) * mesh.size
+    plan = make_plan(
+        data_key,
+        epoch,
+        starts,
+        batch_size=cfg.batch_size,
+        steps_per_call=cfg.steps_per_call,
+        width=width,
+    )
+    return parallel.put(plan, parallel.batch_sharded(mesh))
+
+
 def train_epoch(
     state: TrainState,
     ids: jax.Array,
@@ -147,17 +161,8 @@ def train_epoch(
     (progress display).
     """
     mesh = mesh or parallel.data_mesh()
-    width = -(-cfg.batch_size // mesh.size) * mesh.size  # pad batches to split evenly
-    plan = make_plan(
-        data_key,
-        epoch,
-        starts,
-        batch_size=cfg.batch_size,
-        steps_per_call=cfg.steps_per_call,
-        width=width,
-    )
-    counts = np.asarray(plan[1].sum(axis=-1))  # real windows per batch [chunks, K]
-    plan_starts, plan_weights = parallel.put(plan, parallel.batch_sharded(mesh))
+    plan_starts, plan_weights = placed_plan(data_key, epoch, starts, cfg, mesh)
+    counts = np.asarray(plan_weights.sum(axis=-1))  # real windows per batch [chunks, K]
     state, ids = parallel.put((state, ids), parallel.replicated(mesh))
     chunks = plan_starts.shape[0]
     _, loss_sum, windows = start
