@@ -64,7 +64,7 @@ def bench_train(steps: int, repeats: int) -> dict:
         nonlocal state
         for _ in range(n):
             state, losses = train.train_chunk(
-                state, ids, plan_starts, plan_weights, next(chunk), cfg, mesh
+                state, ids, plan_starts, plan_weights, next(chunk), train.NO_CONTEXT, cfg, mesh
             )
             jax.block_until_ready(losses)
 

@@ -74,7 +74,41 @@ def train_parser() -> argparse.ArgumentParser:
     _config_flag(p, "maxlen", "window length in chars", type=int)
     _config_flag(p, "step", "stride between window starts", type=int)
     _config_flag(p, "hidden", "LSTM units", type=int)
-    _config_flag(p, "learning_rate", "RMSprop learning rate", type=float)
+    _config_flag(p, "layers", "stacked LSTM layers", type=int)
+    _config_flag(p, "learning_rate", "learning rate", type=float)
+    _config_flag(
+        p,
+        "val_fraction",
+        "held-out tail of the text scored after each epoch; 0 = no validation",
+        type=_finite,
+        metavar="F",
+    )
+    _config_flag(
+        p,
+        "objective",
+        "last: predict the char after each window (the original); sequence: every next char "
+        "(then --step equal to --maxlen is sensible)",
+        type=str,
+        choices=("last", "sequence"),
+    )
+    _config_flag(p, "dropout", "dropout on each LSTM layer's outputs while training", type=_finite)
+    _config_flag(p, "clip_norm", "clip gradients to this global norm; 0 = off", type=_finite)
+    _config_flag(p, "optimizer", "update rule", type=str, choices=("rmsprop", "adam"))
+    _config_flag(
+        p,
+        "schedule",
+        "learning rate: constant, or cosine decay to 5 %% over the run",
+        type=str,
+        choices=("constant", "cosine"),
+    )
+    _config_flag(p, "warmup", "optimizer steps of linear learning-rate warm-up", type=int)
+    _config_flag(
+        p,
+        "guard",
+        "divergence guard: an epoch loss above this x the best epoch's (or not finite) restores "
+        "the last checkpoint and halves the learning rate; 0 = off",
+        type=_finite,
+    )
     _config_flag(p, "dtype", "matmul precision: float32, or bfloat16 (for GPU/TPU)", type=str)
     _config_flag(p, "seed", "seed of every PRNG key (init, data order, samples)", type=int)
     _config_flag(p, "keep", "checkpoints to keep on disk", type=int)
@@ -148,9 +182,10 @@ def sample_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mode",
         choices=("window", "stateful"),
-        default="window",
+        default=None,
         help="window: re-read the last maxlen chars each step, like the original; "
-        "stateful: carry the LSTM state (default: window)",
+        "stateful: carry the LSTM state (default: how the model was trained: window for "
+        "--objective last, stateful for sequence)",
     )
     p.add_argument(
         "--num-samples", type=int, default=1, help="samples per temperature (default: 1)"
@@ -230,20 +265,31 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(args: argparse.Namespace) -> int:
+def _load_checkpoint(directory: str, epoch: int | None):
+    """(meta, config, vocab, params) of a saved epoch (default: the latest)."""
     import jax
 
-    from charjax import checkpoint, data, sample, train
+    from charjax import checkpoint, data, train
 
-    ckpts = checkpoint.Checkpoints(args.checkpoint_dir, create=False)
+    ckpts = checkpoint.Checkpoints(directory, create=False)
     try:
-        meta = ckpts.meta(args.epoch)
+        meta = ckpts.meta(epoch)
         cfg = checkpoint.config_of(meta)
         vocab = data.Vocab(meta["vocab"])
         like = jax.eval_shape(lambda: train.init_state(jax.random.key(0), vocab.size, cfg))
         params = ckpts.restore(like, meta["epoch"]).params
     finally:
         ckpts.close()
+    return meta, cfg, vocab, params
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import jax
+
+    from charjax import sample, score
+
+    meta, cfg, vocab, params = _load_checkpoint(args.checkpoint_dir, args.epoch)
+    mode = args.mode or score.default_mode(cfg)
     if not args.temperature:
         raise CharjaxError("--temperature needs at least one number (0 = greedy)")
     prime = meta["prime"] if args.prime is None else args.prime
@@ -263,15 +309,13 @@ def _sample(args: argparse.Namespace) -> int:
         jax.random.key(args.seed),
         list(args.temperature),
         length=args.length,
-        mode=args.mode,
+        mode=mode,
         maxlen=cfg.maxlen,
         num_samples=args.num_samples,
         top_k=args.top_k,
         top_p=args.top_p,
     ).reshape(len(args.temperature) * args.num_samples, args.length)
-    print(
-        f"epoch {meta['epoch']}, mode {args.mode}, prime {prime[-cfg.maxlen :]!r}", file=sys.stderr
-    )
+    print(f"epoch {meta['epoch']}, mode {mode}, prime {prime[-cfg.maxlen :]!r}", file=sys.stderr)
     texts = [vocab.decode(row) for row in ids]
     if args.json:
         temps = [t for t in args.temperature for _ in range(args.num_samples)]
@@ -285,6 +329,97 @@ def _sample(args: argparse.Namespace) -> int:
         for text in texts:
             print(text, flush=True)
     return 0
+
+
+def score_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="charjax-score",
+        description="Bits per char and perplexity of a text under a checkpoint (lower is better).",
+    )
+    p.add_argument(
+        "text",
+        nargs="?",
+        default=None,
+        help="UTF-8 text file to score (default: the run's own held-out tail, --val-fraction)",
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        default="checkpoints/",
+        help="run directory written by charjax-train (default: checkpoints/)",
+    )
+    p.add_argument("--epoch", type=int, default=None, help="epoch to load (default: latest)")
+    p.add_argument(
+        "--mode",
+        choices=("window", "stateful"),
+        default=None,
+        help="window: each char from the maxlen chars before it (the original objective); "
+        "stateful: one pass carrying the LSTM state (default: how the model was trained)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=1,
+        help="window mode: score every N-th char only (faster; default: 1 = every char)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return p
+
+
+def _score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from charjax import data, score, start
+
+    if args.stride < 1:
+        raise CharjaxError(f"--stride must be >= 1, got {args.stride}")
+    meta, cfg, vocab, params = _load_checkpoint(args.checkpoint_dir, args.epoch)
+    mode = args.mode or score.default_mode(cfg)
+    if args.text is None:
+        if cfg.val_fraction == 0:
+            raise CharjaxError(
+                "this run held nothing out (--val-fraction 0); pass a text file to score"
+            )
+        corpus = start.load_corpus(cfg)
+        ids, unknown = corpus.ids[start.split_of(corpus, cfg) :], {}
+        source = f"held-out tail of {cfg.text} ({cfg.val_fraction:g})"
+    else:
+        path = data.resolve_corpus(args.text)
+        text = data.read_text(path, lower=cfg.lower)
+        ids, unknown = score.encode_known(vocab, text)
+        source = str(Path(args.text))
+    result = score.score_ids(
+        params, ids, mode=mode, maxlen=cfg.maxlen, stride=args.stride, dtype=cfg.dtype
+    )
+    record = {
+        "text": source,
+        "epoch": meta["epoch"],
+        "mode": mode,
+        "chars_scored": result.chars,
+        "nats_per_char": result.nats_per_char,
+        "bits_per_char": result.bits_per_char,
+        "perplexity": result.perplexity,
+        "unknown_chars": dict(unknown),
+    }
+    if args.json:
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+        return 0
+    print(
+        f"{source}: {result.bits_per_char:.4f} bits/char, {result.nats_per_char:.4f} nats/char, "
+        f"perplexity {result.perplexity:.3f} ({result.chars:,} chars scored, {mode} mode, "
+        f"epoch {meta['epoch']})"
+    )
+    if unknown:
+        listed = ", ".join(f"{ch!r} x{n}" for ch, n in unknown.most_common())
+        print(
+            f"skipped {sum(unknown.values()):,} chars not in the model's vocabulary: {listed}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def score_main(argv=None) -> int:
+    return _run(_score, score_parser(), argv)
 
 
 def plot_parser() -> argparse.ArgumentParser:

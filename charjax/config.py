@@ -1,4 +1,6 @@
-"""The one frozen configuration of a run; its defaults are the original Keras example's settings."""
+"""The one frozen configuration of a run; its defaults are the original Keras example's settings
+(plus a 10 % held-out tail for validation and the divergence guard, which only ever act on
+a run that would otherwise be lost)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,15 @@ class Config:
     learning_rate: float = 0.01  # RMSprop learning rate
     rho: float = 0.9  # RMSprop decay of the squared-gradient average (Keras `rho`)
     epsilon: float = 1e-7  # RMSprop epsilon, added inside the square root (Keras 3)
+    val_fraction: float = 0.1  # held-out tail of the corpus for validation; 0 = none
+    objective: str = "last"  # "last": the char after each window (original); "sequence": all
+    layers: int = 1  # stacked LSTM layers
+    dropout: float = 0.0  # dropout on each layer's outputs while training
+    clip_norm: float = 0.0  # clip gradients to this global norm; 0 = off
+    optimizer: str = "rmsprop"  # "rmsprop" (Keras 3 semantics) or "adam"
+    schedule: str = "constant"  # learning rate: "constant", or "cosine" decay to 5 % (after warmup)
+    warmup: int = 0  # optimizer steps of linear learning-rate warm-up
+    guard: float = 1.2  # an epoch loss above guard x the best one counts as divergence; 0 = off
     dtype: str = "float32"  # matmul operands: float32, or bfloat16 on GPU/TPU (params stay f32)
     seed: int = 0  # root of every PRNG key: init, data order, samples
     steps_per_call: int = 10  # optimizer steps per jitted call (speed only, same numbers)
@@ -51,13 +62,13 @@ class Config:
 
     def check(self) -> Config:
         """Raise a `CharjaxError` naming the first nonsensical value; return self otherwise."""
-        positive = ("maxlen", "step", "hidden", "batch_size", "steps_per_call", "keep")
+        positive = ("maxlen", "step", "hidden", "layers", "batch_size", "steps_per_call", "keep")
         for name in positive:
             if getattr(self, name) < 1:
                 raise CharjaxError(
                     f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
                 )
-        for name in ("epochs", "max_chars", "sample_length"):
+        for name in ("epochs", "max_chars", "sample_length", "warmup"):
             if getattr(self, name) < 0:
                 raise CharjaxError(
                     f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
@@ -74,6 +85,27 @@ class Config:
             raise CharjaxError(
                 f"--temperatures must be finite numbers >= 0, got {list(self.temperatures)}"
             )
+        if not 0 <= self.val_fraction < 1:
+            raise CharjaxError(
+                f"--val-fraction must be in [0, 1) (0 = no validation), got {self.val_fraction}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise CharjaxError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name in ("clip_norm", "guard"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                flag = "--" + name.replace("_", "-")
+                raise CharjaxError(f"{flag} must be >= 0 (0 = off), got {value}")
+        choices = {
+            "objective": ("last", "sequence"),
+            "optimizer": ("rmsprop", "adam"),
+            "schedule": ("constant", "cosine"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise CharjaxError(
+                    f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
         if self.dtype not in ("float32", "bfloat16"):
             raise CharjaxError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         return self
@@ -93,4 +125,12 @@ MATH_FIELDS = (
     "epsilon",
     "seed",
     "dtype",
+    "val_fraction",
+    "objective",
+    "layers",
+    "dropout",
+    "clip_norm",
+    "optimizer",
+    "schedule",
+    "warmup",
 )

@@ -150,8 +150,17 @@ class Vocab:
         return "".join(self.chars[i] for i in np.asarray(ids).tolist())
 
 
+def split_point(n: int, val_fraction: float) -> int:
+    """Chars [0, split) are for training, [split, n) the held-out tail (`val_fraction` of n)."""
+    return int(n * (1.0 - val_fraction)) if val_fraction > 0 else n
+
+
 def window_starts(n: int, maxlen: int, step: int) -> np.ndarray:
-    """int32[windows] start offsets `range(0, n - maxlen, step)`: the original's windows."""
+    """int32[windows] start offsets `range(0, n - maxlen, step)`: the original's windows.
+
+    Every window and its target(s) lie inside ids [0, n): with n the split point, no window
+    straddles the held-out tail.
+    """
     return np.arange(0, max(n - maxlen, 0), step, dtype=np.int32)
 
 
@@ -159,6 +168,12 @@ def gather_windows(ids: jax.Array, starts: jax.Array, maxlen: int) -> tuple[jax.
     """Inputs int32[B, maxlen] and next-char targets int32[B], sliced from the id array."""
     inputs = ids[starts[:, None] + jnp.arange(maxlen, dtype=starts.dtype)]
     return inputs, ids[starts + maxlen]
+
+
+def gather_sequences(ids: jax.Array, starts: jax.Array, maxlen: int) -> tuple[jax.Array, jax.Array]:
+    """Inputs int32[B, maxlen] and the next char of every position, targets int32[B, maxlen]."""
+    inputs = ids[starts[:, None] + jnp.arange(maxlen + 1, dtype=starts.dtype)]
+    return inputs[:, :-1], inputs[:, 1:]
 
 
 def epoch_plan(

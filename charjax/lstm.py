@@ -78,13 +78,25 @@ def run(params: dict, ids: jax.Array, carry=None, valid: jax.Array | None = None
     """Scan the cell over ids int32[B, T] -> (final (h, c), hs float32[B, T, H]).
 
     `valid` bool[T] (optional) marks steps that count; at the others the carry passes through
-    unchanged, so left-padding a short window gives exactly the short window's result.
+    unchanged, so left-padding a short window gives exactly the short window's result. A plain
+    scan, differentiated by autodiff: the reference the fast gradients are tested against.
     """
-    xz = input_projection(params, ids.T)  # [T, B, 4H], gathered time-major
+    if valid is None:
+        valid = jnp.ones(ids.shape[1:], bool)
+    carry, hs = layer(params, input_projection(params, ids.T), carry, valid, dtype)
+    return carry, jnp.swapaxes(hs, 0, 1)
+
+
+def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None):
+    """One LSTM layer over projected inputs xz float32[T, B, 4H] -> (final carry, hs [T, B, H]).
+
+    Without `valid` it takes the fast-gradient `recurrence`; with it, a masked plain scan
+    (used for sampling and scoring, where no gradient is needed).
+    """
     if carry is None:
         carry = zero_carry(xz)
     if valid is None:
-        valid = jnp.ones(ids.shape[1:], bool)
+        return recurrence(params["recurrent_kernel"], xz, carry, dtype)
 
     def step(carry, inputs):
         xz_t, valid_t = inputs
@@ -92,49 +104,36 @@ def run(params: dict, ids: jax.Array, carry=None, valid: jax.Array | None = None
         new = jax.tree.map(lambda n, o: jnp.where(valid_t, n, o), new, carry)
         return new, new[0]
 
-    carry, hs = lax.scan(step, carry, (xz, valid))
-    return carry, jnp.swapaxes(hs, 0, 1)
+    return lax.scan(step, carry, (xz, valid))
 
 
-def _forward_saving(params: dict, ids: jax.Array, dtype=None):
-    """Zero-state scan over ids int32[B, T] that keeps what the backward pass needs."""
-    recurrent = params["recurrent_kernel"]
-    xz = input_projection(params, ids.T)  # [T, B, 4H], gathered time-major
+def _scan_saving(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None):
+    """Scan from `carry` over xz [T, B, 4H], keeping what the backward pass needs."""
 
     def step(carry, xz_t):
         carry, gates = cell_with_gates(recurrent, carry, xz_t, dtype)
         return carry, (*carry, gates)
 
-    carry, (hs, cs, gates) = lax.scan(step, zero_carry(xz), xz)
+    carry, (hs, cs, gates) = lax.scan(step, carry, xz)
     return carry, (hs, cs, gates)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def final_carry(params: dict, ids: jax.Array, dtype=None) -> tuple:
-    """(h, c) after scanning ids int32[B, T] from a zero state: `run(...)[0]`, same numbers.
+def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None):
+    """Backward through time -> (d carry0, dz float32[T, B, 4H], d recurrent kernel).
 
-    Its gradient is hand-written (as cuDNN does it): the backward loop carries only (dh, dc)
-    and emits each step's gate gradients; the weight gradients are then one large matmul over
-    all T*B rows (recurrent kernel) and a row scatter-add (input kernel), instead of T small
-    accumulations inside the loop.
+    The loop carries only (dh, dc) (plus each step's output gradient `dhs[t]` when the outputs
+    were used) and emits the pre-activation gate gradients dz; the recurrent-kernel gradient is
+    then one matmul over all T*B rows instead of T small accumulations inside the loop.
     """
-    return _forward_saving(params, ids, dtype)[0]
+    hs, cs, gates = saved
+    h_prev = jnp.concatenate([carry0[0][None], hs[:-1]])  # h_{t-1}, [T, B, H]
+    c_prev = jnp.concatenate([carry0[1][None], cs[:-1]])
 
-
-def _final_carry_fwd(params, ids, dtype):
-    carry, saved = _forward_saving(params, ids, dtype)
-    return carry, (params, ids, saved)
-
-
-def _final_carry_bwd(dtype, res, cotangent):
-    params, ids, (hs, cs, gates) = res
-    recurrent = params["recurrent_kernel"]
-    h_prev = jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]])  # h_{t-1}, [T, B, H]
-    c_prev = jnp.concatenate([jnp.zeros_like(cs[:1]), cs[:-1]])
-
-    def step(grad, saved):
+    def step(grad, saved_t):
         dh, dc = grad
-        c, c_before, gate = saved
+        c, c_before, gate = saved_t[:3]
+        if dhs is not None:
+            dh = dh + saved_t[3]
         i, f, g, o = jnp.split(gate, 4, axis=-1)
         tanh_c = jnp.tanh(c)
         dc = dc + dh * o * (1 - tanh_c**2)
@@ -149,25 +148,74 @@ def _final_carry_bwd(dtype, res, cotangent):
         )
         return (matmul(dz, recurrent.T, dtype), dc * f), dz
 
-    dh, dc = cotangent
-    _, dzs = lax.scan(step, (dh, dc), (cs, c_prev, gates), reverse=True)
+    xs = (cs, c_prev, gates) if dhs is None else (cs, c_prev, gates, dhs)
+    d_carry0, dzs = lax.scan(step, tuple(cotangent), xs, reverse=True)
     gates4 = dzs.shape[-1]
-    dz_rows = dzs.reshape(-1, gates4)  # [T*B, 4H]
+    d_recurrent = matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, dzs.reshape(-1, gates4), dtype)
+    return d_carry0, dzs, d_recurrent
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def recurrence(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None):
+    """(final (h, c), hs float32[T, B, H]) of a scan over xz [T, B, 4H] from `carry`.
+
+    Same numbers as the plain scan; its gradient is the hand-written `_backward`, which also
+    gives d xz (the input projection's gradient is left to autodiff: a matmul for stacked
+    layers, a scatter-add for ids) and d carry (for a carry that comes from earlier chunks).
+    """
+    carry, (hs, _, _) = _scan_saving(recurrent, xz, carry, dtype)
+    return carry, hs
+
+
+def _recurrence_fwd(recurrent, xz, carry, dtype):
+    final_state, saved = _scan_saving(recurrent, xz, carry, dtype)
+    return (final_state, saved[0]), (recurrent, carry, saved)
+
+
+def _recurrence_bwd(dtype, res, cotangent):
+    recurrent, carry0, saved = res
+    d_final, dhs = cotangent
+    d_carry0, dzs, d_recurrent = _backward(recurrent, carry0, saved, d_final, dhs, dtype)
+    return d_recurrent, dzs, d_carry0
+
+
+recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def final_carry(params: dict, ids: jax.Array, dtype=None) -> tuple:
+    """(h, c) after scanning ids int32[B, T] from a zero state: `run(...)[0]`, same numbers.
+
+    The fastest path for the original model (one layer, loss after the last step). Its gradient
+    is hand-written (as cuDNN does it): `_backward` gives the gate gradients of every step;
+    the weight gradients are then one large matmul over all T*B rows (recurrent kernel) and a
+    row scatter-add (input kernel).
+    """
+    xz = input_projection(params, ids.T)  # [T, B, 4H], gathered time-major
+    return _scan_saving(params["recurrent_kernel"], xz, zero_carry(xz), dtype)[0]
+
+
+def _final_carry_fwd(params, ids, dtype):
+    xz = input_projection(params, ids.T)
+    carry0 = zero_carry(xz)
+    carry, saved = _scan_saving(params["recurrent_kernel"], xz, carry0, dtype)
+    return carry, (params, ids, carry0, saved)
+
+
+def _final_carry_bwd(dtype, res, cotangent):
+    params, ids, carry0, saved = res
+    _, dzs, d_recurrent = _backward(
+        params["recurrent_kernel"], carry0, saved, cotangent, dtype=dtype
+    )
+    dz_rows = dzs.reshape(-1, dzs.shape[-1])  # [T*B, 4H]
     grads = {
         "kernel": jax.ops.segment_sum(
             dz_rows, jnp.swapaxes(ids, 0, 1).reshape(-1), num_segments=params["kernel"].shape[0]
         ),
-        "recurrent_kernel": matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, dz_rows, dtype),
+        "recurrent_kernel": d_recurrent,
         "bias": dz_rows.sum(axis=0),
     }
     return grads, None
 
 
 final_carry.defvjp(_final_carry_fwd, _final_carry_bwd)
-
-
-def final(params: dict, ids: jax.Array, carry=None, valid=None, dtype=None) -> tuple:
-    """Final (h, c) of a scan; from a zero state over all steps it takes the fast-gradient path."""
-    if carry is None and valid is None:
-        return final_carry(params, ids, dtype)
-    return run(params, ids, carry, valid, dtype)[0]

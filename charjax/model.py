@@ -1,4 +1,4 @@
-"""`CharLSTM`: the Flax module of the original model, LSTM(hidden) then Dense(vocab) logits.
+"""`CharLSTM`: the Flax module: LSTM(hidden) layers (one = the original model), Dense(vocab) logits.
 
 The softmax of the original's last layer lives in the loss and the sampler, which work on logits
 (numerically safer); probabilities are `softmax(logits)`. `forward` is the pure entry point.
@@ -14,23 +14,35 @@ from charjax import lstm
 
 
 class LSTM(nn.Module):
-    """Keras-layout LSTM layer over one-hot inputs given as ids (math in `charjax.lstm`)."""
+    """Keras-layout LSTM layer (math in `charjax.lstm`).
 
-    vocab_size: int
+    Input: ids int32[B, T] (first layer: one-hot rows gathered) or features float32[T, B, F]
+    (a stacked layer: the layer below's outputs, time-major). Returns (final (h, c), outputs
+    float32[T, B, H]); with `outputs=False` on ids from a zero state it takes the fastest
+    path (the original model's) and returns None for the outputs.
+    """
+
+    features: int  # input size: the vocabulary, or the units of the layer below
     hidden: int
     dtype: str | None = None  # matmul operand dtype; None = float32
 
     @nn.compact
-    def __call__(self, ids, carry=None, valid=None):
+    def __call__(self, x, carry=None, valid=None, outputs=True):
         gates = 4 * self.hidden
         params = {
-            "kernel": self.param("kernel", lstm.kernel_init, (self.vocab_size, gates)),
+            "kernel": self.param("kernel", lstm.kernel_init, (self.features, gates)),
             "recurrent_kernel": self.param(
                 "recurrent_kernel", lstm.recurrent_init, (self.hidden, gates)
             ),
             "bias": self.param("bias", lstm.bias_init, (gates,)),
         }
-        return lstm.final(params, ids, carry, valid, self.dtype)
+        if jnp.issubdtype(x.dtype, jnp.integer):
+            if not outputs and carry is None and valid is None:
+                return lstm.final_carry(params, x, self.dtype), None
+            xz = lstm.input_projection(params, x.T)
+        else:
+            xz = lstm.matmul(x, params["kernel"], self.dtype) + params["bias"]
+        return lstm.layer(params, xz, carry, valid, self.dtype)
 
 
 class Dense(nn.Module):
@@ -48,17 +60,52 @@ class Dense(nn.Module):
         return lstm.matmul(h, kernel, self.dtype) + bias
 
 
+def apply_dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout: zero each value with probability `rate`, scale the rest by 1/(1-rate).
+    No key (evaluation, sampling) or rate 0: `x` unchanged."""
+    if key is None or rate == 0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def layer_name(n: int) -> str:
+    """Parameter-tree name of LSTM layer n (0-based): 'lstm', 'lstm_1', ... (the first keeps
+    the one-layer model's name, so its checkpoints and the Keras parity test are unchanged)."""
+    return "lstm" if n == 0 else f"lstm_{n}"
+
+
 class CharLSTM(nn.Module):
-    """ids int32[B, T] -> ((h, c) float32[B, H], logits float32[B, V] after the last step)."""
+    """ids int32[B, T] -> (carry, logits).
+
+    `carry` is a tuple with one (h, c) float32[B, H] per layer. Logits are float32[B, V] after
+    the last step (the original model), or float32[B, T, V] after every step with `all_steps`.
+    With `dropout` > 0 and a `key`, each layer's outputs are dropped out (the stacked layers'
+    inputs and the Dense input), with the key folded with the layer index.
+    """
 
     vocab_size: int
     hidden: int = 128
+    layers: int = 1
     dtype: str | None = None  # "bfloat16": matmuls in bf16 (GPU/TPU); parameters stay float32
 
     @nn.compact
-    def __call__(self, ids, carry=None, valid=None):
-        carry = LSTM(self.vocab_size, self.hidden, self.dtype, name="lstm")(ids, carry, valid)
-        return carry, Dense(self.vocab_size, self.dtype, name="dense")(carry[0])
+    def __call__(self, ids, carry=None, valid=None, *, all_steps=False, dropout=0.0, key=None):
+        carries = carry if carry is not None else (None,) * self.layers
+        x, new = ids, []
+        for n in range(self.layers):
+            top = n == self.layers - 1
+            features = self.vocab_size if n == 0 else self.hidden
+            layer = LSTM(features, self.hidden, self.dtype, name=layer_name(n))
+            layer_carry, outputs = layer(x, carries[n], valid, outputs=all_steps or not top)
+            new.append(layer_carry)
+            layer_key = None if key is None else jax.random.fold_in(key, n)
+            x = layer_carry[0] if top and not all_steps else outputs
+            x = apply_dropout(x, dropout, layer_key)
+        logits = Dense(self.vocab_size, self.dtype, name="dense")(x)
+        if all_steps:
+            logits = jnp.swapaxes(logits, 0, 1)  # [T, B, V] -> [B, T, V]
+        return tuple(new), logits
 
 
 def shape_of(params: dict) -> tuple[int, int]:
@@ -67,16 +114,34 @@ def shape_of(params: dict) -> tuple[int, int]:
     return vocab_size, gates // 4
 
 
-def init_params(key: jax.Array, vocab_size: int, hidden: int) -> dict:
-    """Fresh parameters with Keras' initialisers: {'lstm': {...}, 'dense': {...}}."""
+def layers_of(params: dict) -> int:
+    """Number of stacked LSTM layers in a parameter tree."""
+    return sum(1 for name in params if name.startswith("lstm"))
+
+
+def init_params(key: jax.Array, vocab_size: int, hidden: int, layers: int = 1) -> dict:
+    """Fresh parameters with Keras' initialisers: {'lstm': {...}, ['lstm_1': ...,] 'dense': ...}."""
     ids = jnp.zeros((1, 1), jnp.int32)
-    return CharLSTM(vocab_size, hidden).init(key, ids)["params"]
+    return CharLSTM(vocab_size, hidden, layers).init(key, ids)["params"]
 
 
-def forward(params: dict, ids: jax.Array, carry=None, valid=None, dtype: str | None = None):
-    """Pure forward pass: ids int32[B, T] -> ((h, c), logits float32[B, V])."""
+def forward(
+    params: dict,
+    ids: jax.Array,
+    carry=None,
+    valid=None,
+    dtype: str | None = None,
+    *,
+    all_steps: bool = False,
+    dropout: float = 0.0,
+    key: jax.Array | None = None,
+):
+    """Pure forward pass: ids int32[B, T] -> (carry, logits); see `CharLSTM`."""
     dtype = None if dtype in (None, "float32") else dtype
-    return CharLSTM(*shape_of(params), dtype).apply({"params": params}, ids, carry, valid)
+    module = CharLSTM(*shape_of(params), layers_of(params), dtype)
+    return module.apply(
+        {"params": params}, ids, carry, valid, all_steps=all_steps, dropout=dropout, key=key
+    )
 
 
 def num_params(params: dict) -> int:

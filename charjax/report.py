@@ -98,8 +98,11 @@ class Reporter:
             self._progress.remove_task(self._task)
         if metrics is None:
             return
+        val = ""
+        if "val_loss" in metrics:
+            val = f"  val {metrics['val_loss']:.4f} nats ({metrics['val_bits']:.3f} bits/char)"
         self.log(
-            f"epoch {metrics['epoch']}/{epochs}  loss {metrics['loss']:.4f}  "
+            f"epoch {metrics['epoch']}/{epochs}  loss {metrics['loss']:.4f}{val}  "
             f"{metrics['seconds']:.1f} s  {metrics['windows_per_s']:,.0f} windows/s"
         )
         shown = metrics.get("samples")

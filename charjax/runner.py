@@ -15,14 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charjax import checkpoint, data, parallel, sample, start, train
+from charjax import checkpoint, data, parallel, sample, score, start, train
 from charjax.config import Config
 from charjax.errors import CharjaxError, Interrupted
-from charjax.report import Reporter, append_metrics
+from charjax.report import Reporter, append_metrics, read_metrics
 from charjax.start import Corpus, load_corpus, run_keys
 from charjax.stop import StopRequest
 
 __all__ = ["Corpus", "epoch_samples", "load_corpus", "run_keys", "train_run"]
+
+MAX_CUTS = 8  # divergences in a row (each halving the learning rate) before a run gives up
 
 
 def epoch_samples(params, corpus: Corpus, sample_key, epoch: int, cfg: Config) -> dict:
@@ -31,7 +33,13 @@ def epoch_samples(params, corpus: Corpus, sample_key, epoch: int, cfg: Config) -
     offset = int(jax.random.randint(seed_key, (), 0, len(corpus.ids) - cfg.maxlen))
     prime = corpus.ids[offset : offset + cfg.maxlen]
     out = sample.generate(
-        params, prime, gen_key, list(cfg.temperatures), length=cfg.sample_length, maxlen=cfg.maxlen
+        params,
+        prime,
+        gen_key,
+        list(cfg.temperatures),
+        length=cfg.sample_length,
+        maxlen=cfg.maxlen,
+        mode=score.default_mode(cfg),
     )
     texts = {
         f"{t:g}": corpus.vocab.decode(row) for t, row in zip(cfg.temperatures, out, strict=False)
@@ -43,6 +51,16 @@ def _all_finite(tree) -> bool:
     """Whether every float in the pytree (parameters and optimizer state) is finite."""
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     return all(bool(jnp.isfinite(x).all()) for x in leaves)
+
+
+def divergence(loss: float, state, best: float, guard: float) -> str | None:
+    """Why an epoch's result must not be kept (None: it may): a non-finite loss or state, or,
+    with the guard on, a loss above `guard` x the best epoch's."""
+    if not (np.isfinite(loss) and _all_finite(state)):
+        return f"the loss became {loss:.4g} (state not finite)"
+    if guard > 0 and np.isfinite(best) and loss > guard * best:
+        return f"the loss {loss:.4f} is above {guard:g} x the best epoch's {best:.4f}"
+    return None
 
 
 def train_run(
@@ -80,26 +98,42 @@ def train_run(
         if cfg.keep != ckpts.keep:  # the run's own --keep, restored from its checkpoint
             ckpts.close()
             ckpts = checkpoint.Checkpoints(directory, keep=cfg.keep)
-        _, data_key, sample_key = run_keys(cfg.seed)
+        init_key, data_key, sample_key, dropout_key = run_keys(cfg.seed)
         ids = parallel.put(corpus.ids, parallel.replicated(mesh))
-        starts = jnp.asarray(data.window_starts(len(corpus.ids), cfg.maxlen, cfg.step))
+        split = start.split_of(corpus, cfg)
+        held_out = corpus.ids[split:] if split < len(corpus.ids) else None
+        starts = jnp.asarray(data.window_starts(split, cfg.maxlen, cfg.step))
         batches = -(-len(starts) // cfg.batch_size)
+        context = train.StepContext(dropout_key, jnp.int32(cfg.epochs * batches))
         prime = corpus.text[: cfg.maxlen]  # stored so sampling needs no corpus
+        earlier = [m["loss"] for m in read_metrics(ckpts.directory) if m["epoch"] < begin.epoch]
+        best = min(earlier, default=float("inf"))
 
         def meta(epoch: int, metrics: dict) -> dict:
             return checkpoint.make_meta(
                 cfg, corpus.vocab.chars, corpus.sha256, epoch, metrics, prime
             )
 
+        def last_good():
+            """The state of the latest saved epoch, or the initial one before any."""
+            have = ckpts.epochs()
+            if not have:
+                return train.init_state(init_key, corpus.vocab.size, cfg), "the initial state"
+            like = jax.eval_shape(lambda: train.init_state(init_key, corpus.vocab.size, cfg))
+            restored = ckpts.restore(like, have[-1], parallel.replicated(mesh))
+            return restored, f"epoch {have[-1]}"
+
+        held = f", {len(held_out):,} held out" if held_out is not None else ""
         report.log(
-            f"corpus: {len(corpus.ids):,} chars, {corpus.vocab.size} distinct, "
+            f"corpus: {len(corpus.ids):,} chars{held}, {corpus.vocab.size} distinct, "
             f"{len(starts):,} windows; epochs {begin.epoch}..{cfg.epochs} on {mesh.size} "
             f"{mesh.devices.flat[0].platform} device(s); checkpoints in {ckpts.directory}"
         )
         resume_hint = f"charjax-train --resume --checkpoint-dir {ckpts.directory}"
         history = []
+        epoch, position, cuts = begin.epoch, begin.position, 0
         with StopRequest(report.log) as ctrl_c:
-            for epoch in range(begin.epoch, cfg.epochs + 1):
+            while epoch <= cfg.epochs:
                 report.epoch_started(epoch, cfg.epochs)
                 t0 = time.perf_counter()
 
@@ -109,7 +143,6 @@ def train_run(
                         done_batches, batches, windows, loss, time.perf_counter() - t0
                     )
 
-                position = begin.position if epoch == begin.epoch else train.EpochPosition()
                 try:
                     state, loss = train.train_epoch(
                         state,
@@ -122,6 +155,7 @@ def train_run(
                         on_chunk=on_chunk,
                         start=position,
                         stop=lambda: ctrl_c.requested,
+                        context=context,
                     )
                 except train.EpochInterrupted as stopped:
                     report.epoch_finished(None, cfg.epochs)
@@ -142,21 +176,47 @@ def train_run(
                         f"{len(starts):,} windows. Continue with: {resume_hint}"
                     ) from None
                 seconds = time.perf_counter() - t0
-                if not (np.isfinite(loss) and _all_finite(state)):
+                trained = len(starts) - position.windows
+                position = train.EpochPosition()
+                problem = divergence(loss, state, best, cfg.guard)
+                if problem is not None:
                     report.epoch_finished(None, cfg.epochs)
-                    raise CharjaxError(
-                        f"epoch {epoch}: the loss became {loss:.4g} (state not finite); nothing "
-                        "was saved for this epoch. Start a new run with a lower --learning-rate "
-                        "in another --checkpoint-dir (a resume would repeat the same numbers)"
+                    if cfg.guard == 0:
+                        raise CharjaxError(
+                            f"epoch {epoch}: {problem}; nothing was saved for this epoch. Start "
+                            "a new run with a lower --learning-rate in another --checkpoint-dir "
+                            "(or keep the divergence guard on: --guard 1.2)"
+                        )
+                    if cuts == MAX_CUTS:
+                        raise CharjaxError(
+                            f"epoch {epoch}: {problem}, still after {MAX_CUTS} restarts with "
+                            "the learning rate halved each time; nothing was saved for it. Start "
+                            "a new run with a much lower --learning-rate"
+                        )
+                    scale = float(state.lr_scale) / 2
+                    state, origin = last_good()
+                    state = state._replace(lr_scale=jnp.asarray(scale, jnp.float32))
+                    cuts += 1
+                    report.log(
+                        f"epoch {epoch}: {problem}. Divergence guard: restored {origin}, "
+                        f"learning rate x{scale:g} (now {cfg.learning_rate * scale:.4g}); "
+                        f"training epoch {epoch} again"
                     )
+                    continue
+                cuts, best = 0, min(best, loss)
                 metrics = {
                     "epoch": epoch,
                     "loss": loss,
                     "seconds": seconds,
-                    "windows_per_s": (len(starts) - position.windows) / seconds,
+                    "windows_per_s": trained / seconds,
+                    "lr_scale": float(state.lr_scale),
                 }
+                params = parallel.local(state.params)
+                if held_out is not None:
+                    val = score.validate(params, held_out, cfg)
+                    metrics["val_loss"] = val.nats_per_char
+                    metrics["val_bits"] = val.bits_per_char
                 if cfg.temperatures and cfg.sample_length:
-                    params = parallel.local(state.params)
                     metrics["samples"] = epoch_samples(params, corpus, sample_key, epoch, cfg)
                 report.epoch_finished(metrics, cfg.epochs)
                 with ctrl_c.protect():
@@ -169,6 +229,7 @@ def train_run(
                     raise Interrupted(
                         f"interrupted after epoch {epoch}. Continue with: {resume_hint}"
                     )
+                epoch += 1
         return state, history
     finally:
         report.close()

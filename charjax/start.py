@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from charjax import checkpoint, data, parallel, train
+from charjax import checkpoint, data, parallel, score, train
 from charjax.config import MATH_FIELDS, Config
 from charjax.errors import CharjaxError
 from charjax.report import append_metrics, read_metrics
@@ -39,10 +39,29 @@ def load_corpus(cfg: Config) -> Corpus:
     return Corpus(text, vocab, vocab.encode(text), data.sha256_of(path))
 
 
-def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(init, data, sample) keys of a run; per-epoch keys are `fold_in(key, epoch)`."""
-    init_key, data_key, sample_key = jax.random.split(jax.random.key(seed), 3)
-    return init_key, data_key, sample_key
+def split_of(corpus: Corpus, cfg: Config) -> int:
+    """Where the held-out tail begins (len(ids) without one); errors if a part is too short."""
+    n = len(corpus.ids)
+    split = data.split_point(n, cfg.val_fraction)
+    if split <= cfg.maxlen:
+        raise CharjaxError(
+            f"--val-fraction {cfg.val_fraction:g} leaves {split} chars for training, not more "
+            f"than --maxlen {cfg.maxlen}; use a longer text or a smaller --val-fraction"
+        )
+    need = cfg.maxlen + 1 if score.default_mode(cfg) == "window" else 2
+    if cfg.val_fraction > 0 and n - split < need:
+        raise CharjaxError(
+            f"--val-fraction {cfg.val_fraction:g} holds out {n - split} chars, fewer than the "
+            f"{need} validation needs; raise it, or pass --val-fraction 0 to skip validation"
+        )
+    return split
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(init, data, sample, dropout) keys of a run; per-epoch keys are `fold_in(key, epoch)`,
+    per-step dropout keys `fold_in(key, step)`."""
+    init_key, data_key, sample_key, dropout_key = jax.random.split(jax.random.key(seed), 4)
+    return init_key, data_key, sample_key, dropout_key
 
 
 def merge_resumed(saved: Config, given: dict) -> Config:
@@ -81,6 +100,7 @@ def fresh(cfg: Config, ckpts: checkpoint.Checkpoints) -> Start:
     if cfg.text != data.NIETZSCHE:  # stored absolute, so --resume works from any directory
         cfg = cfg.replace(text=str(Path(cfg.text).expanduser().absolute()))
     corpus = load_corpus(cfg)
+    split_of(corpus, cfg)
     state = train.init_state(run_keys(cfg.seed)[0], corpus.vocab.size, cfg)
     return Start(cfg, corpus, state, 1, train.EpochPosition())
 

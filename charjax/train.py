@@ -46,32 +46,90 @@ class TrainState(NamedTuple):
     params: dict
     opt_state: optax.OptState
     step: jax.Array  # int32 scalar: optimizer steps taken
+    lr_scale: jax.Array  # float32 scalar: 1, halved by the divergence guard after each blow-up
+
+
+class StepContext(NamedTuple):
+    """Per-run inputs of the train step that are arrays, not config (so they never recompile)."""
+
+    dropout_key: jax.Array | None = None  # per step: fold_in(key, step), then the device index
+    total_steps: jax.Array | int = 0  # optimizer steps of the whole run (for the cosine schedule)
+
+
+NO_CONTEXT = StepContext()
+MIN_LR_FRACTION = 0.05  # the cosine schedule decays to this fraction of --learning-rate
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-    """RMSprop with Keras 3 semantics: v = rho*v + (1-rho)*g^2; p -= lr*g/sqrt(v + eps).
+    """The update rule at the base learning rate (schedule and guard scale its output).
 
-    optax's `eps_in_sqrt=True` puts epsilon inside the square root, as Keras 3 does. Keras 2.0.8
-    (the book's version) used `lr*g/(sqrt(v) + eps)` with eps=1e-8; the two differ only while
-    v is tiny (~eps), i.e. for parameters whose gradients are almost always zero.
+    RMSprop has Keras 3 semantics: v = rho*v + (1-rho)*g^2; p -= lr*g/sqrt(v + eps); optax's
+    `eps_in_sqrt=True` puts epsilon inside the square root, as Keras 3 does. Keras 2.0.8 (the
+    book's version) used `lr*g/(sqrt(v) + eps)` with eps=1e-8; the two differ only while v is
+    tiny (~eps), i.e. for parameters whose gradients are almost always zero. Adam uses Keras'
+    defaults (beta 0.9 / 0.999) with the same epsilon. `--clip-norm` clips the gradients' global
+    norm first.
     """
-    return optax.rmsprop(cfg.learning_rate, decay=cfg.rho, eps=cfg.epsilon, eps_in_sqrt=True)
+    if cfg.optimizer == "adam":
+        opt = optax.adam(cfg.learning_rate, b1=0.9, b2=0.999, eps=cfg.epsilon)
+    else:
+        opt = optax.rmsprop(cfg.learning_rate, decay=cfg.rho, eps=cfg.epsilon, eps_in_sqrt=True)
+    if cfg.clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+    return opt
+
+
+def lr_factor(cfg: Config, step: jax.Array, total_steps) -> jax.Array:
+    """The schedule's multiple of --learning-rate at optimizer step `step` (0-based).
+
+    Linear warm-up over `cfg.warmup` steps, then constant 1, or for "cosine" a half cosine from
+    1 down to MIN_LR_FRACTION at `total_steps`.
+    """
+    step = jnp.asarray(step, jnp.float32)
+    factor = jnp.float32(1.0)
+    if cfg.warmup > 0:
+        factor = jnp.minimum(1.0, (step + 1.0) / cfg.warmup)
+    if cfg.schedule == "cosine":
+        span = jnp.maximum(jnp.asarray(total_steps, jnp.float32) - cfg.warmup, 1.0)
+        done = jnp.clip((step - cfg.warmup) / span, 0.0, 1.0)
+        cosine = MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + jnp.cos(jnp.pi * done))
+        factor = factor * cosine
+    return factor
 
 
 def init_state(key: jax.Array, vocab_size: int, cfg: Config) -> TrainState:
-    params = model.init_params(key, vocab_size, cfg.hidden)
+    params = model.init_params(key, vocab_size, cfg.hidden, cfg.layers)
     opt_state = make_optimizer(cfg).init(params)
-    return TrainState(params, opt_state, jnp.zeros((), jnp.int32))
+    return TrainState(params, opt_state, jnp.zeros((), jnp.int32), jnp.ones((), jnp.float32))
 
 
-def loss_sum(params: dict, inputs, targets, weights, dtype: str = "float32") -> jax.Array:
-    """Weighted sum of next-char cross-entropies (nats); weight-0 rows are padding.
+def gather(ids: jax.Array, starts: jax.Array, cfg: Config) -> tuple[jax.Array, jax.Array]:
+    """A batch's inputs and targets for the objective: targets [B] ("last") or [B, T]."""
+    if cfg.objective == "sequence":
+        return data.gather_sequences(ids, starts, cfg.maxlen)
+    return data.gather_windows(ids, starts, cfg.maxlen)
+
+
+def loss_sum(params: dict, inputs, targets, weights, cfg: Config, key=None) -> jax.Array:
+    """Weighted sum of next-char cross-entropies (nats) over all predicted chars; weight-0 rows
+    are padding. With `key`, dropout at `cfg.dropout`.
 
     Keras computes it from clipped softmax probabilities; on logits it is the same value except
     where a target's probability is below 1e-7, where Keras' clip zeroes the gradient.
     """
-    _, logits = model.forward(params, inputs, dtype=dtype)
-    return jnp.sum(weights * optax.softmax_cross_entropy_with_integer_labels(logits, targets))
+    all_steps = cfg.objective == "sequence"
+    _, logits = model.forward(
+        params, inputs, dtype=cfg.dtype, all_steps=all_steps, dropout=cfg.dropout, key=key
+    )
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    if all_steps:
+        losses = losses.sum(axis=-1)
+    return jnp.sum(weights * losses)
+
+
+def chars_per_window(cfg: Config) -> int:
+    """Predicted chars per window: 1 for the original objective, maxlen for "sequence"."""
+    return cfg.maxlen if cfg.objective == "sequence" else 1
 
 
 def _psum_all(tree, axis_name):
@@ -83,43 +141,62 @@ def _psum_all(tree, axis_name):
     return unravel(lax.psum(flat, axis_name))
 
 
-def train_step(state: TrainState, inputs, targets, weights, cfg: Config, axis_name=None):
-    """One RMSprop step on a batch -> (new state, mean loss). An all-padding batch changes nothing.
+def train_step(
+    state: TrainState,
+    inputs,
+    targets,
+    weights,
+    cfg: Config,
+    axis_name=None,
+    context: StepContext = NO_CONTEXT,
+):
+    """One optimizer step on a batch -> (new state, mean loss per char). An all-padding batch
+    changes nothing.
 
     Inside `shard_map`, `axis_name` names the mesh axis the batch is split over: loss sums,
     gradient sums and window counts are added across devices, so the step equals the
-    single-device step on the whole batch.
+    single-device step on the whole batch (with dropout, each device draws its own masks).
     """
     params = state.params
+    key = None
+    if cfg.dropout > 0 and context.dropout_key is not None:
+        key = jax.random.fold_in(context.dropout_key, state.step)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, lax.axis_index(axis_name))
     if axis_name is not None:  # per-device gradients differ until summed: mark them varying
         params = jax.tree.map(lambda p: lax.pcast(p, (axis_name,), to="varying"), params)
-    total, grads = jax.value_and_grad(loss_sum)(params, inputs, targets, weights, cfg.dtype)
+    total, grads = jax.value_and_grad(loss_sum)(params, inputs, targets, weights, cfg, key)
     total, count, grads = _psum_all((total, jnp.sum(weights), grads), axis_name)
-    scale = 1.0 / jnp.maximum(count, 1.0)
+    scale = 1.0 / jnp.maximum(count * chars_per_window(cfg), 1.0)
     grads = jax.tree.map(lambda g: g * scale, grads)
     updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
-    new = TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1)
+    if cfg.schedule != "constant" or cfg.warmup > 0:
+        factor = lr_factor(cfg, state.step, context.total_steps)
+        updates = jax.tree.map(lambda u: u * factor, updates)
+    updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
+    params = optax.apply_updates(state.params, updates)
+    new = TrainState(params, opt_state, state.step + 1, state.lr_scale)
     state = jax.tree.map(lambda n, o: jnp.where(count > 0, n, o), new, state)
     return state, total * scale
 
 
-def _train_chunk(state, ids, plan_starts, plan_weights, chunk, cfg: Config, mesh: Mesh):
+def _train_chunk(state, ids, plan_starts, plan_weights, chunk, context, cfg: Config, mesh: Mesh):
     """Scan `train_step` over the batches of chunk `chunk` of the plan -> (state, losses[K])."""
 
-    def per_device(state, ids, starts, weights):
+    def per_device(state, ids, starts, weights, context):
         def body(state, batch):
-            inputs, targets = data.gather_windows(ids, batch[0], cfg.maxlen)
-            return train_step(state, inputs, targets, batch[1], cfg, parallel.AXIS)
+            inputs, targets = gather(ids, batch[0], cfg)
+            return train_step(state, inputs, targets, batch[1], cfg, parallel.AXIS, context)
 
         return lax.scan(body, state, (starts, weights))
 
     sharded = jax.shard_map(
         per_device,
         mesh=mesh,
-        in_specs=(P(), P(), P(None, parallel.AXIS), P(None, parallel.AXIS)),
+        in_specs=(P(), P(), P(None, parallel.AXIS), P(None, parallel.AXIS), P()),
         out_specs=(P(), P()),
     )
-    return sharded(state, ids, plan_starts[chunk], plan_weights[chunk])
+    return sharded(state, ids, plan_starts[chunk], plan_weights[chunk], context)
 
 
 train_chunk = jax.jit(_train_chunk, static_argnames=("cfg", "mesh"), donate_argnums=0)
@@ -151,10 +228,13 @@ def train_epoch(
     on_chunk: Callable[[int, int, int, float], None] | None = None,
     start: EpochPosition = EPOCH_START,
     stop: Callable[[], bool] | None = None,
+    context: StepContext = NO_CONTEXT,
 ) -> tuple[TrainState, float]:
-    """One pass over all windows in the order of `(data_key, epoch)` -> (state, mean window loss).
+    """One pass over all windows in the order of `(data_key, epoch)` -> (state, mean loss per
+    predicted char).
 
-    The mean weighs each batch by its real windows, as Keras' epoch loss does. The input
+    The mean weighs each batch by its real windows, as Keras' epoch loss does. A non-finite
+    loss ends the epoch early (returned as the loss: the rest would be wasted). The input
     state's buffers are donated to the jitted steps: use the returned state, not the old one.
     `mesh` defaults to all devices. After each chunk, `on_chunk(done, total, windows,
     mean_loss)` gets the chunks done and in all, the windows trained so far and their mean loss
@@ -167,11 +247,15 @@ def train_epoch(
     chunks = plan_starts.shape[0]
     _, loss_sum, windows = start
     for chunk in range(start.chunks, chunks):
-        state, losses = train_chunk(state, ids, plan_starts, plan_weights, chunk, cfg, mesh)
+        state, losses = train_chunk(
+            state, ids, plan_starts, plan_weights, chunk, context, cfg, mesh
+        )
         # Waiting for each chunk keeps multi-device CPU runs from queueing calls (which can time
         # out XLA's all-reduce rendezvous), and makes progress reports tell the truth.
         loss_sum += float((np.asarray(losses) * counts[chunk]).sum())
         windows += int(counts[chunk].sum())
+        if not np.isfinite(loss_sum):
+            return state, loss_sum
         if on_chunk is not None:
             on_chunk(chunk + 1, chunks, windows, loss_sum / windows)
         if stop is not None and stop() and chunk + 1 < chunks:

@@ -38,9 +38,9 @@ def test_keras_initialisers():
 def test_forward_shapes_and_jit():
     params = model.init_params(jax.random.key(0), 11, 8)
     ids = jax.random.randint(jax.random.key(1), (3, 7), 0, 11)
-    (h, c), logits = model.forward(params, ids)
+    ((h, c),), logits = model.forward(params, ids)
     assert h.shape == c.shape == (3, 8) and logits.shape == (3, 11) and logits.dtype == jnp.float32
-    (_, _), jitted = jax.jit(model.forward)(params, ids)
+    ((_, _),), jitted = jax.jit(model.forward)(params, ids)
     np.testing.assert_allclose(jitted, logits, rtol=1e-6, atol=1e-6)
 
 
@@ -66,8 +66,8 @@ def test_left_padding_with_valid_mask_equals_the_short_window():
     short = jnp.array([[3, 1, 4]])
     padded = jnp.array([[0, 0, 3, 1, 4]])
     valid = jnp.array([False, False, True, True, True])
-    (h1, c1), l1 = model.forward(params, short, valid=jnp.ones(3, bool))
-    (h2, c2), l2 = model.forward(params, padded, valid=valid)
+    ((h1, c1),), l1 = model.forward(params, short, valid=jnp.ones(3, bool))
+    ((h2, c2),), l2 = model.forward(params, padded, valid=valid)
     np.testing.assert_array_equal(h1, h2)
     np.testing.assert_array_equal(l1, l2)
 

@@ -1,0 +1,136 @@
+"""How well a model predicts a text: cross-entropy in nats and bits per char, and perplexity.
+
+Two ways to read a text, matching the two ways to sample:
+- "window" (the original objective): each scored char is predicted from the `maxlen` chars
+  before it, from a zero state, exactly like a training window. The first `maxlen` chars have
+  no full window and are not scored; `stride` > 1 scores every stride-th char only.
+- "stateful" (how a `sequence` model reads): one pass over the whole text carrying the LSTM
+  state, every char from the second on predicted from everything before it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from charjax import data, model
+from charjax.config import Config
+from charjax.errors import CharjaxError
+
+MODES = ("window", "stateful")
+
+
+@dataclass(frozen=True)
+class Score:
+    nats: float  # summed cross-entropy of the scored chars
+    chars: int  # chars scored
+
+    @property
+    def nats_per_char(self) -> float:
+        return self.nats / self.chars
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats_per_char / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nats_per_char)
+
+
+@functools.partial(jax.jit, static_argnames=("maxlen", "dtype"))
+def _window_nats(params, ids, starts, weights, *, maxlen: int, dtype):
+    inputs, targets = data.gather_windows(ids, starts, maxlen)
+    _, logits = model.forward(params, inputs, dtype=dtype)
+    return jnp.sum(weights * optax.softmax_cross_entropy_with_integer_labels(logits, targets))
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _stream_nats(params, carry, inputs, targets, valid, *, dtype):
+    carry, logits = model.forward(params, inputs[None], carry, valid, dtype, all_steps=True)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits[0], targets)
+    return carry, jnp.sum(jnp.where(valid, losses, 0.0))
+
+
+def _batches(values: np.ndarray, size: int):
+    """Fixed-size pieces of `values` (the last zero-padded) with a 0/1 weight per slot, so one
+    compilation serves every piece."""
+    for begin in range(0, len(values), size):
+        piece = values[begin : begin + size]
+        pad = size - len(piece)
+        yield np.pad(piece, (0, pad)), np.pad(np.ones(len(piece), np.float32), (0, pad))
+
+
+def score_ids(
+    params: dict,
+    ids,
+    *,
+    mode: str = "window",
+    maxlen: int = 60,
+    stride: int = 1,
+    batch_size: int = 512,
+    chunk: int = 1024,
+    dtype: str = "float32",
+) -> Score:
+    """Score the id sequence `ids` (int32[n]) under `params`; see the module docstring."""
+    if mode not in MODES:
+        raise CharjaxError(f"score mode must be one of {', '.join(MODES)}, got {mode!r}")
+    ids = np.asarray(ids, np.int32)
+    if mode == "window":
+        starts = data.window_starts(len(ids), maxlen, stride)
+        if len(starts) == 0:
+            raise CharjaxError(
+                f"a text of {len(ids)} chars has nothing to score in window mode (it needs more "
+                f"than --maxlen = {maxlen} chars); use a longer text or --mode stateful"
+            )
+        device_ids = jnp.asarray(ids)
+        total = 0.0
+        for piece, weights in _batches(starts, min(batch_size, len(starts))):
+            total += float(
+                _window_nats(params, device_ids, piece, weights, maxlen=maxlen, dtype=dtype)
+            )
+        return Score(total, len(starts))
+    if len(ids) < 2:
+        raise CharjaxError("a text needs at least 2 chars to be scored")
+    inputs, targets = ids[:-1], ids[1:]
+    size = min(chunk, len(inputs))
+    carry, total = None, 0.0
+    for (piece, valid), (target, _) in zip(
+        _batches(inputs, size), _batches(targets, size), strict=True
+    ):
+        if carry is None:
+            _, hidden = model.shape_of(params)
+            zero = jnp.zeros((1, hidden), jnp.float32)
+            carry = ((zero, zero),) * model.layers_of(params)
+        carry, nats = _stream_nats(params, carry, piece, target, valid > 0, dtype=dtype)
+        total += float(nats)
+    return Score(total, len(targets))
+
+
+def encode_known(vocab: data.Vocab, text: str) -> tuple[np.ndarray, Counter]:
+    """Ids of the chars of `text` that are in the vocabulary, and a count of those that are not
+    (dropped: a model cannot score a char it has no output for)."""
+    unknown = Counter(ch for ch in text if ch not in set(vocab.chars))
+    if unknown:
+        text = "".join(ch for ch in text if ch not in unknown)
+    return vocab.encode(text), unknown
+
+
+def default_mode(cfg: Config) -> str:
+    """The reading that matches how a model was trained."""
+    return "stateful" if cfg.objective == "sequence" else "window"
+
+
+def validate(params: dict, held_out: np.ndarray, cfg: Config) -> Score:
+    """The per-epoch validation score of the held-out ids: in window mode with the training
+    stride (the training loss on held-out windows), statefully for a `sequence` model."""
+    mode = default_mode(cfg)
+    stride = cfg.step if mode == "window" else 1
+    return score_ids(params, held_out, mode=mode, maxlen=cfg.maxlen, stride=stride, dtype=cfg.dtype)
