@@ -162,6 +162,8 @@ def test_non_finite_loss_never_reaches_a_checkpoint(capsys, texts, tmp_path):
         "2",
         "--learning-rate",
         "1e38",
+        "--guard",
+        "0",
         "--checkpoint-dir",
         str(ck),
         *TINY,
@@ -328,10 +330,10 @@ def test_mid_epoch_resume_in_process(tiny_cfg, tmp_path):
 def _corpus_arrays(cfg):
     import jax.numpy as jnp
 
-    from charjax import data, runner
+    from charjax import data, runner, start
 
     corpus = runner.load_corpus(cfg)
-    starts = data.window_starts(len(corpus.ids), cfg.maxlen, cfg.step)
+    starts = data.window_starts(start.split_of(corpus, cfg), cfg.maxlen, cfg.step)
     return corpus, jnp.asarray(corpus.ids), jnp.asarray(starts)
 
 
