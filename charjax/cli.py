@@ -91,6 +91,15 @@ def train_parser() -> argparse.ArgumentParser:
         type=str,
         choices=("last", "sequence"),
     )
+    p.add_argument(
+        "--carry-state",
+        dest="carry_state",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="with --objective sequence: read the text as --batch-size contiguous streams and "
+        "carry the LSTM state from each window to the next (truncated backpropagation through "
+        "time; needs --step equal to --maxlen)",
+    )
     _config_flag(p, "dropout", "dropout on each LSTM layer's outputs while training", type=_finite)
     _config_flag(p, "clip_norm", "clip gradients to this global norm; 0 = off", type=_finite)
     _config_flag(p, "optimizer", "update rule", type=str, choices=("rmsprop", "adam"))

@@ -28,6 +28,7 @@ class Config:
     epsilon: float = 1e-7  # RMSprop epsilon, added inside the square root (Keras 3)
     val_fraction: float = 0.1  # held-out tail of the corpus for validation; 0 = none
     objective: str = "last"  # "last": the char after each window (original); "sequence": all
+    carry_state: bool = False  # "sequence" only: contiguous streams, LSTM state carried on
     layers: int = 1  # stacked LSTM layers
     dropout: float = 0.0  # dropout on each layer's outputs while training
     clip_norm: float = 0.0  # clip gradients to this global norm; 0 = off
@@ -106,6 +107,12 @@ class Config:
                 raise CharjaxError(
                     f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                 )
+        if self.carry_state and (self.objective != "sequence" or self.step != self.maxlen):
+            raise CharjaxError(
+                "--carry-state reads the text as contiguous streams: it needs --objective "
+                f"sequence and --step equal to --maxlen (got {self.objective}, step {self.step}, "
+                f"maxlen {self.maxlen})"
+            )
         if self.dtype not in ("float32", "bfloat16"):
             raise CharjaxError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         return self
@@ -127,6 +134,7 @@ MATH_FIELDS = (
     "dtype",
     "val_fraction",
     "objective",
+    "carry_state",
     "layers",
     "dropout",
     "clip_norm",

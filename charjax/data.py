@@ -170,6 +170,20 @@ def gather_windows(ids: jax.Array, starts: jax.Array, maxlen: int) -> tuple[jax.
     return inputs, ids[starts + maxlen]
 
 
+def stream_starts(n: int, streams: int, maxlen: int) -> np.ndarray:
+    """int32[steps * streams] window starts that cut ids [0, n) into `streams` contiguous
+    streams read `maxlen` chars a step: step j of stream b starts at b*L + j*maxlen.
+
+    Listed step by step (the windows of one step, one per stream, are consecutive), so that
+    the windows of step j+1 continue those of step j. L leaves room for an offset of up to
+    maxlen-1 (`stream_plan`) with every target still inside [0, n).
+    """
+    length = max(n - 1 - maxlen, 0) // streams
+    steps = length // maxlen
+    grid = np.arange(streams)[None, :] * length + np.arange(steps)[:, None] * maxlen
+    return grid.reshape(-1).astype(np.int32)
+
+
 def gather_sequences(ids: jax.Array, starts: jax.Array, maxlen: int) -> tuple[jax.Array, jax.Array]:
     """Inputs int32[B, maxlen] and the next char of every position, targets int32[B, maxlen]."""
     inputs = ids[starts[:, None] + jnp.arange(maxlen + 1, dtype=starts.dtype)]
@@ -202,3 +216,27 @@ def epoch_plan(
     shape = (chunks, steps_per_call, batch_size)
     pad = ((0, 0), (0, 0), (0, width - batch_size))
     return jnp.pad(padded.reshape(shape), pad), jnp.pad(weights.reshape(shape), pad)
+
+
+def stream_plan(
+    key: jax.Array,
+    epoch: int,
+    starts: jax.Array,
+    batch_size: int,
+    steps_per_call: int,
+    maxlen: int,
+    width: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """`epoch_plan` for contiguous streams (`stream_starts`, batch_size = streams): the steps in
+    order, each stream in its own batch row, all shifted by one offset in [0, maxlen) drawn
+    from `fold_in(key, epoch)`, so window boundaries move from epoch to epoch."""
+    width = width or batch_size
+    steps = starts.shape[0] // batch_size
+    chunks = -(-steps // steps_per_call)
+    offset = jax.random.randint(jax.random.fold_in(key, epoch), (), 0, maxlen, starts.dtype)
+    grid = jnp.zeros((chunks * steps_per_call, batch_size), starts.dtype)
+    grid = grid.at[:steps].set(starts.reshape(steps, batch_size) + offset)
+    weights = (jnp.arange(chunks * steps_per_call) < steps)[:, None] * jnp.ones(batch_size)
+    shape = (chunks, steps_per_call, batch_size)
+    pad = ((0, 0), (0, 0), (0, width - batch_size))
+    return jnp.pad(grid.reshape(shape), pad), jnp.pad(weights.reshape(shape), pad)

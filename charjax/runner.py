@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charjax import checkpoint, data, parallel, sample, score, start, train
+from charjax import checkpoint, parallel, sample, score, start, train
 from charjax.config import Config
 from charjax.errors import CharjaxError, Interrupted
 from charjax.report import Reporter, append_metrics, read_metrics
@@ -102,7 +102,13 @@ def train_run(
         ids = parallel.put(corpus.ids, parallel.replicated(mesh))
         split = start.split_of(corpus, cfg)
         held_out = corpus.ids[split:] if split < len(corpus.ids) else None
-        starts = jnp.asarray(data.window_starts(split, cfg.maxlen, cfg.step))
+        starts = train.epoch_starts(split, cfg)
+        if len(starts) == 0:  # only --carry-state can get here: split_of checked the rest
+            raise CharjaxError(
+                f"{split:,} training chars cannot be cut into --batch-size {cfg.batch_size} "
+                f"streams of at least --maxlen {cfg.maxlen} chars each; use a smaller --batch-size"
+            )
+        starts = jnp.asarray(starts)
         batches = -(-len(starts) // cfg.batch_size)
         context = train.StepContext(dropout_key, jnp.int32(cfg.epochs * batches))
         prime = corpus.text[: cfg.maxlen]  # stored so sampling needs no corpus

@@ -47,6 +47,7 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
     step: jax.Array  # int32 scalar: optimizer steps taken
     lr_scale: jax.Array  # float32 scalar: 1, halved by the divergence guard after each blow-up
+    carry: tuple = ()  # --carry-state: per layer (h, c) float32[batch_size, H] of each stream
 
 
 class StepContext(NamedTuple):
@@ -97,10 +98,27 @@ def lr_factor(cfg: Config, step: jax.Array, total_steps) -> jax.Array:
     return factor
 
 
+def zero_streams(cfg: Config) -> tuple:
+    """The LSTM state every stream starts an epoch from (--carry-state), else ()."""
+    if not cfg.carry_state:
+        return ()
+    zero = jnp.zeros((cfg.batch_size, cfg.hidden), jnp.float32)
+    return ((zero, zero),) * cfg.layers
+
+
 def init_state(key: jax.Array, vocab_size: int, cfg: Config) -> TrainState:
     params = model.init_params(key, vocab_size, cfg.hidden, cfg.layers)
     opt_state = make_optimizer(cfg).init(params)
-    return TrainState(params, opt_state, jnp.zeros((), jnp.int32), jnp.ones((), jnp.float32))
+    one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.int32)
+    return TrainState(params, opt_state, zero, one, zero_streams(cfg))
+
+
+def epoch_starts(split: int, cfg: Config) -> np.ndarray:
+    """The training windows' starts in ids [0, split): the original's windows, or contiguous
+    streams (step by step) with --carry-state."""
+    if cfg.carry_state:
+        return data.stream_starts(split, cfg.batch_size, cfg.maxlen)
+    return data.window_starts(split, cfg.maxlen, cfg.step)
 
 
 def gather(ids: jax.Array, starts: jax.Array, cfg: Config) -> tuple[jax.Array, jax.Array]:
@@ -110,21 +128,28 @@ def gather(ids: jax.Array, starts: jax.Array, cfg: Config) -> tuple[jax.Array, j
     return data.gather_windows(ids, starts, cfg.maxlen)
 
 
-def loss_sum(params: dict, inputs, targets, weights, cfg: Config, key=None) -> jax.Array:
-    """Weighted sum of next-char cross-entropies (nats) over all predicted chars; weight-0 rows
-    are padding. With `key`, dropout at `cfg.dropout`.
+def loss_and_carry(params: dict, inputs, targets, weights, cfg: Config, key=None, carry=None):
+    """(weighted sum of next-char cross-entropies in nats over all predicted chars, final LSTM
+    carry); weight-0 rows are padding. With `key`, dropout at `cfg.dropout`; `carry` is the
+    initial state (None: zeros), a constant for the gradient (truncated backpropagation).
 
     Keras computes it from clipped softmax probabilities; on logits it is the same value except
     where a target's probability is below 1e-7, where Keras' clip zeroes the gradient.
     """
     all_steps = cfg.objective == "sequence"
-    _, logits = model.forward(
-        params, inputs, dtype=cfg.dtype, all_steps=all_steps, dropout=cfg.dropout, key=key
+    carry = None if carry is None else lax.stop_gradient(carry)
+    carry, logits = model.forward(
+        params, inputs, carry, dtype=cfg.dtype, all_steps=all_steps, dropout=cfg.dropout, key=key
     )
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     if all_steps:
         losses = losses.sum(axis=-1)
-    return jnp.sum(weights * losses)
+    return jnp.sum(weights * losses), carry
+
+
+def loss_sum(params: dict, inputs, targets, weights, cfg: Config, key=None) -> jax.Array:
+    """The loss part of `loss_and_carry`, from a zero state."""
+    return loss_and_carry(params, inputs, targets, weights, cfg, key)[0]
 
 
 def chars_per_window(cfg: Config) -> int:
@@ -165,7 +190,10 @@ def train_step(
             key = jax.random.fold_in(key, lax.axis_index(axis_name))
     if axis_name is not None:  # per-device gradients differ until summed: mark them varying
         params = jax.tree.map(lambda p: lax.pcast(p, (axis_name,), to="varying"), params)
-    total, grads = jax.value_and_grad(loss_sum)(params, inputs, targets, weights, cfg, key)
+    carry = state.carry if cfg.carry_state else None
+    (total, carry), grads = jax.value_and_grad(loss_and_carry, has_aux=True)(
+        params, inputs, targets, weights, cfg, key, carry
+    )
     total, count, grads = _psum_all((total, jnp.sum(weights), grads), axis_name)
     scale = 1.0 / jnp.maximum(count * chars_per_window(cfg), 1.0)
     grads = jax.tree.map(lambda g: g * scale, grads)
@@ -175,7 +203,8 @@ def train_step(
         updates = jax.tree.map(lambda u: u * factor, updates)
     updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
     params = optax.apply_updates(state.params, updates)
-    new = TrainState(params, opt_state, state.step + 1, state.lr_scale)
+    carry = carry if cfg.carry_state else state.carry
+    new = TrainState(params, opt_state, state.step + 1, state.lr_scale, carry)
     state = jax.tree.map(lambda n, o: jnp.where(count > 0, n, o), new, state)
     return state, total * scale
 
@@ -188,7 +217,26 @@ def _train_chunk(state, ids, plan_starts, plan_weights, chunk, context, cfg: Con
             inputs, targets = gather(ids, batch[0], cfg)
             return train_step(state, inputs, targets, batch[1], cfg, parallel.AXIS, context)
 
-        return lax.scan(body, state, (starts, weights))
+        if not cfg.carry_state:
+            return lax.scan(body, state, (starts, weights))
+        # Streams are split over the devices like the batch: each device carries its rows.
+        rows = starts.shape[-1]
+        index = lax.axis_index(parallel.AXIS)
+
+        def mine(x):
+            x = jnp.pad(x, ((0, rows * mesh.size - x.shape[0]), (0, 0)))
+            return lax.dynamic_slice_in_dim(x, index * rows, rows)
+
+        def whole(x):  # the rows of all devices again, summed into place (one all-reduce)
+            x = lax.dynamic_update_slice_in_dim(
+                jnp.zeros((rows * mesh.size, x.shape[1]), x.dtype), x, index * rows, 0
+            )
+            return lax.psum(x, parallel.AXIS)[: cfg.batch_size]
+
+        state = state._replace(carry=jax.tree.map(mine, state.carry))
+        state, losses = lax.scan(body, state, (starts, weights))
+        whole = jax.tree.map(whole, state.carry)
+        return state._replace(carry=whole), losses
 
     sharded = jax.shard_map(
         per_device,
@@ -201,19 +249,33 @@ def _train_chunk(state, ids, plan_starts, plan_weights, chunk, context, cfg: Con
 
 train_chunk = jax.jit(_train_chunk, static_argnames=("cfg", "mesh"), donate_argnums=0)
 make_plan = jax.jit(data.epoch_plan, static_argnames=("batch_size", "steps_per_call", "width"))
+make_stream_plan = jax.jit(
+    data.stream_plan, static_argnames=("batch_size", "steps_per_call", "maxlen", "width")
+)
 
 
 def placed_plan(data_key, epoch: int, starts, cfg: Config, mesh: Mesh):
     """The epoch plan with each batch padded to split evenly over the mesh and sharded on it."""
     width = -(-cfg.batch_size // mesh.size) * mesh.size
-    plan = make_plan(
-        data_key,
-        epoch,
-        starts,
-        batch_size=cfg.batch_size,
-        steps_per_call=cfg.steps_per_call,
-        width=width,
-    )
+    if cfg.carry_state:
+        plan = make_stream_plan(
+            data_key,
+            epoch,
+            starts,
+            batch_size=cfg.batch_size,
+            steps_per_call=cfg.steps_per_call,
+            maxlen=cfg.maxlen,
+            width=width,
+        )
+    else:
+        plan = make_plan(
+            data_key,
+            epoch,
+            starts,
+            batch_size=cfg.batch_size,
+            steps_per_call=cfg.steps_per_call,
+            width=width,
+        )
     return parallel.put(plan, parallel.batch_sharded(mesh))
 
 
@@ -243,6 +305,8 @@ def train_epoch(
     mesh = mesh or parallel.data_mesh()
     plan_starts, plan_weights = placed_plan(data_key, epoch, starts, cfg, mesh)
     counts = np.asarray(plan_weights.sum(axis=-1))  # real windows per batch [chunks, K]
+    if start.chunks == 0:  # every stream starts the epoch from a zero state
+        state = state._replace(carry=zero_streams(cfg))
     state, ids = parallel.put((state, ids), parallel.replicated(mesh))
     chunks = plan_starts.shape[0]
     _, loss_sum, windows = start

@@ -20,11 +20,15 @@ from charjax import runner
 from charjax.config import Config
 cfg = Config(text=sys.argv[2], maxlen=10, hidden=16, batch_size=int(sys.argv[3]), epochs=2,
              steps_per_call=3, temperatures=())
-state, history = runner.train_run(cfg, sys.argv[4], log=lambda *a: None)
+streams = cfg.replace(objective="sequence", carry_state=True, step=10, layers=2, batch_size=6)
+out = {}
+for name, c in (("windows", cfg), ("streams", streams)):
+    state, history = runner.train_run(c, sys.argv[4] + name, log=lambda *a: None)
+    out[name + ":losses"] = [m["loss"] for m in history]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
+        out[name + ":" + "/".join(str(k.key) for k in path)] = np.asarray(leaf)
 assert len(jax.devices()) == int(sys.argv[1])
-flat = {"/".join(str(k.key) for k in path): np.asarray(leaf)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
-np.savez(sys.argv[5], losses=[m["loss"] for m in history], **flat)
+np.savez(sys.argv[5], **out)
 """
 
 
@@ -52,13 +56,16 @@ def _train_on(devices: int, text, batch_size: int, tmp_path):
 
 
 def test_four_devices_match_one(tiny_text, tmp_path):
+    """Both the original windows (batch 30) and carried streams (6 streams, each device carrying
+    its rows) are padded to 32 / 8 rows over 4 devices and give the 1-device numbers."""
     batch_size = 30  # does not split over 4 devices: padded to 32 with zero-weight rows
     one = _train_on(1, tiny_text, batch_size, tmp_path)
     four = _train_on(4, tiny_text, batch_size, tmp_path)
     assert set(one) == set(four)
     for name in one:
         np.testing.assert_allclose(four[name], one[name], rtol=1e-4, atol=1e-5, err_msg=name)
-    assert not np.allclose(one["dense/kernel"], 0)
+    assert not np.allclose(one["windows:dense/kernel"], 0)
+    assert "streams:lstm_1/kernel" in one
 
 
 def test_plan_pads_batches_to_the_device_width():

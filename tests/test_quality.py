@@ -362,3 +362,49 @@ def test_lstm_recurrence_carry_gradient():
     plain = jax.grad(loss)(carry, False)
     for a, b in zip(fast, plain, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_stream_plan_reads_contiguous_streams():
+    starts = data.stream_starts(1000, 4, 10)  # streams of (1000 - 11) // 4 = 247 chars
+    assert len(starts) == 24 * 4
+    offsets = set()
+    for epoch in (1, 2, 3, 4):
+        plan, weights = data.stream_plan(
+            jax.random.key(0), epoch, jnp.asarray(starts), 4, 5, maxlen=10, width=6
+        )
+        assert plan.shape == weights.shape == (5, 5, 6)
+        w = np.asarray(weights).reshape(-1, 6)
+        assert (w[:24, :4] == 1).all() and w[24:].sum() == 0 and w[:, 4:].sum() == 0
+        rows = np.asarray(plan).reshape(-1, 6)[:24, :4]
+        assert (np.diff(rows, axis=0) == 10).all()  # each stream goes on where it stopped
+        offset = rows[0, 0]
+        assert 0 <= offset < 10 and rows[0].tolist() == (offset + np.arange(4) * 247).tolist()
+        assert rows.max() + 10 < 1000  # the last target is inside the text
+        offsets.add(int(offset))
+    assert len(offsets) > 1  # window boundaries move between epochs
+
+
+def test_carried_state_goes_from_each_window_to_the_next(tiny_cfg):
+    cfg = tiny_cfg.replace(
+        objective="sequence", carry_state=True, step=10, batch_size=3, val_fraction=0.0
+    )
+    corpus = runner.load_corpus(cfg)
+    ids = jnp.asarray(corpus.ids)
+    state = train.init_state(jax.random.key(0), corpus.vocab.size, cfg)
+    assert jax.tree.map(jnp.shape, state.carry) == (((3, 16), (3, 16)),)
+    first, second = jnp.array([0, 300, 600]), jnp.array([10, 310, 610])
+    ones = jnp.ones(3)
+    x1, y1 = train.gather(ids, first, cfg)
+    after1, _ = train.train_step(state, x1, y1, ones, cfg)
+    carry1, _ = model.forward(state.params, x1, all_steps=True)
+    for a, b in zip(jax.tree.leaves(after1.carry), jax.tree.leaves(carry1), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    x2, y2 = train.gather(ids, second, cfg)
+    _, loss2 = train.train_step(after1, x2, y2, ones, cfg)
+    _, logits = model.forward(after1.params, x2, carry1, all_steps=True)
+    expected = optax.softmax_cross_entropy_with_integer_labels(logits, y2).mean()
+    np.testing.assert_allclose(loss2, expected, rtol=1e-5)
+    zero_start = train.loss_sum(after1.params, x2, y2, ones, cfg) / (3 * cfg.maxlen)
+    assert abs(float(zero_start) - float(loss2)) > 1e-4  # the carry made a difference
+    with pytest.raises(CharjaxError, match="--carry-state reads the text as contiguous"):
+        cfg.replace(step=5).check()

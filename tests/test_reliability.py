@@ -284,14 +284,18 @@ def test_sigkill_at_any_moment_loses_nothing(long_text, tmp_path):
     assert not [p for p in ck.iterdir() if "tmp" in p.name]  # no half-written checkpoint left
 
 
-def test_mid_epoch_resume_in_process(tiny_cfg, tmp_path):
-    """An epoch stopped after one chunk, saved as a partial, resumes to the uninterrupted result;
-    a second interruption of the same epoch saves again; the chunk size cannot change meanwhile."""
+@pytest.mark.parametrize("streams", [False, True], ids=["windows", "carried-streams"])
+def test_mid_epoch_resume_in_process(tiny_cfg, tmp_path, streams):
+    """An epoch stopped after one chunk, saved as a partial, resumes to the uninterrupted result
+    (with --carry-state, the streams' LSTM state is saved and restored too); a second
+    interruption of the same epoch saves again; the chunk size cannot change meanwhile."""
     from charjax import runner
     from charjax.errors import CharjaxError
 
     quiet = lambda *a: None  # noqa: E731
     cfg = tiny_cfg.replace(epochs=2, temperatures=(), steps_per_call=2)
+    if streams:
+        cfg = cfg.replace(objective="sequence", carry_state=True, step=10, batch_size=6)
     whole, _ = runner.train_run(cfg, tmp_path / "whole", log=quiet)
     first, _ = runner.train_run(cfg.replace(epochs=1), tmp_path / "split", log=quiet)
     corpus, ids, starts = _corpus_arrays(cfg)
@@ -330,10 +334,10 @@ def test_mid_epoch_resume_in_process(tiny_cfg, tmp_path):
 def _corpus_arrays(cfg):
     import jax.numpy as jnp
 
-    from charjax import data, runner, start
+    from charjax import runner, start
 
     corpus = runner.load_corpus(cfg)
-    starts = data.window_starts(start.split_of(corpus, cfg), cfg.maxlen, cfg.step)
+    starts = train.epoch_starts(start.split_of(corpus, cfg), cfg)
     return corpus, jnp.asarray(corpus.ids), jnp.asarray(starts)
 
 
