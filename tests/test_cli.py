@@ -182,9 +182,23 @@ def test_help_lists_flags_with_defaults():
         "--keep",
         "--sample-length",
         "--temperatures",
+        "--val-fraction",
+        "--objective",
+        "--carry-state",
+        "--layers",
+        "--dropout",
+        "--clip-norm",
+        "--optimizer",
+        "--schedule",
+        "--warmup",
+        "--guard",
     ):
         assert flag in train_help
     assert "(default: 60)" in train_help and "0.2,0.5,1,1.2" in train_help
+    assert "(default: 0.1)" in train_help and "(default: last)" in train_help
+    score_help = run("score.py", "--help").stdout
+    for flag in ("--checkpoint-dir", "--epoch", "--mode", "--stride", "--json"):
+        assert flag in score_help
     sample_help = run("sample.py", "--help").stdout
     for flag in (
         "--checkpoint-dir",
@@ -271,6 +285,12 @@ def test_progress_bar_on_a_terminal_plain_lines_elsewhere(tiny_text, tmp_path):
 
 def test_entry_points_are_installed():
     bindir = Path(sys.executable).parent
-    for name in ("charjax-train", "charjax-sample", "charjax-bench", "charjax-plot"):
+    for name in (
+        "charjax-train",
+        "charjax-sample",
+        "charjax-bench",
+        "charjax-plot",
+        "charjax-score",
+    ):
         done = subprocess.run([str(bindir / name), "--help"], capture_output=True, text=True)
         assert done.returncode == 0 and "usage: " + name in done.stdout, name
