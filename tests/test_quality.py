@@ -408,3 +408,14 @@ def test_carried_state_goes_from_each_window_to_the_next(tiny_cfg):
     assert abs(float(zero_start) - float(loss2)) > 1e-4  # the carry made a difference
     with pytest.raises(CharjaxError, match="--carry-state reads the text as contiguous"):
         cfg.replace(step=5).check()
+
+
+def test_stacked_models_sample_in_both_modes():
+    from charjax import sample
+
+    params = _params(vocab=9, hidden=8, layers=2, seed=9)
+    prime = [1, 2, 3, 4, 5]
+    _, logits = model.forward(params, jnp.asarray([prime]))
+    for mode in ("window", "stateful"):
+        out = sample.generate(params, prime, jax.random.key(0), 0.0, length=6, mode=mode, maxlen=5)
+        assert out.shape == (6,) and int(out[0]) == int(jnp.argmax(logits[0]))
