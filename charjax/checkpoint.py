@@ -24,6 +24,7 @@ from charjax.errors import CharjaxError
 logging.getLogger("absl").setLevel(logging.WARNING)
 
 PARTIAL = "partial"
+FORMAT = 2  # 2: TrainState has lr_scale and carry; config has the quality fields
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint still being written
 LOCK_FILE = ".lock"
 
@@ -208,7 +209,7 @@ def make_meta(
 ) -> dict:
     """The JSON that makes a checkpoint self-contained."""
     return {
-        "format": 1,
+        "format": FORMAT,
         "epoch": epoch,
         "config": cfg.to_dict(),
         "vocab": vocab_chars,
@@ -219,4 +220,11 @@ def make_meta(
 
 
 def config_of(meta: dict) -> Config:
+    """The run's config; checkpoints of an older layout are refused with one clear line."""
+    if meta.get("format", 1) < FORMAT:
+        raise CharjaxError(
+            f"this checkpoint (epoch {meta.get('epoch')}) was written by an older charjax "
+            f"(format {meta.get('format', 1)}: no held-out split, learning-rate scale or stream "
+            "state); use that version with it, or train again"
+        )
     return Config.from_dict(meta["config"])

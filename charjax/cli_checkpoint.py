@@ -173,7 +173,7 @@ def _score(args: argparse.Namespace) -> int:
             raise CharjaxError(
                 "this run held nothing out (--val-fraction 0); pass a text file to score"
             )
-        corpus = start.load_corpus(cfg)
+        corpus = start.saved_corpus(cfg, meta, args.checkpoint_dir)
         ids, unknown = corpus.ids[start.split_of(corpus, cfg) :], {}
         source = f"held-out tail of {cfg.text} ({cfg.val_fraction:g})"
     else:

@@ -1,6 +1,6 @@
-"""The one frozen configuration of a run; its defaults are the original Keras example's settings
-(plus a 10 % held-out tail for validation and the divergence guard, which only ever act on
-a run that would otherwise be lost)."""
+"""The one frozen configuration of a run; its defaults are the original Keras example's settings,
+plus a 10 % held-out tail for validation (training sees the other 90 %) and the divergence
+guard (which changes nothing unless an epoch's loss is non-finite or far above the best)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class Config:
     hidden: int = 128  # LSTM units
     batch_size: int = 128  # windows per optimizer step (last partial batch included)
     epochs: int = 60  # passes over all windows
-    learning_rate: float = 0.01  # RMSprop learning rate
+    learning_rate: float = 0.01  # base learning rate (RMSprop or Adam)
     rho: float = 0.9  # RMSprop decay of the squared-gradient average (Keras `rho`)
     epsilon: float = 1e-7  # RMSprop epsilon, added inside the square root (Keras 3)
     val_fraction: float = 0.1  # held-out tail of the corpus for validation; 0 = none
@@ -92,11 +92,13 @@ class Config:
             )
         if not 0 <= self.dropout < 1:
             raise CharjaxError(f"--dropout must be in [0, 1), got {self.dropout}")
-        for name in ("clip_norm", "guard"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                flag = "--" + name.replace("_", "-")
-                raise CharjaxError(f"{flag} must be >= 0 (0 = off), got {value}")
+        if not (math.isfinite(self.clip_norm) and self.clip_norm >= 0):
+            raise CharjaxError(f"--clip-norm must be >= 0 (0 = off), got {self.clip_norm}")
+        if not (math.isfinite(self.guard) and (self.guard == 0 or self.guard > 1)):
+            raise CharjaxError(
+                f"--guard must be above 1 (a factor over the best epoch's loss) or 0 (off), "
+                f"got {self.guard}"
+            )
         choices = {
             "objective": ("last", "sequence"),
             "optimizer": ("rmsprop", "adam"),

@@ -24,7 +24,7 @@ from charjax.stop import StopRequest
 
 __all__ = ["Corpus", "epoch_samples", "load_corpus", "run_keys", "train_run"]
 
-MAX_CUTS = 8  # divergences in a row (each halving the learning rate) before a run gives up
+MAX_CUTS = 8  # divergences in a row (each halving the learning rate) before a process gives up
 
 
 def epoch_samples(params, corpus: Corpus, sample_key, epoch: int, cfg: Config) -> dict:
@@ -57,7 +57,9 @@ def divergence(loss: float, state, best: float, guard: float) -> str | None:
     """Why an epoch's result must not be kept (None: it may): a non-finite loss or state, or,
     with the guard on, a loss above `guard` x the best epoch's."""
     if not (np.isfinite(loss) and _all_finite(state)):
-        return f"the loss became {loss:.4g} (state not finite)"
+        if not np.isfinite(loss):
+            return f"the loss became {loss:.4g}"
+        return "the parameters became non-finite"
     if guard > 0 and np.isfinite(best) and loss > guard * best:
         return f"the loss {loss:.4f} is above {guard:g} x the best epoch's {best:.4f}"
     return None
@@ -201,6 +203,8 @@ def train_run(
                         )
                     scale = float(state.lr_scale) / 2
                     state, origin = last_good()
+                    if primary:  # an older interruption of this epoch is superseded
+                        ckpts.clear_partial()
                     state = state._replace(lr_scale=jnp.asarray(scale, jnp.float32))
                     cuts += 1
                     report.log(

@@ -117,7 +117,8 @@ def score_ids(
 def encode_known(vocab: data.Vocab, text: str) -> tuple[np.ndarray, Counter]:
     """Ids of the chars of `text` that are in the vocabulary, and a count of those that are not
     (dropped: a model cannot score a char it has no output for)."""
-    unknown = Counter(ch for ch in text if ch not in set(vocab.chars))
+    known = set(vocab.chars)
+    unknown = Counter(ch for ch in text if ch not in known)
     if unknown:
         text = "".join(ch for ch in text if ch not in unknown)
     return vocab.encode(text), unknown

@@ -57,6 +57,17 @@ def split_of(corpus: Corpus, cfg: Config) -> int:
     return split
 
 
+def saved_corpus(cfg: Config, meta: dict, directory) -> Corpus:
+    """The corpus a checkpoint was trained on, refusing a changed file or vocabulary."""
+    corpus = load_corpus(cfg)
+    if corpus.sha256 != meta["corpus_sha256"] or corpus.vocab.chars != meta["vocab"]:
+        raise CharjaxError(
+            f"the corpus {cfg.text} is not the one the checkpoint in {directory} was "
+            "trained on (different file or vocabulary); pass the original with --text"
+        )
+    return corpus
+
+
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(init, data, sample, dropout) keys of a run; per-epoch keys are `fold_in(key, epoch)`,
     per-step dropout keys `fold_in(key, step)`."""
@@ -71,6 +82,11 @@ def merge_resumed(saved: Config, given: dict) -> Config:
         for k, v in given.items()
         if k in MATH_FIELDS and k != "text" and v != getattr(saved, k)
     ]
+    if saved.schedule == "cosine" and given.get("epochs", saved.epochs) != saved.epochs:
+        conflicts.append(
+            f"--epochs {given['epochs']} (checkpoint has {saved.epochs}, over which its cosine "
+            "schedule decays)"
+        )
     if conflicts:
         raise CharjaxError(
             "--resume with settings that differ from the checkpoint: "
@@ -122,12 +138,7 @@ def resume(given: dict, ckpts: checkpoint.Checkpoints, log, sharding) -> Start:
             "(change it after that epoch)"
         )
     cfg = merge_resumed(saved, given).check()
-    corpus = load_corpus(cfg)
-    if corpus.sha256 != meta["corpus_sha256"] or corpus.vocab.chars != meta["vocab"]:
-        raise CharjaxError(
-            f"the corpus {cfg.text} is not the one the checkpoint in {ckpts.directory} was "
-            "trained on (different file or vocabulary); pass the original with --text"
-        )
+    corpus = saved_corpus(cfg, meta, ckpts.directory)
     recorded = [m["epoch"] for m in read_metrics(ckpts.directory)]
     if have and have[-1] not in recorded and parallel.is_primary():
         append_metrics(ckpts.directory, ckpts.meta()["metrics"])  # died before writing it

@@ -292,7 +292,8 @@ def train_epoch(
     stop: Callable[[], bool] | None = None,
     context: StepContext = NO_CONTEXT,
 ) -> tuple[TrainState, float]:
-    """One pass over all windows in the order of `(data_key, epoch)` -> (state, mean loss per
+    """One pass over all windows in the order of `(data_key, epoch)` (shuffled; with
+    --carry-state the streams in order, shifted by an offset) -> (state, mean loss per
     predicted char).
 
     The mean weighs each batch by its real windows, as Keras' epoch loss does. A non-finite

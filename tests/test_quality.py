@@ -3,6 +3,7 @@ learning-rate schedules and the divergence guard."""
 
 import json
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charjax import cli, data, lstm, model, runner, score, start, train
+from charjax import checkpoint, cli, data, lstm, model, runner, score, start, train
 from charjax.checkpoint import Checkpoints
 from charjax.config import Config
 from charjax.errors import CharjaxError
@@ -315,6 +316,9 @@ def test_score_command(tiny_cfg, tmp_path, capsys):
     short.write_text("the fox")
     assert cli.score_main([str(short), "--checkpoint-dir", ck]) == 2
     assert "--mode stateful" in capsys.readouterr().err
+    Path(cfg.text).write_text(Path(cfg.text).read_text() + "changed")
+    assert cli.score_main(["--checkpoint-dir", ck]) == 2
+    assert "is not the one the checkpoint" in capsys.readouterr().err
 
 
 def test_new_flags_are_checked_and_resume_keeps_the_model(capsys, tiny_cfg, tmp_path):
@@ -324,6 +328,7 @@ def test_new_flags_are_checked_and_resume_keeps_the_model(capsys, tiny_cfg, tmp_
         (dict(layers=0), "--layers must be >= 1"),
         (dict(clip_norm=-1.0), "--clip-norm must be >= 0"),
         (dict(objective="all"), "--objective must be one of"),
+        (dict(guard=1.0), "--guard must be above 1"),
     ]
     for change, needle in bad:
         with pytest.raises(CharjaxError, match=needle.replace("[", r"\[").replace(")", r"\)")):
@@ -336,6 +341,13 @@ def test_new_flags_are_checked_and_resume_keeps_the_model(capsys, tiny_cfg, tmp_
         _tiny_run(cfg, tmp_path / "run", resume=True, given={"layers": 1})
     _, history = _tiny_run(cfg, tmp_path / "run", resume=True, given={"epochs": 2})
     assert [m["epoch"] for m in history] == [2]
+    cosine = cfg.replace(schedule="cosine")
+    _tiny_run(cosine, tmp_path / "cosine")
+    with pytest.raises(CharjaxError, match="over which its cosine schedule decays"):
+        _tiny_run(cosine, tmp_path / "cosine", resume=True, given={"epochs": 2})
+    old = {**Checkpoints(tmp_path / "run").meta(), "format": 1}
+    with pytest.raises(CharjaxError, match="written by an older charjax"):
+        checkpoint.config_of(old)
 
 
 def test_sequence_model_samples_statefully_by_default(tiny_cfg, tmp_path, capsys):
