@@ -66,7 +66,16 @@ def _restore(manager: ocp.CheckpointManager, step: int, like, sharding=None) -> 
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like
     )
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-    restored = manager.restore(step, args=args)
+    try:
+        restored = manager.restore(step, args=args)
+    except ValueError as e:
+        if "structure" not in str(e):
+            raise
+        raise CharjaxError(
+            f"checkpoint {step} in {manager.directory} holds a state of another layout than this "
+            "charjax version trains (written by another version?); sample or resume it with "
+            "the version that wrote it, or train again"
+        ) from None
     return restored["state"], restored["meta"]
 
 
