@@ -20,7 +20,8 @@ from charjax import runner
 from charjax.config import Config
 cfg = Config(text=sys.argv[2], maxlen=10, hidden=16, batch_size=int(sys.argv[3]), epochs=2,
              steps_per_call=3, temperatures=())
-streams = cfg.replace(objective="sequence", carry_state=True, step=10, layers=2, batch_size=6)
+streams = cfg.replace(objective="sequence", carry_state=True, step=10, layers=2, batch_size=6,
+                      epochs=1)
 out = {}
 for name, c in (("windows", cfg), ("streams", streams)):
     state, history = runner.train_run(c, sys.argv[4] + name, log=lambda *a: None)
