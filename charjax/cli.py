@@ -137,7 +137,6 @@ def train_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no progress bar: one plain line per epoch (also when not on a terminal)",
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
 
@@ -170,7 +169,6 @@ def plot_parser() -> argparse.ArgumentParser:
         help="run directory written by charjax-train (default: checkpoints/)",
     )
     p.add_argument("--out", default=None, help="PNG to write (default: <checkpoint-dir>/loss.png)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
 

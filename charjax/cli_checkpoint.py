@@ -77,7 +77,6 @@ def sample_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print one JSON list of {temperature, sample, text} instead of the raw texts",
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
 
@@ -155,7 +154,6 @@ def score_parser() -> argparse.ArgumentParser:
         help="window mode: score every N-th char only (faster; default: 1 = every char)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
 

@@ -12,7 +12,12 @@ from charjax.errors import CharjaxError, Interrupted
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (the flag, the problem, where to look)."""
+    """argparse whose usage errors are one line (the flag, the problem, where to look), with the
+    --debug flag every command has (`run` reads it)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
