@@ -33,35 +33,35 @@ np.savez(sys.argv[5], **out)
 """
 
 
-def _train_on(devices: int, text, batch_size: int, tmp_path):
+def _start_training(devices: int, text, batch_size: int, tmp_path):
+    """Start TRAIN on `devices` virtual CPU devices -> (process, where its results go)."""
     out = tmp_path / f"params{devices}_{batch_size}.npz"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            TRAIN,
-            str(devices),
-            str(text),
-            str(batch_size),
-            str(tmp_path / f"ckpt{devices}_{batch_size}"),
-            str(out),
-        ],
-        capture_output=True,
+    args = [str(devices), str(text), str(batch_size), str(tmp_path / f"ckpt{devices}_"), str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRAIN, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         env=env,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    return proc, out
+
+
+def _results(started) -> dict:
+    proc, out = started
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
     return dict(np.load(out))
 
 
 def test_four_devices_match_one(tiny_text, tmp_path):
     """Both the original windows (batch 30) and carried streams (6 streams, each device carrying
-    its rows) are padded to 32 / 8 rows over 4 devices and give the 1-device numbers."""
+    its rows) are padded to 32 / 8 rows over 4 devices and give the 1-device numbers. (The two
+    runs go side by side: each waits on its own compilations most of the time.)"""
     batch_size = 30  # does not split over 4 devices: padded to 32 with zero-weight rows
-    one = _train_on(1, tiny_text, batch_size, tmp_path)
-    four = _train_on(4, tiny_text, batch_size, tmp_path)
+    started = [_start_training(n, tiny_text, batch_size, tmp_path) for n in (1, 4)]
+    one, four = (_results(s) for s in started)
     assert set(one) == set(four)
     for name in one:
         np.testing.assert_allclose(four[name], one[name], rtol=1e-4, atol=1e-5, err_msg=name)
@@ -146,17 +146,18 @@ def test_two_processes_match_one(tiny_text, tmp_path):
         )
         for i in (0, 1)
     ]
-    outs = [p.communicate(timeout=300) for p in multi]
-    assert [p.returncode for p in multi] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
-    single = subprocess.run(
+    single = subprocess.Popen(  # alongside: the processes mostly wait on compilations
         [*args, "--checkpoint-dir", str(tmp_path / "single")],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         env={**env, "CHARJAX_CPU_DEVICES": "2"},
     )
-    assert single.returncode == 0, single.stderr
-    assert "on 2 cpu device(s)" in outs[0][0] and "on 2 cpu device(s)" in single.stdout
+    outs = [p.communicate(timeout=300) for p in multi]
+    assert [p.returncode for p in multi] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    single_out, single_err = single.communicate(timeout=300)
+    assert single.returncode == 0, single_err
+    assert "on 2 cpu device(s)" in outs[0][0] and "on 2 cpu device(s)" in single_out
     assert "epoch 2/2" in outs[0][0] and "epoch" not in outs[1][0]  # only process 0 talks
     (meta_m, multi_p), (meta_s, single_p) = (
         _restore_params(tmp_path / d) for d in ("multi", "single")
