@@ -13,8 +13,6 @@ from charjax.errors import CharjaxError
 
 def _load_checkpoint(directory: str, epoch: int | None):
     """(meta, config, vocab, params) of a saved epoch (default: the latest)."""
-    import jax
-
     from charjax import checkpoint, data, train
 
     ckpts = checkpoint.Checkpoints(directory, create=False)
@@ -22,8 +20,7 @@ def _load_checkpoint(directory: str, epoch: int | None):
         meta = ckpts.meta(epoch)
         cfg = checkpoint.config_of(meta)
         vocab = data.Vocab(meta["vocab"])
-        like = jax.eval_shape(lambda: train.init_state(jax.random.key(0), vocab.size, cfg))
-        params = ckpts.restore(like, meta["epoch"]).params
+        params = ckpts.restore(train.state_shape(vocab.size, cfg), meta["epoch"]).params
     finally:
         ckpts.close()
     return meta, cfg, vocab, params
@@ -91,7 +88,8 @@ def _sample(args: argparse.Namespace) -> int:
         raise CharjaxError("--temperature needs at least one number (0 = greedy)")
     prime = meta["prime"] if args.prime is None else args.prime
     prime = prime.lower() if cfg.lower else prime
-    unknown = vocab.unknown(prime)
+    prime_ids, unknown = vocab.encode_known(prime)
+    unknown = "".join(sorted(unknown))
     if unknown and args.unknown == "error":
         raise CharjaxError(
             f"prime characters not in the vocabulary: {unknown!r}; remove them or pass "
@@ -99,10 +97,10 @@ def _sample(args: argparse.Namespace) -> int:
         )
     if unknown:
         print(f"skipping prime characters not in the vocabulary: {unknown!r}", file=sys.stderr)
-        prime = "".join(c for c in prime if c not in unknown)
+        prime = vocab.decode(prime_ids)
     ids = sample.generate(
         params,
-        vocab.encode(prime),
+        prime_ids,
         jax.random.key(args.seed),
         list(args.temperature),
         length=args.length,
@@ -177,7 +175,7 @@ def _score(args: argparse.Namespace) -> int:
     else:
         path = data.resolve_corpus(args.text)
         text = data.read_text(path, lower=cfg.lower)
-        ids, unknown = score.encode_known(vocab, text)
+        ids, unknown = vocab.encode_known(text)
         source = str(Path(args.text))
     result = score.score_ids(
         params, ids, mode=mode, maxlen=cfg.maxlen, stride=args.stride, dtype=cfg.dtype

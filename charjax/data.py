@@ -10,6 +10,7 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +134,15 @@ class Vocab:
     def unknown(self, text: str) -> str:
         """The distinct chars of `text` that are not in the vocabulary, sorted."""
         return "".join(sorted(set(text) - set(self.chars)))
+
+    def encode_known(self, text: str) -> tuple[np.ndarray, Counter]:
+        """Ids of the chars of `text` that are in the vocabulary, and a count of those that are
+        not (dropped: a model has no input or output for them)."""
+        missing = set(self.unknown(text))
+        if not missing:
+            return self.encode(text), Counter()
+        unknown = Counter(ch for ch in text if ch in missing)
+        return self.encode("".join(ch for ch in text if ch not in missing)), unknown
 
     def encode(self, text: str) -> np.ndarray:
         """int32[len(text)] ids; raises on chars outside the vocabulary."""

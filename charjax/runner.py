@@ -56,9 +56,9 @@ def _all_finite(tree) -> bool:
 def divergence(loss: float, state, best: float, guard: float) -> str | None:
     """Why an epoch's result must not be kept (None: it may): a non-finite loss or state, or,
     with the guard on, a loss above `guard` x the best epoch's."""
-    if not (np.isfinite(loss) and _all_finite(state)):
-        if not np.isfinite(loss):
-            return f"the loss became {loss:.4g}"
+    if not np.isfinite(loss):
+        return f"the loss became {loss:.4g}"
+    if not _all_finite(state):
         return "the parameters became non-finite"
     if guard > 0 and np.isfinite(best) and loss > guard * best:
         return f"the loss {loss:.4f} is above {guard:g} x the best epoch's {best:.4f}"
@@ -127,7 +127,7 @@ def train_run(
             have = ckpts.epochs()
             if not have:
                 return train.init_state(init_key, corpus.vocab.size, cfg), "the initial state"
-            like = jax.eval_shape(lambda: train.init_state(init_key, corpus.vocab.size, cfg))
+            like = train.state_shape(corpus.vocab.size, cfg)
             restored = ckpts.restore(like, have[-1], parallel.replicated(mesh))
             return restored, f"epoch {have[-1]}"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections import Counter
 from dataclasses import dataclass
 
 import jax
@@ -101,27 +100,14 @@ def score_ids(
         raise CharjaxError("a text needs at least 2 chars to be scored")
     inputs, targets = ids[:-1], ids[1:]
     size = min(chunk, len(inputs))
-    carry, total = None, 0.0
+    zero = jnp.zeros((1, model.shape_of(params)[1]), jnp.float32)
+    carry, total = ((zero, zero),) * model.layers_of(params), 0.0
     for (piece, valid), (target, _) in zip(
         _batches(inputs, size), _batches(targets, size), strict=True
     ):
-        if carry is None:
-            _, hidden = model.shape_of(params)
-            zero = jnp.zeros((1, hidden), jnp.float32)
-            carry = ((zero, zero),) * model.layers_of(params)
         carry, nats = _stream_nats(params, carry, piece, target, valid > 0, dtype=dtype)
         total += float(nats)
     return Score(total, len(targets))
-
-
-def encode_known(vocab: data.Vocab, text: str) -> tuple[np.ndarray, Counter]:
-    """Ids of the chars of `text` that are in the vocabulary, and a count of those that are not
-    (dropped: a model cannot score a char it has no output for)."""
-    known = set(vocab.chars)
-    unknown = Counter(ch for ch in text if ch not in known)
-    if unknown:
-        text = "".join(ch for ch in text if ch not in unknown)
-    return vocab.encode(text), unknown
 
 
 def default_mode(cfg: Config) -> str:

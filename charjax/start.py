@@ -142,7 +142,7 @@ def resume(given: dict, ckpts: checkpoint.Checkpoints, log, sharding) -> Start:
     recorded = [m["epoch"] for m in read_metrics(ckpts.directory)]
     if have and have[-1] not in recorded and parallel.is_primary():
         append_metrics(ckpts.directory, ckpts.meta()["metrics"])  # died before writing it
-    like = jax.eval_shape(lambda: train.init_state(jax.random.key(0), corpus.vocab.size, cfg))
+    like = train.state_shape(corpus.vocab.size, cfg)
     changed = [
         f"--{name.replace('_', '-')} {given[name]} (was {getattr(saved, name)})"
         for name in sorted(given)

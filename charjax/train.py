@@ -113,6 +113,11 @@ def init_state(key: jax.Array, vocab_size: int, cfg: Config) -> TrainState:
     return TrainState(params, opt_state, zero, one, zero_streams(cfg))
 
 
+def state_shape(vocab_size: int, cfg: Config) -> TrainState:
+    """The shapes and dtypes of a run's TrainState (what a checkpoint restores into)."""
+    return jax.eval_shape(lambda: init_state(jax.random.key(0), vocab_size, cfg))
+
+
 def epoch_starts(split: int, cfg: Config) -> np.ndarray:
     """The training windows' starts in ids [0, split): the original's windows, or contiguous
     streams (step by step) with --carry-state."""
