@@ -1,32 +1,27 @@
-"""Per-epoch checkpoints with orbax: train state plus JSON metadata (vocab, config, metrics).
+"""Orbax persistence of epoch-numbered (state pytree, JSON record) pairs: `Checkpoints`.
 
-A checkpoint directory alone is enough to resume or sample. Orbax writes each checkpoint into a
-temporary folder and renames it when complete, so a checkpoint is either whole or absent; a
-folder left half-written by a killed process is never listed and is removed on the next start.
-An interrupted epoch (Ctrl-C) is kept apart in `partial/` with its position in the epoch.
+Orbax writes each checkpoint into a temporary folder and renames it when complete, so a
+checkpoint is either whole or absent; a folder left half-written by a killed process is never
+listed and is removed on the next start. An interrupted epoch (Ctrl-C) is kept apart in
+`partial/`. What the records hold, and the rest of a run's folder, is `run_dir`'s business.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
-from charjax.config import Config
 from charjax.errors import CharjaxError
 
 # orbax logs every save at INFO through absl; keep the console for the user's output.
 logging.getLogger("absl").setLevel(logging.WARNING)
 
 PARTIAL = "partial"
-FORMAT = 2  # 2: TrainState has lr_scale and carry; config has the quality fields
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint still being written
-LOCK_FILE = ".lock"
 
 
 def remove_unfinished(directory: Path) -> None:
@@ -62,21 +57,27 @@ def _save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
 def _restore(manager: ocp.CheckpointManager, step: int, like, sharding=None) -> tuple:
     """(state shaped like `like`, meta) of `step`, arrays on `sharding` (default: 1st device)."""
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like
-    )
+    abstract = _abstract(like, sharding)
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
     try:
         restored = manager.restore(step, args=args)
     except ValueError as e:
         if "structure" not in str(e):
             raise
-        raise CharjaxError(
-            f"checkpoint {step} in {manager.directory} holds a state of another layout than this "
-            "charjax version trains (written by another version?); sample or resume it with "
-            "the version that wrote it, or train again"
-        ) from None
+        raise _other_layout(step, manager.directory) from None
     return restored["state"], restored["meta"]
+
+
+def _abstract(like, sharding):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like)
+
+
+def _other_layout(step: int, directory) -> CharjaxError:
+    return CharjaxError(
+        f"checkpoint {step} in {directory} holds a state of another layout than this "
+        "charjax version trains (written by another version?); sample or resume it with "
+        "the version that wrote it, or train again"
+    )
 
 
 class Checkpoints:
@@ -130,6 +131,19 @@ class Checkpoints:
         """
         return _restore(self._manager, self._epoch_or_latest(epoch), like, sharding)[0]
 
+    def restore_params(self, like_params, epoch: int):
+        """Only the parameters of epoch `epoch`, shaped like `like_params` (for inference: the
+        optimizer state is neither built nor read), on the first local device."""
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        item = {"params": _abstract(like_params, sharding)}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+        args = ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True)
+        try:
+            state = self._manager.restore(epoch, args=ocp.args.Composite(state=args))["state"]
+        except ValueError as e:
+            raise _other_layout(epoch, self.directory) from e
+        return state["params"]
+
     # An epoch interrupted part-way: at most one, kept apart from the complete epochs.
     def _partial_manager(self, create: bool = False) -> ocp.CheckpointManager | None:
         path = self.directory / PARTIAL
@@ -174,66 +188,3 @@ class Checkpoints:
         # otherwise a run that fails early can leave a thread logging at interpreter exit.
         self._manager.wait_until_finished()
         self._manager.close()
-
-
-def lock_directory(directory: Path):
-    """Create `directory`, check it is writable, and lock it for this process (-> lock file).
-
-    Fails at once, before any training, if the directory cannot be written or if another
-    training run holds it. The lock (flock) is released when the process ends, however it ends.
-    """
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as e:
-        raise CharjaxError(
-            f"cannot write checkpoints to {directory} ({e.strerror or e}); choose another "
-            "--checkpoint-dir"
-        ) from None
-    handle = open(directory / LOCK_FILE, "a+")  # noqa: SIM115 (held until the run ends)
-    try:
-        import fcntl
-
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:  # no flock (Windows): run unlocked
-        return handle
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise CharjaxError(
-            f"another training run (pid {holder}) is using {directory}; wait for it to finish "
-            "or choose another --checkpoint-dir"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
-
-
-def make_meta(
-    cfg: Config, vocab_chars: str, corpus_sha256: str, epoch: int, metrics: dict, prime: str
-) -> dict:
-    """The JSON that makes a checkpoint self-contained."""
-    return {
-        "format": FORMAT,
-        "epoch": epoch,
-        "config": cfg.to_dict(),
-        "vocab": vocab_chars,
-        "corpus_sha256": corpus_sha256,
-        "prime": prime,
-        "metrics": metrics,
-    }
-
-
-def config_of(meta: dict) -> Config:
-    """The run's config; checkpoints of an older layout are refused with one clear line."""
-    if meta.get("format", 1) < FORMAT:
-        raise CharjaxError(
-            f"this checkpoint (epoch {meta.get('epoch')}) was written by an older charjax "
-            f"(format {meta.get('format', 1)}: no held-out split, learning-rate scale or stream "
-            "state); use that version with it, or train again"
-        )
-    return Config.from_dict(meta["config"])

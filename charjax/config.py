@@ -1,6 +1,9 @@
-"""The one frozen configuration of a run; its defaults are the original Keras example's settings,
-plus a 10 % held-out tail for validation (training sees the other 90 %) and the divergence
-guard (which changes nothing unless an epoch's loss is non-finite or far above the best)."""
+"""The one frozen configuration of a run. Each field carries its own flag: help, group, choices
+and whether it changes the math, so commands build their flags from it (`cli.flags`).
+
+Defaults are the original Keras example's settings, plus a 10 % held-out tail for validation and
+the divergence guard (which changes nothing unless an epoch's loss blows up).
+"""
 
 from __future__ import annotations
 
@@ -10,38 +13,107 @@ from dataclasses import dataclass, fields
 
 from charjax.errors import CharjaxError
 
+GROUPS = ("data", "model", "objective", "optimizer", "run", "sampling", "devices")
+
+
+def _field(default, help: str, group: str, *, math: bool = False, **flag):
+    """A config field with its flag's metadata. `math`: changes the trained numbers (a resumed
+    run must agree with the checkpoint on it). `flag` may hold choices, metavar, type (the
+    argparse type, overriding the one derived from the annotation) or cli=False (no flag)."""
+    return dataclasses.field(
+        default=default, metadata={"help": help, "group": group, "math": math, **flag}
+    )
+
+
+def flag(name: str) -> str:
+    """The command-line flag of field `name`: `batch_size` -> `--batch-size`."""
+    return "--" + name.replace("_", "-")
+
 
 @dataclass(frozen=True)
 class Config:
     """Everything that decides a run's numbers, plus a few knobs for speed and output."""
 
-    text: str = "nietzsche"  # corpus: "nietzsche" (downloaded/cached) or a path to a UTF-8 file
-    max_chars: int = 0  # use only the first N chars of the corpus; 0 = all
-    lower: bool = True  # lower-case the text, as the original does
-    maxlen: int = 60  # window length in chars
-    step: int = 3  # stride between window starts
-    hidden: int = 128  # LSTM units
-    batch_size: int = 128  # windows per optimizer step (last partial batch included)
-    epochs: int = 60  # passes over all windows
-    learning_rate: float = 0.01  # base learning rate (RMSprop or Adam)
-    rho: float = 0.9  # RMSprop decay of the squared-gradient average (Keras `rho`)
-    epsilon: float = 1e-7  # RMSprop epsilon, added inside the square root (Keras 3)
-    val_fraction: float = 0.1  # held-out tail of the corpus for validation; 0 = none
-    objective: str = "last"  # "last": the char after each window (original); "sequence": all
-    carry_state: bool = False  # "sequence" only: contiguous streams, LSTM state carried on
-    layers: int = 1  # stacked LSTM layers
-    dropout: float = 0.0  # dropout on each layer's outputs while training
-    clip_norm: float = 0.0  # clip gradients to this global norm; 0 = off
-    optimizer: str = "rmsprop"  # "rmsprop" (Keras 3 semantics) or "adam"
-    schedule: str = "constant"  # learning rate: "constant", or "cosine" decay to 5 % (after warmup)
-    warmup: int = 0  # optimizer steps of linear learning-rate warm-up
-    guard: float = 1.2  # an epoch loss above guard x the best one counts as divergence; 0 = off
-    dtype: str = "float32"  # matmul operands: float32, or bfloat16 on GPU/TPU (params stay f32)
-    seed: int = 0  # root of every PRNG key: init, data order, samples
-    steps_per_call: int = 10  # optimizer steps per jitted call (speed only, same numbers)
-    sample_length: int = 400  # chars generated per temperature after each epoch
-    temperatures: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)  # empty = no per-epoch samples
-    keep: int = 5  # checkpoints kept on disk
+    text: str = _field(
+        "nietzsche",
+        "corpus: 'nietzsche' or a path to a UTF-8 text file",
+        "data",
+        math=True,
+        metavar="PATH",
+    )
+    max_chars: int = _field(
+        0, "use only the first N chars of the text; 0 = all", "data", math=True, metavar="N"
+    )
+    lower: bool = _field(True, "lower-case the text, as the original", "data", math=True, cli=False)
+    maxlen: int = _field(60, "window length in chars", "data", math=True)
+    step: int = _field(3, "stride between window starts", "data", math=True)
+    val_fraction: float = _field(
+        0.1,
+        "held-out tail of the text scored after each epoch; 0 = no validation",
+        "data",
+        math=True,
+        metavar="F",
+    )
+    hidden: int = _field(128, "LSTM units", "model", math=True)
+    layers: int = _field(1, "stacked LSTM layers", "model", math=True)
+    dropout: float = _field(
+        0.0, "dropout on each LSTM layer's outputs while training", "model", math=True
+    )
+    objective: str = _field(
+        "last",
+        "last: predict the char after each window (the original); sequence: every next char "
+        "(then --step equal to --maxlen is sensible)",
+        "objective",
+        math=True,
+        choices=("last", "sequence"),
+    )
+    carry_state: bool = _field(
+        False,
+        "with --objective sequence: read the text as --batch-size contiguous streams and carry "
+        "the LSTM state from each window to the next (truncated backpropagation through time; "
+        "needs --step equal to --maxlen)",
+        "objective",
+        math=True,
+    )
+    batch_size: int = _field(128, "windows per optimizer step", "optimizer", math=True)
+    learning_rate: float = _field(0.01, "learning rate", "optimizer", math=True, type=float)
+    rho: float = _field(0.9, "RMSprop decay (Keras `rho`)", "optimizer", math=True, cli=False)
+    epsilon: float = _field(
+        1e-7, "RMSprop epsilon, inside the square root (Keras 3)", "optimizer", math=True, cli=False
+    )
+    optimizer: str = _field(
+        "rmsprop", "update rule", "optimizer", math=True, choices=("rmsprop", "adam")
+    )
+    schedule: str = _field(
+        "constant",
+        "learning rate: constant, or cosine decay to 5 %% over the run",
+        "optimizer",
+        math=True,
+        choices=("constant", "cosine"),
+    )
+    warmup: int = _field(
+        0, "optimizer steps of linear learning-rate warm-up", "optimizer", math=True
+    )
+    clip_norm: float = _field(
+        0.0, "clip gradients to this global norm; 0 = off", "optimizer", math=True
+    )
+    epochs: int = _field(60, "epochs to train in total (a resumed run counts earlier ones)", "run")
+    guard: float = _field(
+        1.2,
+        "divergence guard: an epoch loss above this x the best epoch's (or not finite) restores "
+        "the last checkpoint and halves the learning rate; 0 = off",
+        "run",
+    )
+    seed: int = _field(0, "seed of every PRNG key (init, data order, samples)", "run", math=True)
+    keep: int = _field(5, "checkpoints to keep on disk", "run")
+    sample_length: int = _field(400, "chars generated per temperature after each epoch", "sampling")
+    temperatures: tuple[float, ...] = _field(
+        (0.2, 0.5, 1.0, 1.2), "comma list of sampling temperatures; '' = no samples", "sampling"
+    )
+    dtype: str = _field(
+        "float32", "matmul precision: float32, or bfloat16 (for GPU/TPU)", "devices", math=True
+    )
+    steps_per_call: int = _field(10, "optimizer steps per jitted call (speed only)", "devices")
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""
@@ -62,18 +134,14 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def check(self) -> Config:
-        """Raise a `CharjaxError` naming the first nonsensical value; return self otherwise."""
+        """Raise a `CharjaxError` naming the first nonsensical value's flag; return self."""
         positive = ("maxlen", "step", "hidden", "layers", "batch_size", "steps_per_call", "keep")
         for name in positive:
             if getattr(self, name) < 1:
-                raise CharjaxError(
-                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
-                )
+                raise CharjaxError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("epochs", "max_chars", "sample_length", "warmup"):
             if getattr(self, name) < 0:
-                raise CharjaxError(
-                    f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
-                )
+                raise CharjaxError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise CharjaxError(
                 f"--learning-rate must be a positive number, got {self.learning_rate}"
@@ -99,15 +167,12 @@ class Config:
                 f"--guard must be above 1 (a factor over the best epoch's loss) or 0 (off), "
                 f"got {self.guard}"
             )
-        choices = {
-            "objective": ("last", "sequence"),
-            "optimizer": ("rmsprop", "adam"),
-            "schedule": ("constant", "cosine"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
+        for f in fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
                 raise CharjaxError(
-                    f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                    f"{flag(f.name)} must be one of {', '.join(allowed)}, "
+                    f"got {getattr(self, f.name)!r}"
                 )
         if self.carry_state and (self.objective != "sequence" or self.step != self.maxlen):
             raise CharjaxError(
@@ -121,26 +186,4 @@ class Config:
 
 
 # Fields that change the trained numbers; a resumed run must agree with the checkpoint on these.
-MATH_FIELDS = (
-    "text",
-    "max_chars",
-    "lower",
-    "maxlen",
-    "step",
-    "hidden",
-    "batch_size",
-    "learning_rate",
-    "rho",
-    "epsilon",
-    "seed",
-    "dtype",
-    "val_fraction",
-    "objective",
-    "carry_state",
-    "layers",
-    "dropout",
-    "clip_norm",
-    "optimizer",
-    "schedule",
-    "warmup",
-)
+MATH_FIELDS = tuple(f.name for f in fields(Config) if f.metadata["math"])

@@ -64,6 +64,18 @@ def cell(recurrent_kernel: jax.Array, carry: tuple, xz: jax.Array, dtype=None) -
     return cell_with_gates(recurrent_kernel, carry, xz, dtype)[0]
 
 
+def zero_state(batch: int, hidden: int) -> tuple:
+    """The state a sequence starts from: zero (h, c), each float32[batch, hidden]."""
+    zero = jnp.zeros((batch, hidden), jnp.float32)
+    return zero, zero
+
+
+def dims(params: dict) -> tuple[int, int]:
+    """(input features, hidden units) of one layer's parameters."""
+    features, gates = params["kernel"].shape
+    return features, gates // 4
+
+
 def zero_carry(xz: jax.Array) -> tuple:
     """Zero (h, c) float32[B, H] for projected inputs xz [T, B, 4H].
 

@@ -72,7 +72,7 @@ def apply_dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array
 def layer_name(n: int) -> str:
     """Parameter-tree name of LSTM layer n (0-based): 'lstm', 'lstm_1', ... (the first keeps
     the one-layer model's name, so its checkpoints and the Keras parity test are unchanged)."""
-    return "lstm" if n == 0 else f"lstm_{n}"
+    return CELL if n == 0 else f"{CELL}_{n}"
 
 
 class CharLSTM(nn.Module):
@@ -108,15 +108,25 @@ class CharLSTM(nn.Module):
         return tuple(new), logits
 
 
+# The recurrent cells a model can stack, by parameter-tree name: each module gives its layer's
+# `dims(params)` and `zero_state(batch, hidden)`. Another cell adds its module here and a layer.
+CELLS = {"lstm": lstm}
+CELL = "lstm"
+
+
 def shape_of(params: dict) -> tuple[int, int]:
-    """(vocab_size, hidden) read off a parameter tree."""
-    vocab_size, gates = params["lstm"]["kernel"].shape
-    return vocab_size, gates // 4
+    """(vocab_size, hidden) read off a parameter tree (its first layer, asked of its cell)."""
+    return CELLS[CELL].dims(params[layer_name(0)])
 
 
 def layers_of(params: dict) -> int:
-    """Number of stacked LSTM layers in a parameter tree."""
-    return sum(1 for name in params if name.startswith("lstm"))
+    """Number of stacked recurrent layers in a parameter tree."""
+    return sum(1 for name in params if name.startswith(CELL))
+
+
+def zero_carry(batch: int, hidden: int, layers: int) -> tuple:
+    """The state every layer starts from: one cell state per layer, for `batch` rows."""
+    return (CELLS[CELL].zero_state(batch, hidden),) * layers
 
 
 def init_params(key: jax.Array, vocab_size: int, hidden: int, layers: int = 1) -> dict:

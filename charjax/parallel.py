@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 from charjax.errors import CharjaxError
 
 AXIS = "data"
-_FLAG = "--xla_force_host_platform_device_count"
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
 def request_cpu_devices(count: int | None = None) -> None:
@@ -32,14 +32,14 @@ def request_cpu_devices(count: int | None = None) -> None:
     backends the request has no effect.
     """
     flags = os.environ.get("XLA_FLAGS", "")
-    if _FLAG in flags:
+    if DEVICE_COUNT_FLAG in flags:
         return
     if count is None:
         wanted = os.environ.get("CHARJAX_CPU_DEVICES", "")
         if wanted and not (wanted.isdigit() and int(wanted) > 0):
             raise CharjaxError(f"CHARJAX_CPU_DEVICES must be a whole number >= 1, got {wanted!r}")
         count = int(wanted) if wanted else min(2, os.cpu_count() or 1)
-    os.environ["XLA_FLAGS"] = f"{flags} {_FLAG}={count}".strip()
+    os.environ["XLA_FLAGS"] = f"{flags} {DEVICE_COUNT_FLAG}={count}".strip()
 
 
 def tune_host_malloc() -> bool:

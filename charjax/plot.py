@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from charjax.errors import CharjaxError
-from charjax.report import METRICS_FILE, read_metrics
+from charjax.run_dir import METRICS_FILE, read_metrics
 
 
 def plot_metrics(directory: str | Path, out: str | Path | None = None) -> Path:

@@ -1,49 +1,25 @@
-"""What a training run shows and records: a live progress bar, epoch lines, metrics.jsonl.
+"""What a person sees of a training run: the opening line, a live progress bar, epoch lines and
+the per-epoch samples.
 
 The progress bar (rich) appears only on a terminal; elsewhere, or with `--quiet`, each epoch
-is one plain line. `metrics.jsonl` in the checkpoint directory gets one JSON object per epoch and
-is only ever appended to.
+is one plain line. Every metric the train step returns is shown in both, after the loss.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-METRICS_FILE = "metrics.jsonl"
+# Keys of an epoch's record that the run adds; all others come from the train step's metrics.
+RUN_KEYS = ("epoch", "seconds", "windows_per_s", "lr_scale", "val_loss", "val_bits", "samples")
 
 
-def read_metrics(directory: str | Path) -> list[dict]:
-    """The epochs recorded in `directory/metrics.jsonl`, the last record of each epoch winning."""
-    path = Path(directory) / METRICS_FILE
-    if not path.is_file():
-        return []
-    by_epoch = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a crash
-                continue
-            by_epoch[record["epoch"]] = record
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def append_metrics(directory: str | Path, record: dict) -> None:
-    """Append one JSON line; a line left unfinished by a crash is closed first, not joined."""
-    path = Path(directory) / METRICS_FILE
-    with open(path, "a+b") as f:
-        f.seek(0, 2)
-        if f.tell() > 0:
-            f.seek(-1, 2)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-        f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+def step_metrics(values: dict) -> str:
+    """'loss 1.2345' (and any other step metric), as the bar and the epoch line show them."""
+    return "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k not in RUN_KEYS)
 
 
 class Reporter:
@@ -59,35 +35,41 @@ class Reporter:
                 TextColumn("epoch {task.fields[epoch]}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn(
-                    "batches · loss {task.fields[loss]:.4f} · {task.fields[rate]:,.0f} windows/s"
-                ),
+                TextColumn("batches · {task.fields[metrics]} · {task.fields[rate]:,.0f} windows/s"),
                 TimeRemainingColumn(),
                 console=Console(),
                 transient=True,
             )
         self._task = None
-        self._windows_per_chunk = 0
 
     def close(self) -> None:
         """Stop a live progress bar (restores the terminal after an interruption)."""
         if self._progress is not None:
             self._progress.stop()
 
+    def started(self, run, devices: int, platform: str, directory) -> None:
+        held = f", {len(run.held_out):,} held out" if run.held_out is not None else ""
+        self.log(
+            f"corpus: {len(run.corpus.ids):,} chars{held}, {run.corpus.vocab.size} distinct, "
+            f"{len(run.starts):,} windows; epochs {run.epoch}..{run.cfg.epochs} on {devices} "
+            f"{platform} device(s); checkpoints in {directory}"
+        )
+
     def epoch_started(self, epoch: int, epochs: int) -> None:
         if self._progress is not None:
             self._progress.start()
             self._task = self._progress.add_task(
-                "", total=None, epoch=f"{epoch}/{epochs}", loss=float("nan"), rate=0.0
+                "", total=None, epoch=f"{epoch}/{epochs}", metrics="loss nan", rate=0.0
             )
 
-    def chunk_done(self, done: int, total: int, windows: int, loss: float, seconds: float) -> None:
+    def chunk_done(self, done: int, total: int, windows: int, means: dict, seconds: float):
+        """`done` of `total` batches; `windows` trained so far with metric `means`."""
         if self._progress is not None:
             self._progress.update(
                 self._task,
                 completed=done,
                 total=total,
-                loss=loss,
+                metrics=step_metrics(means).replace("  ", " · "),
                 rate=windows / max(seconds, 1e-9),
             )
 
@@ -102,7 +84,7 @@ class Reporter:
         if "val_loss" in metrics:
             val = f"  val {metrics['val_loss']:.4f} nats ({metrics['val_bits']:.3f} bits/char)"
         self.log(
-            f"epoch {metrics['epoch']}/{epochs}  loss {metrics['loss']:.4f}{val}  "
+            f"epoch {metrics['epoch']}/{epochs}  {step_metrics(metrics)}{val}  "
             f"{metrics['seconds']:.1f} s  {metrics['windows_per_s']:,.0f} windows/s"
         )
         shown = metrics.get("samples")

@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from charjax import model
+from charjax import model, objective
 from charjax.errors import CharjaxError
 
-MODES = ("window", "stateful")
+MODES = objective.READINGS
 PRECOMPUTE_NOISE_MAX = 1 << 24  # floats (64 MB) of Gumbel noise drawn before the loop
 
 
@@ -168,3 +168,24 @@ def generate(
     )
     shape = temps.shape + ((num_samples,) if num_samples > 1 else ()) + (length,)
     return ids.reshape(shape)
+
+
+def epoch_samples(params, corpus, sample_key, epoch: int, cfg) -> dict:
+    """The original's per-epoch show: a random maxlen-char seed of the corpus, then
+    `cfg.sample_length` chars per temperature -> {"seed": str, "texts": {"0.2": str, ...}}."""
+    seed_key, gen_key = jax.random.split(jax.random.fold_in(sample_key, epoch))
+    offset = int(jax.random.randint(seed_key, (), 0, len(corpus.ids) - cfg.maxlen))
+    prime = corpus.ids[offset : offset + cfg.maxlen]
+    out = generate(
+        params,
+        prime,
+        gen_key,
+        list(cfg.temperatures),
+        length=cfg.sample_length,
+        maxlen=cfg.maxlen,
+        mode=objective.of(cfg).reading,
+    )
+    texts = {
+        f"{t:g}": corpus.vocab.decode(row) for t, row in zip(cfg.temperatures, out, strict=False)
+    }
+    return {"seed": corpus.vocab.decode(prime), "texts": texts}

@@ -9,8 +9,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from charjax import model, train  # noqa: E402
+from charjax import model  # noqa: E402
 from charjax.config import Config  # noqa: E402
+from charjax.step import init_state, train_step  # noqa: E402
 
 keras = pytest.importorskip("keras")
 
@@ -35,7 +36,7 @@ def _keras_model(params):
 @pytest.fixture(scope="module")
 def setup():
     cfg = Config()
-    state = train.init_state(jax.random.key(0), VOCAB, cfg)
+    state = init_state(jax.random.key(0), VOCAB, cfg)
     k1, k2 = jax.random.split(jax.random.key(1))
     inputs = jax.random.randint(k1, (BATCH, MAXLEN), 0, VOCAB)
     targets = jax.random.randint(k2, (BATCH,), 0, VOCAB)
@@ -59,9 +60,10 @@ def test_same_parameters_after_one_rmsprop_step(setup):
     assert (opt.rho, opt.epsilon) == (cfg.rho, cfg.epsilon)
     m.compile(optimizer=opt, loss="categorical_crossentropy")
     keras_loss = m.train_on_batch(x, y)
-    new, loss = jax.jit(train.train_step, static_argnames="cfg")(
+    new, metrics = jax.jit(train_step, static_argnames="cfg")(
         state, inputs, targets, jnp.ones(BATCH), cfg
     )
+    loss = metrics["loss"]
     assert float(loss) == pytest.approx(float(keras_loss), rel=1e-5)
     lstm_w, dense_w = m.layers[0].get_weights(), m.layers[1].get_weights()
     p = new.params

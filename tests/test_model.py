@@ -1,8 +1,11 @@
+"""The Flax model: Keras' layout, initialisers and parameter count, the forward pass (masks,
+carries, every position), stacked layers, dropout, and the state each layer starts from."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charjax import lstm, model
+from charjax import lstm, model  # noqa: F401  (lstm: zero_state test below)
 
 
 def test_parameter_shapes_and_count():
@@ -81,27 +84,41 @@ def test_carry_continues_a_sequence():
     np.testing.assert_allclose(whole, rest, atol=1e-6)
 
 
-def test_cell_output_shapes():
-    h, c = lstm.cell(jnp.zeros((4, 16)), lstm.zero_carry(jnp.zeros((3, 2, 16))), jnp.zeros((2, 16)))
-    assert h.shape == c.shape == (2, 4)
+def _params(vocab=9, hidden=8, layers=1, seed=0):
+    return model.init_params(jax.random.key(seed), vocab, hidden, layers)
 
 
-def test_fast_gradient_equals_autodiff_of_the_plain_scan():
-    params = model.init_params(jax.random.key(5), 11, 16)["lstm"]
-    ids = jax.random.randint(jax.random.key(6), (4, 9), 0, 11)
-    probe_h, probe_c = jax.random.normal(jax.random.key(7), (2, 4, 16))
+def test_every_position_logits_equal_the_last_step_of_each_prefix():
+    params = _params(layers=2, seed=3)
+    ids = jax.random.randint(jax.random.key(4), (2, 6), 0, 9)
+    _, every = model.forward(params, ids, all_steps=True)
+    assert every.shape == (2, 6, 9)
+    for t in (1, 4, 6):
+        _, last = model.forward(params, ids[:, :t])
+        np.testing.assert_allclose(every[:, t - 1], last, atol=1e-6)
 
-    def objective(final):
-        def f(p):
-            h, c = final(p, ids)
-            return jnp.sum(jnp.sin(h) * probe_h) + jnp.sum(c * probe_c)
 
-        return f
+def test_layers_shapes_and_names():
+    params = _params(vocab=7, hidden=5, layers=3)
+    assert sorted(params) == ["dense", "lstm", "lstm_1", "lstm_2"]
+    assert params["lstm"]["kernel"].shape == (7, 20)
+    assert params["lstm_2"]["kernel"].shape == (5, 20)
+    assert model.layers_of(params) == 3 and model.shape_of(params) == (7, 5)
+    assert params["lstm_1"]["bias"][5:10].tolist() == [1.0] * 5  # forget gate starts open
 
-    plain = lambda p, ids: lstm.run(p, ids)[0]  # noqa: E731
-    np.testing.assert_allclose(lstm.final_carry(params, ids)[0], plain(params, ids)[0], atol=1e-6)
-    fast_grads = jax.jit(jax.grad(objective(lstm.final_carry)))(params)
-    auto_grads = jax.jit(jax.grad(objective(plain)))(params)
-    for name in ("kernel", "recurrent_kernel", "bias"):
-        np.testing.assert_allclose(fast_grads[name], auto_grads[name], rtol=1e-5, atol=1e-6)
-        assert np.abs(np.asarray(fast_grads[name])).max() > 1e-3
+
+def test_dropout_is_keyed_scaled_and_off_without_a_key():
+    x = jnp.ones((200, 50))
+    a = model.apply_dropout(x, 0.3, jax.random.key(0))
+    assert jnp.array_equal(a, model.apply_dropout(x, 0.3, jax.random.key(0)))
+    assert not jnp.array_equal(a, model.apply_dropout(x, 0.3, jax.random.key(1)))
+    kept = np.asarray(a) != 0
+    assert abs(kept.mean() - 0.7) < 0.02 and np.allclose(np.asarray(a)[kept], 1 / 0.7)
+    assert model.apply_dropout(x, 0.3, None) is x
+    params = _params(layers=2)
+    ids = jnp.array([[1, 2, 3, 4]])
+    plain = model.forward(params, ids)[1]
+    assert jnp.array_equal(model.forward(params, ids, dropout=0.5)[1], plain)  # no key
+    assert not jnp.array_equal(
+        model.forward(params, ids, dropout=0.5, key=jax.random.key(0))[1], plain
+    )

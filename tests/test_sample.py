@@ -199,3 +199,18 @@ def test_noise_drawn_before_or_inside_the_loop_gives_the_same_text(params, monke
     inside = sample.generate(*args, length=25, maxlen=MAXLEN, mode="stateful", top_p=0.95)
     sample._generate.clear_cache()
     np.testing.assert_array_equal(before, inside)
+
+
+def _params(vocab=9, hidden=8, layers=1, seed=0):
+    return model.init_params(jax.random.key(seed), vocab, hidden, layers)
+
+
+def test_stacked_models_sample_in_both_modes():
+    from charjax import sample
+
+    params = _params(vocab=9, hidden=8, layers=2, seed=9)
+    prime = [1, 2, 3, 4, 5]
+    _, logits = model.forward(params, jnp.asarray([prime]))
+    for mode in ("window", "stateful"):
+        out = sample.generate(params, prime, jax.random.key(0), 0.0, length=6, mode=mode, maxlen=5)
+        assert out.shape == (6,) and int(out[0]) == int(jnp.argmax(logits[0]))

@@ -1,7 +1,8 @@
-"""Corpus loading (download, cache, SHA-256 check), the character vocabulary, and windows.
+"""The corpus: text files resolved, downloaded (SHA-256 checked), read and encoded as char ids
+(`load`), the `Vocab`, and the split into training text and a held-out tail (`split`).
 
-The corpus stays a flat int32 array of char ids; a training window is a slice of it taken on
-demand (`gather_windows`), never the one-hot `(windows, maxlen, vocab)` tensor of the original.
+The corpus stays a flat int32 array of char ids; windows are sliced from it on demand
+(`batching`), never the one-hot `(windows, maxlen, vocab)` tensor of the original.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from charjax import objective
+from charjax.config import Config
 from charjax.errors import CharjaxError
 
 NIETZSCHE = "nietzsche"
@@ -160,93 +161,56 @@ class Vocab:
         return "".join(self.chars[i] for i in np.asarray(ids).tolist())
 
 
+@dataclass(frozen=True)
+class Corpus:
+    text: str
+    vocab: Vocab
+    ids: np.ndarray  # int32[n]
+    sha256: str  # of the file as read from disk
+
+
+def load(cfg: Config) -> Corpus:
+    """Resolve, read and encode the corpus; error if it cannot give a single window."""
+    path = resolve_corpus(cfg.text)
+    text = read_text(path, max_chars=cfg.max_chars, lower=cfg.lower)
+    if len(text) < cfg.maxlen + 1:
+        raise CharjaxError(
+            f"{path} gives {len(text)} chars, fewer than --maxlen + 1 = {cfg.maxlen + 1}; use a "
+            "longer text or a smaller --maxlen"
+        )
+    vocab = Vocab.from_text(text)
+    return Corpus(text, vocab, vocab.encode(text), sha256_of(path))
+
+
+def load_saved(cfg: Config, sha256: str, vocab: str, directory) -> Corpus:
+    """The corpus a checkpoint was trained on, refusing a changed file or vocabulary."""
+    corpus = load(cfg)
+    if corpus.sha256 != sha256 or corpus.vocab.chars != vocab:
+        raise CharjaxError(
+            f"the corpus {cfg.text} is not the one the checkpoint in {directory} was "
+            "trained on (different file or vocabulary); pass the original with --text"
+        )
+    return corpus
+
+
 def split_point(n: int, val_fraction: float) -> int:
     """Chars [0, split) are for training, [split, n) the held-out tail (`val_fraction` of n)."""
     return int(n * (1.0 - val_fraction)) if val_fraction > 0 else n
 
 
-def window_starts(n: int, maxlen: int, step: int) -> np.ndarray:
-    """int32[windows] start offsets `range(0, n - maxlen, step)`: the original's windows.
-
-    Every window and its target(s) lie inside ids [0, n): with n the split point, no window
-    straddles the held-out tail.
-    """
-    return np.arange(0, max(n - maxlen, 0), step, dtype=np.int32)
-
-
-def gather_windows(ids: jax.Array, starts: jax.Array, maxlen: int) -> tuple[jax.Array, jax.Array]:
-    """Inputs int32[B, maxlen] and next-char targets int32[B], sliced from the id array."""
-    inputs = ids[starts[:, None] + jnp.arange(maxlen, dtype=starts.dtype)]
-    return inputs, ids[starts + maxlen]
-
-
-def stream_starts(n: int, streams: int, maxlen: int) -> np.ndarray:
-    """int32[steps * streams] window starts that cut ids [0, n) into `streams` contiguous
-    streams read `maxlen` chars a step: step j of stream b starts at b*L + j*maxlen.
-
-    Listed step by step (the windows of one step, one per stream, are consecutive), so that
-    the windows of step j+1 continue those of step j. L leaves room for an offset of up to
-    maxlen-1 (`stream_plan`) with every target still inside [0, n).
-    """
-    length = max(n - 1 - maxlen, 0) // streams
-    steps = length // maxlen
-    grid = np.arange(streams)[None, :] * length + np.arange(steps)[:, None] * maxlen
-    return grid.reshape(-1).astype(np.int32)
-
-
-def gather_sequences(ids: jax.Array, starts: jax.Array, maxlen: int) -> tuple[jax.Array, jax.Array]:
-    """Inputs int32[B, maxlen] and the next char of every position, targets int32[B, maxlen]."""
-    inputs = ids[starts[:, None] + jnp.arange(maxlen + 1, dtype=starts.dtype)]
-    return inputs[:, :-1], inputs[:, 1:]
-
-
-def epoch_plan(
-    key: jax.Array,
-    epoch: int,
-    starts: jax.Array,
-    batch_size: int,
-    steps_per_call: int,
-    width: int | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """One epoch's batches as starts int32[chunks, steps_per_call, width] and weights float32[...].
-
-    Every window appears once, in the order `permutation(fold_in(key, epoch))`, `batch_size`
-    to a batch. Weight-0 slots pad the tail and each batch up to `width` (default `batch_size`;
-    wider so that batches split evenly over devices): the last partial batch trains on its real
-    windows only (as Keras does), and batches that are all padding are skipped by the train step.
-    """
-    n = starts.shape[0]
-    width = width or batch_size
-    batches = -(-n // batch_size)
-    chunks = -(-batches // steps_per_call)
-    slots = chunks * steps_per_call * batch_size
-    order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-    padded = jnp.zeros(slots, starts.dtype).at[:n].set(starts[order])
-    weights = (jnp.arange(slots) < n).astype(jnp.float32)
-    shape = (chunks, steps_per_call, batch_size)
-    pad = ((0, 0), (0, 0), (0, width - batch_size))
-    return jnp.pad(padded.reshape(shape), pad), jnp.pad(weights.reshape(shape), pad)
-
-
-def stream_plan(
-    key: jax.Array,
-    epoch: int,
-    starts: jax.Array,
-    batch_size: int,
-    steps_per_call: int,
-    maxlen: int,
-    width: int | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """`epoch_plan` for contiguous streams (`stream_starts`, batch_size = streams): the steps in
-    order, each stream in its own batch row, all shifted by one offset in [0, maxlen) drawn
-    from `fold_in(key, epoch)`, so window boundaries move from epoch to epoch."""
-    width = width or batch_size
-    steps = starts.shape[0] // batch_size
-    chunks = -(-steps // steps_per_call)
-    offset = jax.random.randint(jax.random.fold_in(key, epoch), (), 0, maxlen, starts.dtype)
-    grid = jnp.zeros((chunks * steps_per_call, batch_size), starts.dtype)
-    grid = grid.at[:steps].set(starts.reshape(steps, batch_size) + offset)
-    weights = (jnp.arange(chunks * steps_per_call) < steps)[:, None] * jnp.ones(batch_size)
-    shape = (chunks, steps_per_call, batch_size)
-    pad = ((0, 0), (0, 0), (0, width - batch_size))
-    return jnp.pad(grid.reshape(shape), pad), jnp.pad(weights.reshape(shape), pad)
+def split(corpus: Corpus, cfg: Config) -> int:
+    """Where the held-out tail begins (len(ids) without one); errors if a part is too short."""
+    n = len(corpus.ids)
+    at = split_point(n, cfg.val_fraction)
+    if at <= cfg.maxlen:
+        raise CharjaxError(
+            f"--val-fraction {cfg.val_fraction:g} leaves {at} chars for training, not more "
+            f"than --maxlen {cfg.maxlen}; use a longer text or a smaller --val-fraction"
+        )
+    need = objective.of(cfg).validation_chars
+    if cfg.val_fraction > 0 and n - at < need:
+        raise CharjaxError(
+            f"--val-fraction {cfg.val_fraction:g} holds out {n - at} chars, fewer than the "
+            f"{need} validation needs; raise it, or pass --val-fraction 0 to skip validation"
+        )
+    return at

@@ -1,4 +1,5 @@
-"""How well a model predicts a text: cross-entropy in nats and bits per char, and perplexity.
+"""How well a model predicts a text: cross-entropy in nats and bits per char, and perplexity
+(`score_ids`), and the per-epoch validation of a run's held-out tail (`validate`).
 
 Two ways to read a text, matching the two ways to sample:
 - "window" (the original objective): each scored char is predicted from the `maxlen` chars
@@ -19,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from charjax import data, model
+from charjax import batching, model, objective, step
 from charjax.config import Config
 from charjax.errors import CharjaxError
 
-MODES = ("window", "stateful")
+MODES = objective.READINGS
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,10 @@ class Score:
 
 @functools.partial(jax.jit, static_argnames=("maxlen", "dtype"))
 def _window_nats(params, ids, starts, weights, *, maxlen: int, dtype):
-    inputs, targets = data.gather_windows(ids, starts, maxlen)
-    _, logits = model.forward(params, inputs, dtype=dtype)
-    return jnp.sum(weights * optax.softmax_cross_entropy_with_integer_labels(logits, targets))
+    """The training loss of the original objective on these windows (`step.nll`)."""
+    last_char = objective.Objective(maxlen, 1, len(starts), False, False)
+    inputs, targets = last_char.gather(ids, starts)
+    return step.nll(params, inputs, targets, weights, last_char, dtype=dtype)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
@@ -83,7 +85,7 @@ def score_ids(
         raise CharjaxError(f"score mode must be one of {', '.join(MODES)}, got {mode!r}")
     ids = np.asarray(ids, np.int32)
     if mode == "window":
-        starts = data.window_starts(len(ids), maxlen, stride)
+        starts = batching.window_starts(len(ids), maxlen, stride)
         if len(starts) == 0:
             raise CharjaxError(
                 f"a text of {len(ids)} chars has nothing to score in window mode (it needs more "
@@ -100,8 +102,7 @@ def score_ids(
         raise CharjaxError("a text needs at least 2 chars to be scored")
     inputs, targets = ids[:-1], ids[1:]
     size = min(chunk, len(inputs))
-    zero = jnp.zeros((1, model.shape_of(params)[1]), jnp.float32)
-    carry, total = ((zero, zero),) * model.layers_of(params), 0.0
+    carry, total = model.zero_carry(1, model.shape_of(params)[1], model.layers_of(params)), 0.0
     for (piece, valid), (target, _) in zip(
         _batches(inputs, size), _batches(targets, size), strict=True
     ):
@@ -110,14 +111,16 @@ def score_ids(
     return Score(total, len(targets))
 
 
-def default_mode(cfg: Config) -> str:
-    """The reading that matches how a model was trained."""
-    return "stateful" if cfg.objective == "sequence" else "window"
-
-
 def validate(params: dict, held_out: np.ndarray, cfg: Config) -> Score:
-    """The per-epoch validation score of the held-out ids: in window mode with the training
-    stride (the training loss on held-out windows), statefully for a `sequence` model."""
-    mode = default_mode(cfg)
-    stride = cfg.step if mode == "window" else 1
-    return score_ids(params, held_out, mode=mode, maxlen=cfg.maxlen, stride=stride, dtype=cfg.dtype)
+    """The per-epoch validation score of the held-out ids, read the way the run trains: in
+    window mode at the training stride (the training loss on held-out windows), statefully for
+    a `sequence` model."""
+    goal = objective.of(cfg)
+    return score_ids(
+        params,
+        held_out,
+        mode=goal.reading,
+        maxlen=cfg.maxlen,
+        stride=goal.validation_stride,
+        dtype=cfg.dtype,
+    )

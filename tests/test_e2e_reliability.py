@@ -1,6 +1,6 @@
-"""Bad input gives one clear line; interrupted or killed runs lose no work and resume exactly."""
+"""End to end: bad input gives one clear line; interrupted or killed runs lose no work and
+resume exactly."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,9 +10,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from util import same_trees
 
-from charjax import checkpoint, cli, train
+from charjax import cli, run_dir
 from charjax.checkpoint import Checkpoints
+from charjax.run_dir import Meta
+from charjax.step import init_state
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--maxlen", "10", "--hidden", "8", "--batch-size", "16", "--temperatures", ""]
@@ -94,7 +97,7 @@ def test_resume_checks_corpus_and_model(capsys, texts, tmp_path):
         "--hidden 32 (checkpoint has 8)",
     )
     # a directory another run holds is refused before any work
-    held = checkpoint.lock_directory(Path(ck))
+    held = run_dir.lock_directory(Path(ck))
     try:
         _one_line_error(
             capsys,
@@ -193,17 +196,9 @@ def _train_cmd(text, ck, epochs, *extra):
 def _final_params(ck):
     ckpts = Checkpoints(ck, create=False)
     meta = ckpts.meta()
-    cfg = checkpoint.config_of(meta)
-    like = jax.eval_shape(lambda: train.init_state(jax.random.key(0), len(meta["vocab"]), cfg))
+    cfg = Meta.from_json(meta).cfg
+    like = jax.eval_shape(lambda: init_state(jax.random.key(0), len(meta["vocab"]), cfg))
     return meta["epoch"], ckpts.restore(like)
-
-
-def _same(a, b) -> bool:
-    return all(
-        jax.tree.leaves(
-            jax.tree.map(lambda x, y: bool((np.asarray(x) == np.asarray(y)).all()), a, b)
-        )
-    )
 
 
 @pytest.fixture
@@ -248,7 +243,7 @@ def test_ctrl_c_saves_and_resume_is_exact(long_text, tmp_path):
     assert "resuming inside epoch 2" in done.stdout
     assert not (ck / "partial").exists()
     (e1, ref), (e2, resumed) = _final_params(tmp_path / "ref"), _final_params(ck)
-    assert e1 == e2 == 2 and _same(ref, resumed)
+    assert e1 == e2 == 2 and same_trees(ref, resumed)
 
 
 def test_sigkill_at_any_moment_loses_nothing(long_text, tmp_path):
@@ -280,91 +275,8 @@ def test_sigkill_at_any_moment_loses_nothing(long_text, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     (e1, ref), (e2, resumed) = _final_params(tmp_path / "ref"), _final_params(ck)
-    assert e1 == e2 == 3 and _same(ref, resumed)
+    assert e1 == e2 == 3 and same_trees(ref, resumed)
     assert not [p for p in ck.iterdir() if "tmp" in p.name]  # no half-written checkpoint left
-
-
-@pytest.mark.parametrize("streams", [False, True], ids=["windows", "carried-streams"])
-def test_mid_epoch_resume_in_process(tiny_cfg, tmp_path, streams):
-    """An epoch stopped after one chunk, saved as a partial, resumes to the uninterrupted result
-    (with --carry-state, the streams' LSTM state is saved and restored too); a second
-    interruption of the same epoch saves again; the chunk size cannot change meanwhile."""
-    from charjax import runner
-    from charjax.errors import CharjaxError
-
-    quiet = lambda *a: None  # noqa: E731
-    cfg = tiny_cfg.replace(epochs=2, temperatures=(), steps_per_call=2)
-    if streams:
-        cfg = cfg.replace(objective="sequence", carry_state=True, step=10, batch_size=6)
-    whole, _ = runner.train_run(cfg, tmp_path / "whole", log=quiet)
-    first, _ = runner.train_run(cfg.replace(epochs=1), tmp_path / "split", log=quiet)
-    corpus, ids, starts = _corpus_arrays(cfg)
-    data_key = runner.run_keys(cfg.seed)[1]
-    ckpts = Checkpoints(tmp_path / "split")
-    meta = ckpts.meta()
-    for chunks in (1, 2):  # interrupted twice in the same epoch: the newer save wins
-        calls = iter(range(100))
-        fresh = jax.tree.map(np.array, first)  # train_epoch consumes (donates) its state
-        with pytest.raises(train.EpochInterrupted) as stop:
-            train.train_epoch(
-                fresh,
-                ids,
-                starts,
-                data_key,
-                2,
-                cfg,
-                stop=lambda chunks=chunks, calls=calls: next(calls) + 1 >= chunks,
-            )
-        state, pos = stop.value.state, stop.value.position
-        assert pos.chunks == chunks
-        ckpts.save_partial(int(state.step), state, {**meta, "epoch": 2, "position": pos})
-    assert ckpts.partial_meta()["position"][0] == 2
-    ckpts.close()
-    with pytest.raises(CharjaxError, match="--steps-per-call 2"):
-        runner.train_run(
-            cfg, tmp_path / "split", resume=True, given={"steps_per_call": 3}, log=quiet
-        )
-    resumed, history = runner.train_run(
-        cfg, tmp_path / "split", resume=True, given={"epochs": 2}, log=quiet
-    )
-    assert [m["epoch"] for m in history] == [2] and _same(resumed, whole)
-    assert not (tmp_path / "split" / "partial").exists()
-
-
-def _corpus_arrays(cfg):
-    import jax.numpy as jnp
-
-    from charjax import runner, start
-
-    corpus = runner.load_corpus(cfg)
-    starts = train.epoch_starts(start.split_of(corpus, cfg), cfg)
-    return corpus, jnp.asarray(corpus.ids), jnp.asarray(starts)
-
-
-def test_resume_keeps_the_runs_own_keep(tiny_cfg, tmp_path):
-    from charjax import runner
-
-    quiet = lambda *a: None  # noqa: E731
-    cfg = tiny_cfg.replace(epochs=2, keep=1, temperatures=())
-    runner.train_run(cfg, tmp_path, log=quiet)
-    runner.train_run(Config_default(), tmp_path, resume=True, given={"epochs": 3}, log=quiet)
-    assert Checkpoints(tmp_path).epochs() == [3]
-
-
-def Config_default():  # noqa: N802 (reads as the class it stands for)
-    from charjax.config import Config
-
-    return Config()
-
-
-def test_torn_metrics_line_is_closed_not_joined(tmp_path):
-    from charjax.report import append_metrics, read_metrics
-
-    append_metrics(tmp_path, {"epoch": 1, "loss": 2.0})
-    with open(tmp_path / "metrics.jsonl", "a") as f:
-        f.write('{"epoch": 2, "lo')  # a crash mid-write
-    append_metrics(tmp_path, {"epoch": 2, "loss": 1.5})
-    assert read_metrics(tmp_path) == [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.5}]
 
 
 def test_odd_sampling_and_environment_inputs(capsys, texts, tmp_path, monkeypatch):
@@ -390,17 +302,3 @@ def test_odd_sampling_and_environment_inputs(capsys, texts, tmp_path, monkeypatc
     monkeypatch.setenv("CHARJAX_CPU_DEVICES", "two")
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     _one_line_error(capsys, 2, cli.train_main, ["--checkpoint-dir", ck], "CHARJAX_CPU_DEVICES")
-
-
-def test_sigterm_is_a_ctrl_c_and_saves_are_never_cut_short():
-    from charjax.stop import StopRequest
-
-    said = []
-    with StopRequest(said.append) as stop:
-        os.kill(os.getpid(), signal.SIGTERM)  # first: ask to stop after the current batches
-        assert stop.requested and len(said) == 1
-        with stop.protect():
-            os.kill(os.getpid(), signal.SIGINT)  # second, while saving: the save goes on
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)  # second, otherwise: quit now
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored

@@ -1,5 +1,6 @@
-"""What every command line shares: one-line usage errors, number parsing, the error handling
-that turns every failure into one line on stderr, and the checkpoint flags."""
+"""What every command shares: the parser (one-line usage errors, --debug, no abbreviations),
+flags generated from the `Config` fields' metadata, number parsing, and `run`, which turns
+every failure into one line on stderr."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 
+from charjax.config import GROUPS, Config, flag
 from charjax.errors import CharjaxError, Interrupted
 
 
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line (the flag, the problem, where to look), with the
-    --debug flag every command has (`run` reads it)."""
+    --debug flag every command has (`run` reads it). Flags are never abbreviated: `--epoch` on
+    a command that has only `--epochs` is an error, not a guess."""
 
     def __init__(self, **kw):
-        super().__init__(**kw)
+        super().__init__(allow_abbrev=False, **kw)
         self.add_argument("--debug", action="store_true", help="show tracebacks for errors")
 
     def error(self, message: str):
@@ -38,6 +42,46 @@ def finite(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+TYPES = {"int": int, "float": finite, "str": str, "tuple[float, ...]": floats}
+
+
+def config_flags(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """One flag per `Config` field (help, choices, default from its metadata) in named groups
+    -> the groups, for the command's own flags. A flag is left out of the parsed namespace
+    unless given, so that `--resume` knows what the user set."""
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    defaults = Config()
+    for f in fields(Config):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        kw = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"]}
+        if f.type == "bool":
+            kw["action"] = "store_true"
+        else:
+            default = getattr(defaults, f.name)
+            shown = ",".join(f"{t:g}" for t in default) if isinstance(default, tuple) else default
+            kw["help"] += f" (default: {shown})"
+            kw["type"] = meta.get("type", TYPES[f.type])
+            kw.update({k: meta[k] for k in ("choices", "metavar") if k in meta})
+        groups[meta["group"]].add_argument(flag(f.name), **kw)
+    return groups
+
+
+def checkpoint_dir_flag(parser, *, epoch: bool = False) -> None:
+    """--checkpoint-dir (a run's folder), and with `epoch` the --epoch to read from it."""
+    parser.add_argument(
+        "--checkpoint-dir",
+        default="checkpoints/",
+        help="the run's folder: charjax-train writes its checkpoints and metrics.jsonl there, "
+        "the other commands read them (default: checkpoints/)",
+    )
+    if epoch:
+        parser.add_argument(
+            "--epoch", type=int, default=None, help="epoch to load (default: latest)"
+        )
 
 
 def run(main: Callable[[argparse.Namespace], int], parser, argv) -> int:
@@ -72,13 +116,3 @@ def run(main: Callable[[argparse.Namespace], int], parser, argv) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-def checkpoint_flags(p: argparse.ArgumentParser) -> None:
-    """--checkpoint-dir and --epoch, for the commands that read a saved run."""
-    p.add_argument(
-        "--checkpoint-dir",
-        default="checkpoints/",
-        help="run directory written by charjax-train (default: checkpoints/)",
-    )
-    p.add_argument("--epoch", type=int, default=None, help="epoch to load (default: latest)")

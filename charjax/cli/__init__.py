@@ -1,0 +1,29 @@
+"""The command lines behind `scripts/*.py` and the `charjax-*` entry points, one module each:
+flags -> one library call. Problems the user can fix end as one line on stderr, exit code 2
+(`--debug` shows the traceback)."""
+
+from __future__ import annotations
+
+from charjax.cli.common import run
+from charjax.cli.plot import plot, plot_parser
+from charjax.cli.sample import sample, sample_parser
+from charjax.cli.score import score, score_parser
+from charjax.cli.train import train, train_parser
+
+__all__ = ["plot_main", "sample_main", "score_main", "train_main"]
+
+
+def train_main(argv=None) -> int:
+    return run(train, train_parser(), argv)
+
+
+def sample_main(argv=None) -> int:
+    return run(sample, sample_parser(), argv)
+
+
+def score_main(argv=None) -> int:
+    return run(score, score_parser(), argv)
+
+
+def plot_main(argv=None) -> int:
+    return run(plot, plot_parser(), argv)

@@ -1,0 +1,65 @@
+"""`charjax-score`: bits/char, nats/char and perplexity of a text under a saved model; the work
+is `inference.score_text`'s."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from charjax.cli.common import Parser, checkpoint_dir_flag
+from charjax.objective import READINGS
+
+
+def score_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="charjax-score",
+        description="Bits per char and perplexity of a text under a checkpoint (lower is better).",
+    )
+    p.add_argument(
+        "text",
+        nargs="?",
+        default=None,
+        help="UTF-8 text file to score (default: the run's own held-out tail, --val-fraction)",
+    )
+    checkpoint_dir_flag(p, epoch=True)
+    p.add_argument(
+        "--mode",
+        choices=READINGS,
+        default=None,
+        help="window: each char from the maxlen chars before it (the original objective); "
+        "stateful: one pass carrying the LSTM state (default: how the model was trained)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=1,
+        help="window mode: score every N-th char only (faster; default: 1 = every char)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def score(args: argparse.Namespace) -> int:
+    from charjax import inference
+
+    saved = inference.load(args.checkpoint_dir, args.epoch)
+    record, unknown = inference.score_text(
+        saved, args.text, mode=args.mode, stride=args.stride, directory=args.checkpoint_dir
+    )
+    if args.json:
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+        return 0
+    print(
+        f"{record['text']}: {record['bits_per_char']:.4f} bits/char, "
+        f"{record['nats_per_char']:.4f} nats/char, perplexity {record['perplexity']:.3f} "
+        f"({record['chars_scored']:,} chars scored, {record['mode']} mode, "
+        f"epoch {record['epoch']})"
+    )
+    if unknown:
+        listed = ", ".join(f"{ch!r} x{n}" for ch, n in unknown.most_common())
+        print(
+            f"skipped {sum(unknown.values()):,} chars not in the model's vocabulary: {listed}",
+            file=sys.stderr,
+        )
+    return 0

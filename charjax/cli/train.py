@@ -1,0 +1,65 @@
+"""`charjax-train`: flags (from the config) -> `runner.train_run`."""
+
+from __future__ import annotations
+
+import argparse
+
+from charjax.cli.common import Parser, checkpoint_dir_flag, config_flags
+from charjax.config import Config
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="charjax-train",
+        description="Train the char-level LSTM (defaults = the Keras Nietzsche example).",
+    )
+    groups = config_flags(p)
+    run = groups["run"]
+    checkpoint_dir_flag(run)
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run saved in --checkpoint-dir from its latest epoch",
+    )
+    run.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar: one plain line per epoch (also when not on a terminal)",
+    )
+    devices = groups["devices"]
+    devices.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="multi-process run: address of process 0 (default: $JAX_COORDINATOR_ADDRESS; "
+        "unset = one process)",
+    )
+    devices.add_argument(
+        "--num-processes",
+        type=int,
+        help="multi-process run: number of processes (default: $JAX_NUM_PROCESSES)",
+    )
+    devices.add_argument(
+        "--process-id",
+        type=int,
+        help="multi-process run: this process's index (default: $JAX_PROCESS_ID)",
+    )
+    return p
+
+
+def train(args: argparse.Namespace) -> int:
+    from charjax import parallel
+
+    parallel.request_cpu_devices()  # before jax starts its backends
+    parallel.tune_host_malloc()
+    from charjax import runner
+
+    parallel.start_distributed(args.coordinator, args.num_processes, args.process_id)
+    given = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
+    runner.train_run(
+        Config(**given),
+        args.checkpoint_dir,
+        resume=args.resume,
+        given=given,
+        progress=False if args.quiet else None,
+    )
+    return 0

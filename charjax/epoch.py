@@ -1,0 +1,117 @@
+"""One epoch as an iterator over its chunks: `iterate` yields after each jitted chunk of steps
+with the state, the position in the epoch and its running metrics; the caller decides to
+report, stop or save. `train_epoch` runs a whole epoch (library use, tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from charjax import objective, parallel, step
+from charjax.config import Config
+
+
+@dataclass(frozen=True)
+class Position:
+    """How far an epoch got: chunks done, windows trained, and per metric the sum of its
+    per-batch values weighted by each batch's real windows (so means weigh batches as Keras'
+    epoch loss does)."""
+
+    chunks: int = 0
+    windows: int = 0
+    sums: dict = field(default_factory=dict)
+
+    def advance(self, metrics: dict, counts: np.ndarray) -> Position:
+        """After one more chunk: `metrics` {name: [K] per step}, `counts` real windows [K]."""
+        sums = dict(self.sums)
+        for name, values in metrics.items():
+            sums[name] = sums.get(name, 0.0) + float((np.asarray(values) * counts).sum())
+        return Position(self.chunks + 1, self.windows + int(counts.sum()), sums)
+
+    def means(self) -> dict:
+        """The epoch's metrics so far, each a mean per window (a non-finite sum stays so)."""
+        return {name: total / max(self.windows, 1) for name, total in self.sums.items()}
+
+    @property
+    def finite(self) -> bool:
+        return all(math.isfinite(v) for v in self.sums.values())
+
+    def to_json(self) -> list:
+        """FORMAT 2 layout: [chunks, loss sum, windows], then any other sums as a dict."""
+        others = {k: v for k, v in self.sums.items() if k != "loss"}
+        return [
+            self.chunks,
+            self.sums.get("loss", 0.0),
+            self.windows,
+            *([others] if others else []),
+        ]
+
+    @classmethod
+    def from_json(cls, saved: list) -> Position:
+        chunks, loss, windows, *others = saved
+        return cls(chunks, windows, {"loss": loss, **(others[0] if others else {})})
+
+
+class Progress(NamedTuple):
+    state: step.TrainState  # after the chunk (its buffers are donated to the next one)
+    position: Position
+    chunks: int  # chunks in the whole epoch
+    batches: int  # batches in the whole epoch
+
+    @property
+    def finished(self) -> bool:
+        """The epoch ends here: all chunks done, or a metric became non-finite (the rest
+        would be wasted; the divergence guard decides)."""
+        return self.position.chunks == self.chunks or not self.position.finite
+
+
+def iterate(
+    state: step.TrainState,
+    ids: jax.Array,
+    starts: jax.Array,
+    data_key: jax.Array,
+    epoch: int,
+    cfg: Config,
+    mesh: Mesh | None = None,
+    start: Position = Position(),  # noqa: B008 (frozen)
+    context: step.StepContext = step.NO_CONTEXT,
+):
+    """Train epoch `epoch` from `start`, in the window order of `(data_key, epoch)` (shuffled;
+    with --carry-state the streams in order, shifted by an offset): yield `Progress` after each
+    chunk. The input state's buffers are donated: use the yielded states. `mesh`: all devices.
+
+    Each chunk is waited for: that keeps multi-device CPU runs from queueing calls (which can
+    time out XLA's all-reduce rendezvous) and makes progress reports tell the truth.
+    """
+    mesh = mesh or parallel.data_mesh()
+    plan_starts, plan_weights = objective.of(cfg).plan(
+        data_key, epoch, starts, cfg.steps_per_call, mesh
+    )
+    counts = np.asarray(plan_weights.sum(axis=-1))  # real windows per batch [chunks, K]
+    if start.chunks == 0:  # every stream starts the epoch from a zero state
+        state = state._replace(carry=step.zero_streams(cfg))
+    state, ids = parallel.put((state, ids), parallel.replicated(mesh))
+    chunks, position = plan_starts.shape[0], start
+    batches = int(np.count_nonzero(counts))  # with real windows: the padding has none
+    for chunk in range(start.chunks, chunks):
+        state, metrics = step.train_chunk(
+            state, ids, plan_starts, plan_weights, chunk, context, cfg, mesh
+        )
+        position = position.advance(metrics, counts[chunk])
+        progress = Progress(state, position, chunks, batches)
+        yield progress
+        if progress.finished:
+            return
+
+
+def train_epoch(state, ids, starts, data_key, epoch: int, cfg: Config, mesh=None, **kw):
+    """A whole epoch -> (state, mean loss per predicted char); see `iterate`."""
+    for progress in iterate(state, ids, starts, data_key, epoch, cfg, mesh, **kw):
+        state = progress.state
+    return state, progress.position.means()["loss"]

@@ -1,0 +1,115 @@
+"""Using a trained model: read one from a run's folder (parameters, recipe and vocabulary, no
+optimizer), then sample text from it (`sample_texts`) or score a text under it (`score_text`).
+What `charjax-sample` and `charjax-score` do, minus the printing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+
+from charjax import corpus, evaluate, model, objective, sample
+from charjax.errors import CharjaxError
+from charjax.run_dir import Meta, RunDir
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    params: dict
+    meta: Meta  # the recipe (meta.cfg), vocabulary, default prime, epoch and its metrics
+
+    @property
+    def vocab(self) -> corpus.Vocab:
+        return corpus.Vocab(self.meta.vocab)
+
+    @property
+    def reading(self) -> str:
+        """How the model was trained to read: the default sampling and scoring mode."""
+        return objective.of(self.meta.cfg).reading
+
+
+def load(directory, epoch: int | None = None) -> SavedModel:
+    """The model saved at `epoch` (default: the latest) in a run's folder."""
+    folder = RunDir(directory, create=False)
+    try:
+        meta = folder.meta(epoch)
+        cfg = meta.cfg
+        like = jax.eval_shape(
+            lambda: model.init_params(jax.random.key(0), len(meta.vocab), cfg.hidden, cfg.layers)
+        )
+        return SavedModel(folder.checkpoints.restore_params(like, meta.epoch), meta)
+    finally:
+        folder.close()
+
+
+def encode_prime(saved: SavedModel, prime: str | None, unknown: str = "error"):
+    """-> (ids, the prime as used, chars skipped): `prime` (default: the run's stored prime)
+    lower-cased like the training text; chars outside the vocabulary raise, or with
+    `unknown="skip"` are dropped."""
+    prime = saved.meta.prime if prime is None else prime
+    prime = prime.lower() if saved.meta.cfg.lower else prime
+    ids, missing = saved.vocab.encode_known(prime)
+    skipped = "".join(sorted(missing))
+    if skipped and unknown == "error":
+        raise CharjaxError(
+            f"prime characters not in the vocabulary: {skipped!r}; remove them or pass "
+            "--unknown skip"
+        )
+    return ids, (saved.vocab.decode(ids) if skipped else prime), skipped
+
+
+def sample_texts(
+    saved: SavedModel, prime_ids, *, seed: int, temperatures, length: int, mode=None, **options
+) -> list[str]:
+    """Texts after `prime_ids`, `num_samples` per temperature in order (one jitted call);
+    `options`: num_samples, top_k, top_p (see `sample.generate`)."""
+    if not temperatures:
+        raise CharjaxError("--temperature needs at least one number (0 = greedy)")
+    ids = sample.generate(
+        saved.params,
+        prime_ids,
+        jax.random.key(seed),
+        list(temperatures),
+        length=length,
+        mode=mode or saved.reading,
+        maxlen=saved.meta.cfg.maxlen,
+        **options,
+    ).reshape(-1, length)
+    return [saved.vocab.decode(row) for row in ids]
+
+
+def score_text(saved: SavedModel, path, *, mode=None, stride: int = 1, directory=None):
+    """-> (record, unknown chars Counter): the score of the text file `path` (None: the run's
+    held-out tail, after checking that the corpus is the one trained on) in `mode`."""
+    if stride < 1:
+        raise CharjaxError(f"--stride must be >= 1, got {stride}")
+    cfg, mode = saved.meta.cfg, mode or saved.reading
+    if path is None:
+        if cfg.val_fraction == 0:
+            raise CharjaxError(
+                "this run held nothing out (--val-fraction 0); pass a text file to score"
+            )
+        text = corpus.load_saved(cfg, saved.meta.corpus_sha256, saved.meta.vocab, directory)
+        ids, unknown = text.ids[corpus.split(text, cfg) :], Counter()
+        source = f"held-out tail of {cfg.text} ({cfg.val_fraction:g})"
+    else:
+        text = corpus.read_text(corpus.resolve_corpus(path), lower=cfg.lower)
+        ids, unknown = saved.vocab.encode_known(text)
+        source = str(Path(path))
+    result = evaluate.score_ids(
+        saved.params, ids, mode=mode, maxlen=cfg.maxlen, stride=stride, dtype=cfg.dtype
+    )
+    record = {
+        "text": source,
+        "epoch": saved.meta.epoch,
+        "mode": mode,
+        "chars_scored": result.chars,
+        "nats_per_char": result.nats_per_char,
+        "bits_per_char": result.bits_per_char,
+        "perplexity": result.perplexity,
+        "unknown_chars": dict(unknown),
+    }
+    return record, unknown

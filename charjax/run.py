@@ -1,0 +1,152 @@
+"""A training run, set up once: its config, corpus and split, keys, training starts, state and
+where it starts (`Run`). `fresh` begins at epoch 1; `resume` continues after the latest complete
+epoch, or inside the epoch an interruption saved, with the saved config and the user's flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from charjax import corpus as corpora
+from charjax import objective, step
+from charjax.config import MATH_FIELDS, Config, flag
+from charjax.epoch import Position
+from charjax.errors import CharjaxError
+from charjax.run_dir import Meta, RunDir
+
+
+class Keys(NamedTuple):
+    """Every random choice of a run: per-epoch keys are `fold_in(key, epoch)`, per-step dropout
+    keys `fold_in(dropout, step)`. Nothing random is stored, so a resume repeats a run exactly."""
+
+    init: jax.Array
+    data: jax.Array
+    sample: jax.Array
+    dropout: jax.Array
+
+
+def run_keys(seed: int) -> Keys:
+    return Keys(*jax.random.split(jax.random.key(seed), 4))
+
+
+@dataclass
+class Run:
+    cfg: Config
+    corpus: corpora.Corpus
+    split: int  # ids [0, split) train; [split, n) are held out
+    keys: Keys
+    starts: jax.Array  # int32[windows]: the training windows' starts (`objective.starts`)
+    state: step.TrainState
+    epoch: int  # the first epoch to train
+    position: Position  # where in that epoch (not at its start after a Ctrl-C)
+
+    @property
+    def held_out(self):
+        """The held-out ids int32[n - split], or None without validation."""
+        return self.corpus.ids[self.split :] if self.split < len(self.corpus.ids) else None
+
+    @property
+    def batches(self) -> int:
+        """Optimizer steps per epoch."""
+        return -(-len(self.starts) // self.cfg.batch_size)
+
+    @property
+    def context(self) -> step.StepContext:
+        return step.StepContext(self.keys.dropout, jnp.int32(self.cfg.epochs * self.batches))
+
+    def initial_state(self) -> step.TrainState:
+        return step.init_state(self.keys.init, self.corpus.vocab.size, self.cfg)
+
+    def state_shape(self) -> step.TrainState:
+        """Shapes and dtypes of the run's state (what its checkpoints restore into)."""
+        return step.state_shape(self.corpus.vocab.size, self.cfg)
+
+    def meta(self, epoch: int, metrics: dict | None = None, position=None) -> Meta:
+        """The record saved with a checkpoint; the prime is stored so sampling needs no corpus."""
+        prime = self.corpus.text[: self.cfg.maxlen]
+        c = self.corpus
+        return Meta(self.cfg, c.vocab.chars, c.sha256, prime, epoch, metrics or {}, position)
+
+
+def _build(cfg: Config, corpus: corpora.Corpus, state, epoch: int, position: Position) -> Run:
+    split = corpora.split(corpus, cfg)
+    starts = objective.of(cfg).starts(split)
+    if len(starts) == 0:  # only carried streams can get here: `split` checked the rest
+        raise CharjaxError(
+            f"{split:,} training chars cannot be cut into --batch-size {cfg.batch_size} "
+            f"streams of at least --maxlen {cfg.maxlen} chars each; use a smaller --batch-size"
+        )
+    keys = run_keys(cfg.seed)
+    if state is None:
+        state = step.init_state(keys.init, corpus.vocab.size, cfg)
+    return Run(cfg, corpus, split, keys, jnp.asarray(starts), state, epoch, position)
+
+
+def fresh(cfg: Config, folder: RunDir) -> Run:
+    have = folder.epochs()
+    if have or folder.checkpoints.partial_meta():
+        held = f"epochs {have[0]}..{have[-1]}" if have else "an interrupted epoch"
+        raise CharjaxError(
+            f"{folder.directory} already holds checkpoints ({held}); pass --resume to continue "
+            "that run, or choose another --checkpoint-dir"
+        )
+    if cfg.text != corpora.NIETZSCHE:  # stored absolute, so --resume works from any directory
+        cfg = cfg.replace(text=str(Path(cfg.text).expanduser().absolute()))
+    return _build(cfg, corpora.load(cfg), None, 1, Position())
+
+
+def merge_resumed(saved: Config, given: dict) -> Config:
+    """The saved config with the explicitly given flags applied; math-changing conflicts raise."""
+    conflicts = [
+        f"{flag(k)} {v} (checkpoint has {getattr(saved, k)})"
+        for k, v in given.items()
+        if k in MATH_FIELDS and k != "text" and v != getattr(saved, k)
+    ]
+    if saved.schedule == "cosine" and given.get("epochs", saved.epochs) != saved.epochs:
+        conflicts.append(
+            f"--epochs {given['epochs']} (checkpoint has {saved.epochs}, over which its cosine "
+            "schedule decays)"
+        )
+    if conflicts:
+        raise CharjaxError(
+            "--resume with settings that differ from the checkpoint: "
+            + "; ".join(conflicts)
+            + "; drop these flags or start a new run in another --checkpoint-dir"
+        )
+    return saved.replace(**given)
+
+
+def resume(given: dict, folder: RunDir, log, sharding) -> Run:
+    """Continue from the latest complete epoch, or from inside the epoch after it."""
+    have, partial = folder.epochs(), folder.partial()
+    if not have and not partial:
+        raise CharjaxError(f"nothing to resume: no checkpoints in {folder.directory}")
+    meta = partial or folder.meta()
+    saved = meta.cfg
+    if partial and given.get("steps_per_call", saved.steps_per_call) != saved.steps_per_call:
+        raise CharjaxError(
+            f"the interrupted epoch {partial.epoch} was split into chunks of "
+            f"--steps-per-call {saved.steps_per_call}; resume it without --steps-per-call "
+            "(change it after that epoch)"
+        )
+    cfg = merge_resumed(saved, given).check()
+    corpus = corpora.load_saved(cfg, meta.corpus_sha256, meta.vocab, folder.directory)
+    folder.repair_metrics()
+    like = step.state_shape(corpus.vocab.size, cfg)
+    if partial:
+        log(f"resuming inside epoch {partial.epoch} after {partial.position.windows:,} windows")
+    else:
+        log(f"resuming from epoch {meta.epoch} in {folder.directory}")
+    for name in sorted(given):
+        if name != "text" and given[name] != getattr(saved, name):
+            log(f"  using {flag(name)} {given[name]} (was {getattr(saved, name)})")
+    if partial:
+        state = folder.restore_partial(like, sharding)
+        return _build(cfg, corpus, state, partial.epoch, partial.position)
+    state = folder.restore(like, meta.epoch, sharding)
+    return _build(cfg, corpus, state, meta.epoch + 1, Position())

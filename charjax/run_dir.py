@@ -1,0 +1,206 @@
+"""A training run's folder: its lock, its checkpoints (whole epochs and one interrupted epoch),
+the typed record saved beside each (`Meta`, checkpoint FORMAT 2) and `metrics.jsonl`.
+
+An epoch's metrics are written once, by `RunDir.save_epoch`, into its checkpoint record and
+the append-only log; a run killed between the two has its log completed from the record on the
+next start (`RunDir.repair_metrics`), so the record is the source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from charjax.checkpoint import Checkpoints
+from charjax.config import Config
+from charjax.epoch import Position
+from charjax.errors import CharjaxError
+
+FORMAT = 2  # 2: TrainState has lr_scale and carry; config has the quality fields
+METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What makes a checkpoint self-contained: the recipe, vocabulary, corpus hash, a default
+    prime, the epoch and its metrics; an interrupted epoch also has its position."""
+
+    cfg: Config
+    vocab: str
+    corpus_sha256: str
+    prime: str  # the first maxlen chars of the training text: the default prime for sampling
+    epoch: int
+    metrics: dict = field(default_factory=dict)
+    position: Position | None = None
+
+    def to_json(self) -> dict:
+        record = {
+            "format": FORMAT,
+            "epoch": self.epoch,
+            "config": self.cfg.to_dict(),
+            "vocab": self.vocab,
+            "corpus_sha256": self.corpus_sha256,
+            "prime": self.prime,
+            "metrics": self.metrics,
+        }
+        if self.position is not None:
+            record["position"] = self.position.to_json()
+        return record
+
+    @classmethod
+    def from_json(cls, record: dict) -> Meta:
+        """The record as saved; checkpoints of an older layout are refused in one line."""
+        if record.get("format", 1) < FORMAT:
+            raise CharjaxError(
+                f"this checkpoint (epoch {record.get('epoch')}) was written by an older charjax "
+                f"(format {record.get('format', 1)}: no held-out split, learning-rate scale or "
+                "stream state); use that version with it, or train again"
+            )
+        position = record.get("position")
+        return cls(
+            Config.from_dict(record["config"]),
+            record["vocab"],
+            record["corpus_sha256"],
+            record["prime"],
+            record["epoch"],
+            record.get("metrics", {}),
+            None if position is None else Position.from_json(position),
+        )
+
+
+def read_metrics(directory: str | Path) -> list[dict]:
+    """The epochs recorded in `directory/metrics.jsonl`, the last record of each epoch winning."""
+    path = Path(directory) / METRICS_FILE
+    if not path.is_file():
+        return []
+    by_epoch = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+            by_epoch[record["epoch"]] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def append_metrics(directory: str | Path, record: dict) -> None:
+    """Append one JSON line; a line left unfinished by a crash is closed first, not joined."""
+    path = Path(directory) / METRICS_FILE
+    with open(path, "a+b") as f:
+        f.seek(0, 2)
+        if f.tell() > 0:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def lock_directory(directory: Path):
+    """Create `directory`, check it is writable, and lock it for this process (-> lock file).
+
+    Fails at once, before any training, if the directory cannot be written or if another
+    training run holds it. The lock (flock) is released when the process ends, however it ends.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise CharjaxError(
+            f"cannot write checkpoints to {directory} ({e.strerror or e}); choose another "
+            "--checkpoint-dir"
+        ) from None
+    handle = open(directory / LOCK_FILE, "a+")  # noqa: SIM115 (held until the run ends)
+    try:
+        import fcntl
+
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # no flock (Windows): run unlocked
+        return handle
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise CharjaxError(
+            f"another training run (pid {holder}) is using {directory}; wait for it to finish "
+            "or choose another --checkpoint-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+class RunDir:
+    """One run's folder. `lock=True` (a training run's primary process) holds the lock; only
+    the `primary` process writes metrics.jsonl and removes a superseded partial epoch."""
+
+    def __init__(self, directory, keep: int = 5, *, lock=False, create=True, primary=True):
+        self.directory = Path(directory).expanduser().absolute()
+        self.primary = primary
+        self._lock = lock_directory(self.directory) if lock else None
+        self.checkpoints = Checkpoints(self.directory, keep, create=create)
+
+    def keep(self, keep: int) -> None:
+        """Keep the newest `keep` epochs from now on (a resumed run's own --keep)."""
+        if keep != self.checkpoints.keep:
+            self.checkpoints.close()
+            self.checkpoints = Checkpoints(self.directory, keep)
+
+    def epochs(self) -> list[int]:
+        return self.checkpoints.epochs()
+
+    def meta(self, epoch: int | None = None) -> Meta:
+        """The record of `epoch` (default: the latest)."""
+        return Meta.from_json(self.checkpoints.meta(epoch))
+
+    def partial(self) -> Meta | None:
+        """The record of the epoch an interruption saved, unless a later epoch superseded it."""
+        record = self.checkpoints.partial_meta()
+        have = self.epochs()
+        if record is None or record["epoch"] != (have[-1] if have else 0) + 1:
+            return None
+        return Meta.from_json(record)
+
+    def restore(self, like, epoch: int | None = None, sharding=None):
+        return self.checkpoints.restore(like, epoch, sharding)
+
+    def restore_partial(self, like, sharding=None):
+        return self.checkpoints.restore_partial(like, sharding)
+
+    def save_epoch(self, state, meta: Meta) -> None:
+        """Checkpoint a finished epoch, retire its interrupted save and log its metrics."""
+        self.checkpoints.save(meta.epoch, state, meta.to_json())
+        if self.primary:
+            self.checkpoints.clear_partial()
+            append_metrics(self.directory, meta.metrics)
+
+    def save_partial(self, state, meta: Meta) -> None:
+        """Save an interrupted epoch (under its optimizer step: a later interruption of the
+        same epoch is a newer save)."""
+        self.checkpoints.save_partial(int(state.step), state, meta.to_json())
+
+    def clear_partial(self) -> None:
+        if self.primary:
+            self.checkpoints.clear_partial()
+
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.directory)
+
+    def repair_metrics(self) -> None:
+        """Log the latest epoch's metrics if the run died after its checkpoint, before its log
+        line."""
+        have = self.epochs()
+        if self.primary and have and have[-1] not in [m["epoch"] for m in self.metrics()]:
+            append_metrics(self.directory, self.meta(have[-1]).metrics)
+
+    def close(self) -> None:
+        self.checkpoints.close()
+        if self._lock is not None:
+            self._lock.close()

@@ -1,0 +1,176 @@
+"""One optimizer step and the jitted chunk of steps: `TrainState`, the loss, `train_step`.
+
+`train_step(state, batch...) -> (state, metrics)` is pure; `train_chunk` (the jit boundary)
+scans it over `steps_per_call` batches of an epoch plan, data-parallel over a device mesh, so
+the host dispatches once per chunk. The step's metrics dict is the one place to add a metric:
+the epoch averages every entry and the progress bar, epoch line and metrics.jsonl show it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from charjax import model, objective, optim, parallel
+from charjax.config import Config
+
+
+class TrainState(NamedTuple):
+    params: dict
+    opt_state: optax.OptState
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    lr_scale: jax.Array  # float32 scalar: 1, halved by the divergence guard after each blow-up
+    carry: tuple = ()  # --carry-state: per layer (h, c) float32[batch_size, H] of each stream
+
+
+class StepContext(NamedTuple):
+    """Per-run inputs of the train step that are arrays, not config (so they never recompile)."""
+
+    dropout_key: jax.Array | None = None  # per step: fold_in(key, step), then the device index
+    total_steps: jax.Array | int = 0  # optimizer steps of the whole run (for the cosine schedule)
+
+
+NO_CONTEXT = StepContext()
+
+
+def zero_streams(cfg: Config) -> tuple:
+    """The state every carried stream starts an epoch from (--carry-state), else ()."""
+    if not objective.of(cfg).carried:
+        return ()
+    return model.zero_carry(cfg.batch_size, cfg.hidden, cfg.layers)
+
+
+def init_state(key: jax.Array, vocab_size: int, cfg: Config) -> TrainState:
+    params = model.init_params(key, vocab_size, cfg.hidden, cfg.layers)
+    opt_state = optim.make_optimizer(cfg).init(params)
+    one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.int32)
+    return TrainState(params, opt_state, zero, one, zero_streams(cfg))
+
+
+def state_shape(vocab_size: int, cfg: Config) -> TrainState:
+    """The shapes and dtypes of a run's TrainState (what a checkpoint restores into)."""
+    return jax.eval_shape(lambda: init_state(jax.random.key(0), vocab_size, cfg))
+
+
+def nll(params, inputs, targets, weights, goal, *, dtype, dropout=0.0, key=None, carry=None):
+    """(weighted sum of next-char cross-entropies in nats over the predicted chars of `goal`
+    (an `Objective`), final carry); weight-0 rows are padding. With `key`, dropout at `dropout`;
+    `carry` is the initial state (None: zeros), a constant for the gradient (truncated BPTT).
+
+    Keras computes it from clipped softmax probabilities; on logits it is the same value except
+    where a target's probability is below 1e-7, where Keras' clip zeroes the gradient.
+    """
+    carry = None if carry is None else lax.stop_gradient(carry)
+    carry, logits = model.forward(
+        params, inputs, carry, dtype=dtype, all_steps=goal.every_position, dropout=dropout, key=key
+    )
+    return jnp.sum(weights * goal.window_losses(logits, targets)), carry
+
+
+def loss_sum(params: dict, inputs, targets, weights, cfg: Config, key=None) -> jax.Array:
+    """The run's training loss sum of a batch (`nll` with its objective), from a zero state."""
+    goal = objective.of(cfg)
+    return nll(
+        params, inputs, targets, weights, goal, dtype=cfg.dtype, dropout=cfg.dropout, key=key
+    )[0]
+
+
+def _psum_all(tree, axis_name):
+    """Sum a pytree over the mesh axis in one all-reduce (one device sync instead of one per
+    leaf: on CPU each all-reduce is a rendezvous of the device threads)."""
+    if axis_name is None:
+        return tree
+    flat, unravel = ravel_pytree(tree)
+    return unravel(lax.psum(flat, axis_name))
+
+
+def train_step(state, inputs, targets, weights, cfg: Config, axis_name=None, context=NO_CONTEXT):
+    """One optimizer step on a batch -> (new state, metrics {"loss": mean nats per predicted
+    char}). An all-padding batch changes nothing.
+
+    Inside `shard_map`, `axis_name` names the mesh axis the batch is split over: loss sums,
+    gradient sums and window counts are added across devices, so the step equals the
+    single-device step on the whole batch (with dropout, each device draws its own masks).
+    """
+    goal = objective.of(cfg)
+    params, key = state.params, None
+    if cfg.dropout > 0 and context.dropout_key is not None:
+        key = jax.random.fold_in(context.dropout_key, state.step)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, lax.axis_index(axis_name))
+    if axis_name is not None:  # per-device gradients differ until summed: mark them varying
+        params = jax.tree.map(lambda p: lax.pcast(p, (axis_name,), to="varying"), params)
+    carry = state.carry if goal.carried else None
+    (total, carry), grads = jax.value_and_grad(nll, has_aux=True)(
+        params,
+        inputs,
+        targets,
+        weights,
+        goal,
+        dtype=cfg.dtype,
+        dropout=cfg.dropout,
+        key=key,
+        carry=carry,
+    )
+    total, count, grads = _psum_all((total, jnp.sum(weights), grads), axis_name)
+    scale = 1.0 / jnp.maximum(count * goal.chars_per_window, 1.0)
+    grads = jax.tree.map(lambda g: g * scale, grads)
+    updates, opt_state = optim.make_optimizer(cfg).update(grads, state.opt_state, state.params)
+    if optim.scheduled(cfg):
+        factor = optim.lr_factor(cfg, state.step, context.total_steps)
+        updates = jax.tree.map(lambda u: u * factor, updates)
+    updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
+    params = optax.apply_updates(state.params, updates)
+    carry = carry if goal.carried else state.carry
+    new = TrainState(params, opt_state, state.step + 1, state.lr_scale, carry)
+    state = jax.tree.map(lambda n, o: jnp.where(count > 0, n, o), new, state)
+    return state, {"loss": total * scale}
+
+
+def _train_chunk(state, ids, plan_starts, plan_weights, chunk, context, cfg: Config, mesh: Mesh):
+    """Scan `train_step` over the batches of chunk `chunk` of the plan -> (state, metrics with
+    one value per step [K])."""
+    goal = objective.of(cfg)
+
+    def per_device(state, ids, starts, weights, context):
+        def body(state, batch):
+            inputs, targets = goal.gather(ids, batch[0])
+            return train_step(state, inputs, targets, batch[1], cfg, parallel.AXIS, context)
+
+        if not goal.carried:
+            return lax.scan(body, state, (starts, weights))
+        # Streams are split over the devices like the batch: each device carries its rows.
+        rows = starts.shape[-1]
+        index = lax.axis_index(parallel.AXIS)
+
+        def mine(x):
+            x = jnp.pad(x, ((0, rows * mesh.size - x.shape[0]), (0, 0)))
+            return lax.dynamic_slice_in_dim(x, index * rows, rows)
+
+        def whole(x):  # the rows of all devices again, summed into place (one all-reduce)
+            x = lax.dynamic_update_slice_in_dim(
+                jnp.zeros((rows * mesh.size, x.shape[1]), x.dtype), x, index * rows, 0
+            )
+            return lax.psum(x, parallel.AXIS)[: cfg.batch_size]
+
+        state = state._replace(carry=jax.tree.map(mine, state.carry))
+        state, metrics = lax.scan(body, state, (starts, weights))
+        return state._replace(carry=jax.tree.map(whole, state.carry)), metrics
+
+    sharded = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(P(), P(), P(None, parallel.AXIS), P(None, parallel.AXIS), P()),
+        out_specs=(P(), P()),
+    )
+    return sharded(state, ids, plan_starts[chunk], plan_weights[chunk], context)
+
+
+train_chunk = jax.jit(_train_chunk, static_argnames=("cfg", "mesh"), donate_argnums=0)

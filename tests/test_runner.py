@@ -1,0 +1,233 @@
+"""Whole training runs in process: resume (between and inside epochs) is bit-identical,
+checkpoints hold what sampling and resuming need, validation, the divergence guard at work,
+and the checks a run makes before it trains."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from util import quiet, same_trees
+
+from charjax import corpus as corpora
+from charjax import epoch, evaluate, objective, runner
+from charjax.checkpoint import Checkpoints
+from charjax.config import Config
+from charjax.errors import CharjaxError
+from charjax.run import run_keys
+from charjax.run_dir import Meta, RunDir, read_metrics
+from charjax.step import init_state
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_cfg, tmp_path):
+    cfg = dataclasses.replace(tiny_cfg, epochs=3)
+    whole, _ = runner.train_run(cfg, tmp_path / "whole", log=quiet)
+    runner.train_run(dataclasses.replace(cfg, epochs=1), tmp_path / "split", log=quiet)
+    resumed, history = runner.train_run(
+        cfg, tmp_path / "split", resume=True, given={"epochs": 3}, log=quiet
+    )
+    assert [m["epoch"] for m in history] == [2, 3]
+    assert same_trees(whole, resumed)
+    assert Checkpoints(tmp_path / "split").epochs() == [1, 2, 3]
+
+
+def test_checkpoint_holds_what_sampling_and_resuming_need(tiny_cfg, tmp_path):
+    state, history = runner.train_run(tiny_cfg, tmp_path, log=quiet)
+    ckpts = Checkpoints(tmp_path, create=False)
+    meta = ckpts.meta()
+    assert meta["epoch"] == 2 and Config.from_dict(meta["config"]) == tiny_cfg
+    assert meta["vocab"] == corpora.Vocab.from_text(corpora.read_text(tiny_cfg.text)).chars
+    assert len(meta["prime"]) == tiny_cfg.maxlen and len(meta["corpus_sha256"]) == 64
+    assert set(meta["metrics"]) >= {"epoch", "loss", "seconds", "windows_per_s", "samples"}
+    assert set(meta["metrics"]["samples"]["texts"]) == {"0.5", "1"}
+    assert all(len(t) == 20 for t in meta["metrics"]["samples"]["texts"].values())
+    like = jax.eval_shape(lambda: state)
+    assert same_trees(ckpts.restore(like), state)
+    assert same_trees(ckpts.restore(like, 1).params, ckpts.restore(like, 1).params)
+    with pytest.raises(CharjaxError, match="available: 1, 2"):
+        ckpts.meta(7)
+
+
+def test_keep_prunes_old_checkpoints(tiny_cfg, tmp_path):
+    cfg = dataclasses.replace(tiny_cfg, epochs=3, keep=2, temperatures=())
+    runner.train_run(cfg, tmp_path, log=quiet)
+    assert Checkpoints(tmp_path).epochs() == [2, 3]
+
+
+def test_resume_refuses_conflicts_and_fresh_runs_refuse_full_dirs(tiny_cfg, tmp_path):
+    runner.train_run(dataclasses.replace(tiny_cfg, epochs=1), tmp_path, log=quiet)
+    with pytest.raises(CharjaxError, match="--resume"):
+        runner.train_run(tiny_cfg, tmp_path, log=quiet)
+    with pytest.raises(CharjaxError, match="--hidden 32"):
+        runner.train_run(tiny_cfg, tmp_path, resume=True, given={"hidden": 32}, log=quiet)
+    with pytest.raises(CharjaxError, match="nothing to resume"):
+        runner.train_run(tiny_cfg, tmp_path / "empty", resume=True, log=quiet)
+
+
+def _tiny_run(cfg, directory, **kw):
+    return runner.train_run(cfg, directory, log=quiet, **kw)
+
+
+def test_validation_each_epoch_is_the_held_out_score(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(temperatures=(), epochs=2)
+    state, history = _tiny_run(cfg, tmp_path / "run")
+    corpus = corpora.load(cfg)
+    held_out = corpus.ids[corpora.split(corpus, cfg) :]
+    assert len(held_out) == 92  # 10 % of 912 chars
+    expected = evaluate.score_ids(state.params, held_out, maxlen=cfg.maxlen, stride=cfg.step)
+    assert history[-1]["val_loss"] == pytest.approx(expected.nats_per_char, rel=1e-6)
+    assert history[-1]["val_bits"] == pytest.approx(expected.bits_per_char, rel=1e-6)
+    assert [m["val_loss"] for m in read_metrics(tmp_path / "run")] == [
+        m["val_loss"] for m in history
+    ]
+    _, none = _tiny_run(cfg.replace(val_fraction=0.0, epochs=1), tmp_path / "noval")
+    assert "val_loss" not in none[0]
+
+
+def test_sequence_runs_are_reproducible_and_learn(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(
+        objective="sequence",
+        step=10,
+        layers=2,
+        dropout=0.1,
+        optimizer="adam",
+        learning_rate=0.01,
+        schedule="cosine",
+        warmup=3,
+        clip_norm=1.0,
+        batch_size=8,
+        epochs=3,
+        temperatures=(0.5,),
+    )
+    a, ha = _tiny_run(cfg, tmp_path / "a")
+    b, hb = _tiny_run(cfg, tmp_path / "b")
+    assert all(jax.tree.leaves(jax.tree.map(lambda x, y: bool((x == y).all()), a, b)))
+    assert ha[-1]["samples"] == hb[-1]["samples"]
+    assert ha[-1]["loss"] < ha[0]["loss"] and ha[-1]["val_loss"] < ha[0]["val_loss"]
+
+
+def test_divergence_guard_restores_and_halves_the_learning_rate(tiny_cfg, tmp_path):
+    """A huge learning rate blows the loss up; the guard rolls back and halves it, and no
+    saved epoch is ever far above the best one before it, or non-finite."""
+    cfg = tiny_cfg.replace(learning_rate=10.0, epochs=4, temperatures=())
+    lines = []
+    _, history = runner.train_run(cfg, tmp_path / "run", log=lines.append)
+    fired = [line for line in lines if "Divergence guard: restored" in line]
+    assert fired and "learning rate x0.5" in fired[0]
+    assert [m["epoch"] for m in history] == [1, 2, 3, 4]
+    assert history[-1]["lr_scale"] < 1.0
+    losses = [m["loss"] for m in history]
+    for i in range(1, len(losses)):
+        assert losses[i] <= cfg.guard * min(losses[:i])
+    ckpts = Checkpoints(tmp_path / "run")
+    vocab = len(ckpts.meta()["vocab"])
+    like = jax.eval_shape(lambda: init_state(jax.random.key(0), vocab, cfg))
+    for number in ckpts.epochs():
+        saved = ckpts.restore(like, number)
+        assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(saved.params))
+    ckpts.close()
+
+
+def test_guard_recovers_from_a_nan_epoch(tiny_cfg, tmp_path, monkeypatch):
+    """A non-finite epoch is thrown away: training goes on from the last checkpoint at half the
+    learning rate, and gives what a run restarted there at half the rate gives."""
+    cfg = tiny_cfg.replace(epochs=3, temperatures=())
+    real = epoch.iterate
+    calls = []
+
+    def blow_up_once(state, ids, starts, key, number, *args, **kw):
+        calls.append(number)
+        chunks = list(real(state, ids, starts, key, number, *args, **kw))
+        last = chunks[-1]
+        if calls.count(2) == 1 and number == 2:  # the epoch's loss becomes nan
+            nan = dataclasses.replace(last.position, sums={"loss": float("nan")})
+            chunks[-1] = last._replace(position=nan)
+        yield from chunks
+
+    monkeypatch.setattr(epoch, "iterate", blow_up_once)
+    lines = []
+    _, history = runner.train_run(cfg, tmp_path / "run", log=lines.append)
+    assert calls == [1, 2, 2, 3]
+    fired = [line for line in lines if "Divergence guard" in line]
+    assert len(fired) == 1 and "epoch 2: the loss became nan" in fired[0]
+    assert "restored epoch 1" in fired[0]
+    assert [m["lr_scale"] for m in history] == [1.0, 0.5, 0.5]
+    assert Checkpoints(tmp_path / "run").epochs() == [1, 2, 3]
+
+
+def test_new_flags_are_checked_and_resume_keeps_the_model(capsys, tiny_cfg, tmp_path):
+    bad = [
+        (dict(val_fraction=1.0), "--val-fraction must be in [0, 1)"),
+        (dict(dropout=1.0), "--dropout must be in [0, 1)"),
+        (dict(layers=0), "--layers must be >= 1"),
+        (dict(clip_norm=-1.0), "--clip-norm must be >= 0"),
+        (dict(objective="all"), "--objective must be one of"),
+        (dict(guard=1.0), "--guard must be above 1"),
+    ]
+    for change, needle in bad:
+        with pytest.raises(CharjaxError, match=needle.replace("[", r"\[").replace(")", r"\)")):
+            tiny_cfg.replace(**change).check()
+    with pytest.raises(CharjaxError, match="holds out 10 chars"):
+        _tiny_run(tiny_cfg.replace(val_fraction=0.01), tmp_path / "short")
+    cfg = tiny_cfg.replace(epochs=1, temperatures=(), layers=2)
+    _tiny_run(cfg, tmp_path / "run")
+    with pytest.raises(CharjaxError, match="--layers 1 \\(checkpoint has 2\\)"):
+        _tiny_run(cfg, tmp_path / "run", resume=True, given={"layers": 1})
+    _, history = _tiny_run(cfg, tmp_path / "run", resume=True, given={"epochs": 2})
+    assert [m["epoch"] for m in history] == [2]
+    cosine = cfg.replace(schedule="cosine")
+    _tiny_run(cosine, tmp_path / "cosine")
+    with pytest.raises(CharjaxError, match="over which its cosine schedule decays"):
+        _tiny_run(cosine, tmp_path / "cosine", resume=True, given={"epochs": 2})
+    old = {**Checkpoints(tmp_path / "run").meta(), "format": 1}
+    with pytest.raises(CharjaxError, match="written by an older charjax"):
+        Meta.from_json(old)
+
+
+@pytest.mark.parametrize("streams", [False, True], ids=["windows", "carried-streams"])
+def test_mid_epoch_resume_in_process(tiny_cfg, tmp_path, streams):
+    """An epoch stopped after one chunk, saved as a partial, resumes to the uninterrupted result
+    (with --carry-state, the streams' LSTM state is saved and restored too); a second
+    interruption of the same epoch saves again; the chunk size cannot change meanwhile."""
+    cfg = tiny_cfg.replace(epochs=2, temperatures=(), steps_per_call=2)
+    if streams:
+        cfg = cfg.replace(objective="sequence", carry_state=True, step=10, batch_size=6)
+    whole, _ = runner.train_run(cfg, tmp_path / "whole", log=quiet)
+    first, _ = runner.train_run(cfg.replace(epochs=1), tmp_path / "split", log=quiet)
+    corpus, ids, starts = _corpus_arrays(cfg)
+    data_key = run_keys(cfg.seed)[1]
+    folder = RunDir(tmp_path / "split")
+    meta = folder.meta()
+    for chunks in (1, 2):  # interrupted twice in the same epoch: the newer save wins
+        fresh = jax.tree.map(np.array, first)  # the epoch consumes (donates) its state
+        for done in epoch.iterate(fresh, ids, starts, data_key, 2, cfg):
+            if done.position.chunks == chunks:
+                break
+        state, pos = done.state, done.position
+        assert pos.chunks == chunks and not done.finished
+        folder.save_partial(state, dataclasses.replace(meta, epoch=2, position=pos))
+    assert folder.checkpoints.partial_meta()["position"][0] == 2
+    folder.close()
+    with pytest.raises(CharjaxError, match="--steps-per-call 2"):
+        runner.train_run(
+            cfg, tmp_path / "split", resume=True, given={"steps_per_call": 3}, log=quiet
+        )
+    resumed, history = runner.train_run(
+        cfg, tmp_path / "split", resume=True, given={"epochs": 2}, log=quiet
+    )
+    assert [m["epoch"] for m in history] == [2] and same_trees(resumed, whole)
+    assert not (tmp_path / "split" / "partial").exists()
+
+
+def _corpus_arrays(cfg):
+    corpus = corpora.load(cfg)
+    starts = objective.of(cfg).starts(corpora.split(corpus, cfg))
+    return corpus, jnp.asarray(corpus.ids), jnp.asarray(starts)
+
+
+def test_resume_keeps_the_runs_own_keep(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(epochs=2, keep=1, temperatures=())
+    runner.train_run(cfg, tmp_path, log=quiet)
+    runner.train_run(Config(), tmp_path, resume=True, given={"epochs": 3}, log=quiet)
+    assert Checkpoints(tmp_path).epochs() == [3]

@@ -1,0 +1,149 @@
+"""The train step: jit equals no jit, it learns, padding and empty batches, the sequence loss,
+dropout keys, carried streams, bfloat16 matmuls; its metrics dict."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from util import loss_of, same_trees
+
+from charjax import batching, model, objective
+from charjax import corpus as corpora
+from charjax.errors import CharjaxError
+from charjax.step import StepContext, init_state, loss_sum, train_step
+
+
+def _setup(cfg):
+    corpus = corpora.load(cfg)
+    ids = jnp.asarray(corpus.ids)
+    starts = jnp.asarray(batching.window_starts(len(corpus.ids), cfg.maxlen, cfg.step))
+    return corpus, ids, starts
+
+
+def _batch(ids, starts, cfg, n=None):
+    n = n or cfg.batch_size
+    inputs, targets = batching.gather_windows(ids, starts[:n], cfg.maxlen)
+    return inputs, targets, jnp.ones(n, jnp.float32)
+
+
+def test_train_step_jit_equals_no_jit(tiny_cfg):
+    corpus, ids, starts = _setup(tiny_cfg)
+    state = init_state(jax.random.key(0), corpus.vocab.size, tiny_cfg)
+    batch = _batch(ids, starts, tiny_cfg)
+    plain, metrics = train_step(state, *batch, tiny_cfg)
+    assert set(metrics) == {"loss"}  # the step's metrics: what the epoch averages and shows
+    loss = metrics["loss"]
+    jitted, jloss = loss_of(jax.jit(train_step, static_argnames="cfg")(state, *batch, tiny_cfg))
+    np.testing.assert_allclose(loss, jloss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), plain, jitted)
+    assert loss.shape == () and loss.dtype == jnp.float32
+
+
+def test_one_step_changes_every_leaf_and_steps_lower_the_loss(tiny_cfg):
+    corpus, ids, starts = _setup(tiny_cfg)
+    state = init_state(jax.random.key(0), corpus.vocab.size, tiny_cfg)
+    batch = _batch(ids, starts, tiny_cfg)
+    step = jax.jit(train_step, static_argnames="cfg")
+    new, first_loss = loss_of(step(state, *batch, tiny_cfg))
+    changed = jax.tree.map(lambda a, b: bool((a != b).any()), new.params, state.params)
+    assert all(jax.tree.leaves(changed)), changed
+    assert int(new.step) == 1
+    for _ in range(10):
+        new, loss = loss_of(step(new, *batch, tiny_cfg))
+    assert float(loss) < 0.8 * float(first_loss)
+
+
+def test_padding_is_ignored_and_empty_batches_are_no_ops(tiny_cfg):
+    corpus, ids, starts = _setup(tiny_cfg)
+    state = init_state(jax.random.key(0), corpus.vocab.size, tiny_cfg)
+    inputs, targets, _ = _batch(ids, starts, tiny_cfg)
+    weights = jnp.zeros(tiny_cfg.batch_size).at[:5].set(1.0)
+    padded, loss_p = loss_of(train_step(state, inputs, targets, weights, tiny_cfg))
+    short, loss_s = loss_of(train_step(state, inputs[:5], targets[:5], weights[:5], tiny_cfg))
+    np.testing.assert_allclose(loss_p, loss_s, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), padded, short)
+    same, _ = loss_of(train_step(state, inputs, targets, jnp.zeros_like(weights), tiny_cfg))
+    assert same_trees(same, state)
+
+
+def test_sequence_loss_counts_every_predicted_char(tiny_cfg):
+    cfg = tiny_cfg.replace(objective="sequence", val_fraction=0.0)
+    corpus = corpora.load(cfg)
+    params = init_state(jax.random.key(0), corpus.vocab.size, cfg).params
+    ids = jnp.asarray(corpus.ids)
+    starts = jnp.array([0, 7, 20])
+    inputs, targets = objective.of(cfg).gather(ids, starts)
+    assert inputs.shape == targets.shape == (3, cfg.maxlen)
+    np.testing.assert_array_equal(targets[:, :-1], inputs[:, 1:])
+    np.testing.assert_array_equal(targets[:, -1], ids[starts + cfg.maxlen])
+    weights = jnp.array([1.0, 1.0, 0.0])
+    total = loss_sum(params, inputs, targets, weights, cfg)
+    _, logits = model.forward(params, inputs, all_steps=True)
+    per_char = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    np.testing.assert_allclose(total, per_char[:2].sum(), rtol=1e-5)
+
+
+def test_dropout_steps_are_deterministic_per_step_and_differ_from_no_dropout(tiny_cfg):
+    cfg = tiny_cfg.replace(dropout=0.3, layers=2)
+    corpus = corpora.load(cfg)
+    ids = jnp.asarray(corpus.ids)
+    inputs, targets = batching.gather_windows(ids, jnp.arange(8), cfg.maxlen)
+    weights = jnp.ones(8)
+    state = init_state(jax.random.key(0), corpus.vocab.size, cfg)
+    context = StepContext(jax.random.key(5), 100)
+    step = jax.jit(train_step, static_argnames="cfg")
+    a, loss_a = loss_of(step(state, inputs, targets, weights, cfg, None, context))
+    b, loss_b = loss_of(step(state, inputs, targets, weights, cfg, None, context))
+    c, loss_c = loss_of(
+        step(state, inputs, targets, weights, cfg.replace(dropout=0.0), None, context)
+    )
+    assert float(loss_a) == float(loss_b) and float(loss_a) != float(loss_c)
+    assert jnp.array_equal(a.params["dense"]["kernel"], b.params["dense"]["kernel"])
+
+
+def test_carried_state_goes_from_each_window_to_the_next(tiny_cfg):
+    cfg = tiny_cfg.replace(
+        objective="sequence", carry_state=True, step=10, batch_size=3, val_fraction=0.0
+    )
+    corpus = corpora.load(cfg)
+    ids = jnp.asarray(corpus.ids)
+    state = init_state(jax.random.key(0), corpus.vocab.size, cfg)
+    assert jax.tree.map(jnp.shape, state.carry) == (((3, 16), (3, 16)),)
+    first, second = jnp.array([0, 300, 600]), jnp.array([10, 310, 610])
+    ones = jnp.ones(3)
+    step = jax.jit(train_step, static_argnames="cfg")
+    x1, y1 = objective.of(cfg).gather(ids, first)
+    after1, _ = loss_of(step(state, x1, y1, ones, cfg))
+    carry1, _ = model.forward(state.params, x1, all_steps=True)
+    for a, b in zip(jax.tree.leaves(after1.carry), jax.tree.leaves(carry1), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    x2, y2 = objective.of(cfg).gather(ids, second)
+    _, loss2 = loss_of(step(after1, x2, y2, ones, cfg))
+    _, logits = model.forward(after1.params, x2, carry1, all_steps=True)
+    expected = optax.softmax_cross_entropy_with_integer_labels(logits, y2).mean()
+    np.testing.assert_allclose(loss2, expected, rtol=1e-5)
+    zero_start = loss_sum(after1.params, x2, y2, ones, cfg) / (3 * cfg.maxlen)
+    assert abs(float(zero_start) - float(loss2)) > 1e-4  # the carry made a difference
+    with pytest.raises(CharjaxError, match="--carry-state reads the text as contiguous"):
+        cfg.replace(step=5).check()
+
+
+def test_bfloat16_matmuls_keep_float32_parameters(tiny_cfg):
+    corpus = corpora.load(tiny_cfg)
+    ids = jnp.asarray(corpus.ids)
+    starts = jnp.asarray(batching.window_starts(len(corpus.ids), tiny_cfg.maxlen, tiny_cfg.step))
+    inputs, targets = batching.gather_windows(ids, starts[:32], tiny_cfg.maxlen)
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = tiny_cfg.replace(dtype=dtype)
+        state = init_state(jax.random.key(0), corpus.vocab.size, cfg)
+        step = jax.jit(train_step, static_argnames="cfg")
+        for _ in range(5):
+            state, loss = loss_of(step(state, inputs, targets, jnp.ones(32), cfg))
+        results[dtype] = (state, float(loss))
+    bf16_state, bf16_loss = results["bfloat16"]
+    leaves = jax.tree.leaves((bf16_state.params, bf16_state.opt_state))
+    assert leaves and all(x.dtype == jnp.float32 for x in leaves)
+    assert bf16_loss != results["float32"][1]  # the matmuls really ran in bfloat16
+    assert bf16_loss == pytest.approx(results["float32"][1], abs=0.05)

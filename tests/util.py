@@ -1,0 +1,20 @@
+"""Helpers shared by the tests (plain functions; fixtures live in conftest.py)."""
+
+import jax
+import numpy as np
+
+
+def quiet(*args) -> None:
+    """A log that prints nothing."""
+
+
+def same_trees(a, b) -> bool:
+    """Whether two pytrees are bit-identical, leaf by leaf."""
+    equal = jax.tree.map(lambda x, y: bool((np.asarray(x) == np.asarray(y)).all()), a, b)
+    return all(jax.tree.leaves(equal))
+
+
+def loss_of(result):
+    """(state, metrics) of a train step -> (state, its loss)."""
+    state, metrics = result
+    return state, metrics["loss"]
