@@ -62,10 +62,18 @@ def encode_prime(saved: SavedModel, prime: str | None, unknown: str = "error"):
 
 
 def sample_texts(
-    saved: SavedModel, prime_ids, *, seed: int, temperatures, length: int, mode=None, **options
+    saved: SavedModel,
+    prime_ids,
+    *,
+    seed: int,
+    temperatures,
+    length: int,
+    mode=None,
+    num_samples: int = 1,
+    **filters,
 ) -> list[str]:
     """Texts after `prime_ids`, `num_samples` per temperature in order (one jitted call);
-    `options`: num_samples, top_k, top_p (see `sample.generate`)."""
+    `filters`: top_k, top_p (see `sample.generate`)."""
     if not temperatures:
         raise CharjaxError("--temperature needs at least one number (0 = greedy)")
     ids = sample.generate(
@@ -76,8 +84,9 @@ def sample_texts(
         length=length,
         mode=mode or saved.reading,
         maxlen=saved.meta.cfg.maxlen,
-        **options,
-    ).reshape(-1, length)
+        num_samples=num_samples,
+        **filters,
+    ).reshape(len(temperatures) * num_samples, length)
     return [saved.vocab.decode(row) for row in ids]
 
 
