@@ -25,7 +25,13 @@ def step_metrics(values: dict) -> str:
 class Reporter:
     """Prints a run's progress; `log` gets every plain line (stdout by default)."""
 
-    def __init__(self, *, progress: bool | None = None, log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        *,
+        progress: bool | None = None,
+        log: Callable[[str], None] | None = None,
+        console: Console | None = None,
+    ):
         self.log = log or (lambda line: print(line, flush=True))
         if progress is None:
             progress = log is None and sys.stdout.isatty()
@@ -37,7 +43,7 @@ class Reporter:
                 MofNCompleteColumn(),
                 TextColumn("batches · {task.fields[metrics]} · {task.fields[rate]:,.0f} windows/s"),
                 TimeRemainingColumn(),
-                console=Console(),
+                console=console or Console(),
                 transient=True,
             )
         self._task = None

@@ -1,6 +1,7 @@
 """The commands in process: flags generated from the config, no abbreviations, named groups;
 the divergence guard's one-line ending, scoring, and sampling a sequence model."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from util import quiet
 
 from charjax import cli, guard, runner
 from charjax.checkpoint import Checkpoints
+from charjax.config import Config, flag
 
 
 def _tiny_run(cfg, directory, **kw):
@@ -52,3 +54,28 @@ def test_sequence_model_samples_statefully_by_default(tiny_cfg, tmp_path, capsys
     _tiny_run(cfg, tmp_path / "run")
     assert cli.sample_main(["--checkpoint-dir", str(tmp_path / "run"), "--length", "20"]) == 0
     assert "mode stateful" in capsys.readouterr().err
+
+
+def test_train_flags_come_from_the_config_in_named_groups():
+    parser = cli.train_parser()
+    titles = [g.title for g in parser._action_groups]
+    assert titles[2:] == ["data", "model", "objective", "optimizer", "run", "sampling", "devices"]
+    flags = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(Config):
+        if f.metadata.get("cli", True):
+            assert flag(f.name) in flags[f.name].option_strings
+            assert f.metadata["help"] in flags[f.name].help
+    assert "lower" not in flags and "rho" not in flags  # fields without a flag
+    assert flags["optimizer"].choices == ("rmsprop", "adam")
+    assert flags["temperatures"].type("0.2,1") == (0.2, 1.0)
+    args = parser.parse_args(["--hidden", "32", "--carry-state"])
+    given = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
+    assert given == {"hidden": 32, "carry_state": True}  # only what was given (for --resume)
+
+
+def test_flags_are_never_abbreviated(capsys):
+    assert cli.train_main(["--epoch", "2", "--checkpoint-dir", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unrecognized arguments: --epoch 2" in err
+    assert cli.sample_main(["--temp", "0.5"]) == 2
+    assert "unrecognized arguments: --temp" in capsys.readouterr().err

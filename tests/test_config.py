@@ -1,8 +1,10 @@
 """The config: nonsense values are refused naming their flag; flags come from the fields."""
 
+import dataclasses
+
 import pytest
 
-from charjax.config import Config
+from charjax.config import GROUPS, MATH_FIELDS, Config
 from charjax.errors import CharjaxError
 
 
@@ -19,3 +21,25 @@ from charjax.errors import CharjaxError
 def test_nonsense_config_is_refused(change, flag):
     with pytest.raises(CharjaxError, match=flag):
         Config(**change).check()
+
+
+def test_every_field_describes_its_flag():
+    for f in dataclasses.fields(Config):
+        assert f.metadata["help"] and f.metadata["group"] in GROUPS, f.name
+        if f.metadata.get("choices"):
+            assert getattr(Config(), f.name) in f.metadata["choices"]
+    assert "hidden" in MATH_FIELDS and "seed" in MATH_FIELDS and "lower" in MATH_FIELDS
+    assert not {"epochs", "keep", "temperatures", "steps_per_call", "guard"} & set(MATH_FIELDS)
+
+
+def test_choices_come_from_the_field():
+    with pytest.raises(CharjaxError, match="--optimizer must be one of rmsprop, adam"):
+        Config(optimizer="sgd").check()
+    with pytest.raises(CharjaxError, match="--schedule must be one of constant, cosine"):
+        Config(schedule="linear").check()
+
+
+def test_to_dict_and_back():
+    cfg = Config(temperatures=(0.5,), layers=2, text="x.txt")
+    d = cfg.to_dict()
+    assert d["temperatures"] == [0.5] and Config.from_dict({**d, "newer": 1}) == cfg

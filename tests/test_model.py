@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charjax import lstm, model  # noqa: F401  (lstm: zero_state test below)
+from charjax import lstm, model
 
 
 def test_parameter_shapes_and_count():
@@ -122,3 +122,15 @@ def test_dropout_is_keyed_scaled_and_off_without_a_key():
     assert not jnp.array_equal(
         model.forward(params, ids, dropout=0.5, key=jax.random.key(0))[1], plain
     )
+
+
+def test_the_model_asks_the_cell_for_its_state_and_shape():
+    params = _params(vocab=7, hidden=5, layers=3)
+    assert model.shape_of(params) == lstm.dims(params["lstm"]) == (7, 5)
+    assert lstm.dims(params["lstm_2"]) == (5, 5)
+    carry = model.zero_carry(4, 5, 3)
+    assert len(carry) == 3 and all(h.shape == c.shape == (4, 5) for h, c in carry)
+    assert all(not np.asarray(x).any() for x in jax.tree.leaves(carry))
+    _, from_zero = model.forward(params, jnp.array([[1, 2], [3, 4]]), model.zero_carry(2, 5, 3))
+    _, default = model.forward(params, jnp.array([[1, 2], [3, 4]]))
+    np.testing.assert_allclose(from_zero, default, atol=1e-6)

@@ -49,7 +49,8 @@ def environment() -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        prog="charjax-bench", description=__doc__.splitlines()[0].replace("`", "")
+        prog="charjax-bench",
+        description=__doc__.split("\n\n")[0].replace("\n", " ").replace("`", ""),
     )
     p.add_argument("--quick", action="store_true", help="a < 60 s version with fewer steps")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")

@@ -1,0 +1,39 @@
+"""Using a saved model: its parameters alone are read (never the optimizer), then sampled from
+and scored like the commands do."""
+
+import jax
+import numpy as np
+import pytest
+from util import quiet, same_trees
+
+from charjax import inference, optim, runner
+from charjax.errors import CharjaxError
+
+
+def test_a_model_is_read_without_its_optimizer(tiny_cfg, tmp_path, monkeypatch):
+    cfg = tiny_cfg.replace(epochs=1, temperatures=(), optimizer="adam", clip_norm=1.0)
+    state, _ = runner.train_run(cfg, tmp_path, log=quiet)
+
+    def no_optimizer(*args):
+        raise AssertionError("reading a model built an optimizer")
+
+    monkeypatch.setattr(optim, "make_optimizer", no_optimizer)
+    saved = inference.load(tmp_path)
+    assert same_trees(saved.params, state.params) and saved.meta.cfg == cfg
+    assert saved.meta.epoch == 1 and saved.reading == "window"
+    ids, prime, skipped = inference.encode_prime(saved, "The Quick fox?", unknown="skip")
+    assert prime == "the quick fox" and skipped == "?" and len(ids) == len(prime)
+    with pytest.raises(CharjaxError, match="--unknown skip"):
+        inference.encode_prime(saved, "fox?")
+    texts = inference.sample_texts(
+        saved, ids, seed=3, temperatures=(0.5, 1.0), length=15, num_samples=2
+    )
+    assert len(texts) == 4 and all(len(t) == 15 for t in texts)
+    again = inference.sample_texts(
+        saved, ids, seed=3, temperatures=(0.5, 1.0), length=15, num_samples=2
+    )
+    assert texts == again
+    record, unknown = inference.score_text(saved, None, directory=tmp_path)
+    assert record["mode"] == "window" and not unknown
+    assert np.isfinite(record["bits_per_char"]) and record["chars_scored"] == 92 - cfg.maxlen
+    jax.clear_caches()

@@ -1,0 +1,44 @@
+"""What a person sees: the epoch line and the progress bar show every step metric."""
+
+import io
+
+from rich.console import Console
+
+from charjax.report import Reporter, step_metrics
+
+RECORD = {
+    "epoch": 2,
+    "loss": 1.23456,
+    "seconds": 12.34,
+    "windows_per_s": 4321.0,
+    "lr_scale": 1.0,
+    "val_loss": 1.5,
+    "val_bits": 2.164,
+}
+
+
+def test_epoch_line_shows_the_step_metrics_then_the_runs():
+    lines = []
+    Reporter(log=lines.append).epoch_finished(RECORD, 5)
+    assert lines == [
+        "epoch 2/5  loss 1.2346  val 1.5000 nats (2.164 bits/char)  12.3 s  4,321 windows/s"
+    ]
+    lines.clear()
+    Reporter(log=lines.append).epoch_finished({**RECORD, "grad_norm": 0.5}, 5)
+    assert "loss 1.2346  grad_norm 0.5000  val" in lines[0]  # a new metric needs no change here
+    assert step_metrics({"epoch": 1, "loss": 2.0, "samples": {}}) == "loss 2.0000"
+
+
+def test_the_progress_bar_shows_them_too():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200)
+    report = Reporter(progress=True, log=lambda line: None, console=console)
+    report.epoch_started(1, 3)
+    report.chunk_done(4, 10, 512, {"loss": 2.5, "grad_norm": 0.25}, 2.0)
+    report.close()
+    screen = out.getvalue()
+    assert (
+        "4/10" in screen
+        and "loss 2.5000 · grad_norm 0.2500" in screen
+        and "256 windows/s" in screen
+    )
