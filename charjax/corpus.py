@@ -1,5 +1,5 @@
 """The corpus: text files resolved, downloaded (SHA-256 checked), read and encoded as char ids
-(`load`), the `Vocab`, and the split into training text and a held-out tail (`split`).
+(`load`) with their `Vocab`, and the split into training text and a held-out tail (`split`).
 
 The corpus stays a flat int32 array of char ids; windows are sliced from it on demand
 (`batching`), never the one-hot `(windows, maxlen, vocab)` tensor of the original.
@@ -11,7 +11,6 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 from charjax import objective
 from charjax.config import Config
 from charjax.errors import CharjaxError
+from charjax.vocab import Vocab
 
 NIETZSCHE = "nietzsche"
 NIETZSCHE_URL = "https://s3.amazonaws.com/text-datasets/nietzsche.txt"
@@ -113,52 +113,6 @@ def read_text(path: Path, *, max_chars: int = 0, lower: bool = True) -> str:
     if max_chars > 0:
         text = text[:max_chars]
     return text.lower() if lower else text
-
-
-@dataclass(frozen=True)
-class Vocab:
-    """Sorted distinct characters; a char's id is its index (the original's `char_indices`)."""
-
-    chars: str
-
-    @classmethod
-    def from_text(cls, text: str) -> Vocab:
-        return cls("".join(sorted(set(text))))
-
-    @property
-    def size(self) -> int:
-        return len(self.chars)
-
-    def _codepoints(self) -> np.ndarray:
-        return np.array([ord(c) for c in self.chars], dtype=np.uint32)
-
-    def unknown(self, text: str) -> str:
-        """The distinct chars of `text` that are not in the vocabulary, sorted."""
-        return "".join(sorted(set(text) - set(self.chars)))
-
-    def encode_known(self, text: str) -> tuple[np.ndarray, Counter]:
-        """Ids of the chars of `text` that are in the vocabulary, and a count of those that are
-        not (dropped: a model has no input or output for them)."""
-        missing = set(self.unknown(text))
-        if not missing:
-            return self.encode(text), Counter()
-        unknown = Counter(ch for ch in text if ch in missing)
-        return self.encode("".join(ch for ch in text if ch not in missing)), unknown
-
-    def encode(self, text: str) -> np.ndarray:
-        """int32[len(text)] ids; raises on chars outside the vocabulary."""
-        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        table = self._codepoints()
-        ids = np.searchsorted(table, cps).astype(np.int32)
-        bad = (ids >= len(table)) | (table[np.minimum(ids, len(table) - 1)] != cps)
-        if bad.any():
-            raise CharjaxError(
-                f"characters not in the vocabulary: {self.unknown(text)!r}; remove them"
-            )
-        return ids
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[i] for i in np.asarray(ids).tolist())
 
 
 @dataclass(frozen=True)

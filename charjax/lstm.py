@@ -1,4 +1,5 @@
-"""The LSTM math, once: Keras-layout parameters and initialisers, one cell step, the time scan.
+"""The LSTM cell, once: Keras-layout parameters and initialisers, one step, its zero state
+(`lstm_scan` runs it over time, with its hand-written backward).
 
 Layout and gate order follow Keras 3's `LSTM`: a fused input kernel float32[V, 4H], a recurrent
 kernel float32[H, 4H] and a bias float32[4H], gates in the order i, f, c (candidate), o.
@@ -6,11 +7,8 @@ kernel float32[H, 4H] and a bias float32[4H], gates in the order i, f, c (candid
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 # Keras initialisers: glorot-uniform input kernel, orthogonal recurrent kernel.
 kernel_init = jax.nn.initializers.glorot_uniform()
@@ -74,160 +72,3 @@ def dims(params: dict) -> tuple[int, int]:
     """(input features, hidden units) of one layer's parameters."""
     features, gates = params["kernel"].shape
     return features, gates // 4
-
-
-def zero_carry(xz: jax.Array) -> tuple:
-    """Zero (h, c) float32[B, H] for projected inputs xz [T, B, 4H].
-
-    Derived from xz (not built from shapes) so that inside `shard_map` it has the same
-    per-device type as the carries the scan computes from the data.
-    """
-    zeros = jnp.zeros_like(xz[0, :, : xz.shape[-1] // 4])
-    return zeros, zeros
-
-
-def run(params: dict, ids: jax.Array, carry=None, valid: jax.Array | None = None, dtype=None):
-    """Scan the cell over ids int32[B, T] -> (final (h, c), hs float32[B, T, H]).
-
-    `valid` bool[T] (optional) marks steps that count; at the others the carry passes through
-    unchanged, so left-padding a short window gives exactly the short window's result. A plain
-    scan, differentiated by autodiff: the reference the fast gradients are tested against.
-    """
-    if valid is None:
-        valid = jnp.ones(ids.shape[1:], bool)
-    carry, hs = layer(params, input_projection(params, ids.T), carry, valid, dtype)
-    return carry, jnp.swapaxes(hs, 0, 1)
-
-
-def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None):
-    """One LSTM layer over projected inputs xz float32[T, B, 4H] -> (final carry, hs [T, B, H]).
-
-    Without `valid` it takes the fast-gradient `recurrence`; with it, a masked plain scan
-    (used for sampling and scoring, where no gradient is needed).
-    """
-    if carry is None:
-        carry = zero_carry(xz)
-    if valid is None:
-        return recurrence(params["recurrent_kernel"], xz, carry, dtype)
-
-    def step(carry, inputs):
-        xz_t, valid_t = inputs
-        new = cell(params["recurrent_kernel"], carry, xz_t, dtype)
-        new = jax.tree.map(lambda n, o: jnp.where(valid_t, n, o), new, carry)
-        return new, new[0]
-
-    return lax.scan(step, carry, (xz, valid))
-
-
-def _scan_saving(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None):
-    """Scan from `carry` over xz [T, B, 4H], keeping what the backward pass needs."""
-
-    def step(carry, xz_t):
-        carry, gates = cell_with_gates(recurrent, carry, xz_t, dtype)
-        return carry, (*carry, gates)
-
-    carry, (hs, cs, gates) = lax.scan(step, carry, xz)
-    return carry, (hs, cs, gates)
-
-
-def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None):
-    """Backward through time -> (d carry0, dz float32[T, B, 4H], d recurrent kernel).
-
-    The loop carries only (dh, dc) (plus each step's output gradient `dhs[t]` when the outputs
-    were used) and emits the pre-activation gate gradients dz; the recurrent-kernel gradient is
-    then one matmul over all T*B rows instead of T small accumulations inside the loop.
-    """
-    hs, cs, gates = saved
-    h_prev = jnp.concatenate([carry0[0][None], hs[:-1]])  # h_{t-1}, [T, B, H]
-    c_prev = jnp.concatenate([carry0[1][None], cs[:-1]])
-
-    def step(grad, saved_t):
-        dh, dc = grad
-        c, c_before, gate = saved_t[:3]
-        if dhs is not None:
-            dh = dh + saved_t[3]
-        i, f, g, o = jnp.split(gate, 4, axis=-1)
-        tanh_c = jnp.tanh(c)
-        dc = dc + dh * o * (1 - tanh_c**2)
-        dz = jnp.concatenate(
-            [
-                dc * g * i * (1 - i),
-                dc * c_before * f * (1 - f),
-                dc * i * (1 - g**2),
-                dh * tanh_c * o * (1 - o),
-            ],
-            axis=-1,
-        )
-        return (matmul(dz, recurrent.T, dtype), dc * f), dz
-
-    xs = (cs, c_prev, gates) if dhs is None else (cs, c_prev, gates, dhs)
-    d_carry0, dzs = lax.scan(step, tuple(cotangent), xs, reverse=True)
-    gates4 = dzs.shape[-1]
-    d_recurrent = matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, dzs.reshape(-1, gates4), dtype)
-    return d_carry0, dzs, d_recurrent
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def recurrence(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None):
-    """(final (h, c), hs float32[T, B, H]) of a scan over xz [T, B, 4H] from `carry`.
-
-    Same numbers as the plain scan; its gradient is the hand-written `_backward`, which also
-    gives d xz (the input projection's gradient is left to autodiff: a matmul for stacked
-    layers, a scatter-add for ids) and d carry (for a carry that comes from earlier chunks).
-    """
-    carry, (hs, _, _) = _scan_saving(recurrent, xz, carry, dtype)
-    return carry, hs
-
-
-def _recurrence_fwd(recurrent, xz, carry, dtype):
-    final_state, saved = _scan_saving(recurrent, xz, carry, dtype)
-    return (final_state, saved[0]), (recurrent, carry, saved)
-
-
-def _recurrence_bwd(dtype, res, cotangent):
-    recurrent, carry0, saved = res
-    d_final, dhs = cotangent
-    d_carry0, dzs, d_recurrent = _backward(recurrent, carry0, saved, d_final, dhs, dtype)
-    return d_recurrent, dzs, d_carry0
-
-
-recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def final_carry(params: dict, ids: jax.Array, dtype=None) -> tuple:
-    """(h, c) after scanning ids int32[B, T] from a zero state: `run(...)[0]`, same numbers.
-
-    The fastest path for the original model (one layer, loss after the last step). Its gradient
-    is hand-written (as cuDNN does it): `_backward` gives the gate gradients of every step;
-    the weight gradients are then one large matmul over all T*B rows (recurrent kernel) and a
-    row scatter-add (input kernel).
-    """
-    xz = input_projection(params, ids.T)  # [T, B, 4H], gathered time-major
-    return _scan_saving(params["recurrent_kernel"], xz, zero_carry(xz), dtype)[0]
-
-
-def _final_carry_fwd(params, ids, dtype):
-    xz = input_projection(params, ids.T)
-    carry0 = zero_carry(xz)
-    carry, saved = _scan_saving(params["recurrent_kernel"], xz, carry0, dtype)
-    return carry, (params, ids, carry0, saved)
-
-
-def _final_carry_bwd(dtype, res, cotangent):
-    params, ids, carry0, saved = res
-    _, dzs, d_recurrent = _backward(
-        params["recurrent_kernel"], carry0, saved, cotangent, dtype=dtype
-    )
-    dz_rows = dzs.reshape(-1, dzs.shape[-1])  # [T*B, 4H]
-    grads = {
-        "kernel": jax.ops.segment_sum(
-            dz_rows, jnp.swapaxes(ids, 0, 1).reshape(-1), num_segments=params["kernel"].shape[0]
-        ),
-        "recurrent_kernel": d_recurrent,
-        "bias": dz_rows.sum(axis=0),
-    }
-    return grads, None
-
-
-final_carry.defvjp(_final_carry_fwd, _final_carry_bwd)

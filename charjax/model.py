@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from charjax import lstm
+from charjax import lstm, lstm_scan
 
 
 class LSTM(nn.Module):
@@ -38,11 +38,11 @@ class LSTM(nn.Module):
         }
         if jnp.issubdtype(x.dtype, jnp.integer):
             if not outputs and carry is None and valid is None:
-                return lstm.final_carry(params, x, self.dtype), None
+                return lstm_scan.final_carry(params, x, self.dtype), None
             xz = lstm.input_projection(params, x.T)
         else:
             xz = lstm.matmul(x, params["kernel"], self.dtype) + params["bias"]
-        return lstm.layer(params, xz, carry, valid, self.dtype)
+        return lstm_scan.layer(params, xz, carry, valid, self.dtype)
 
 
 class Dense(nn.Module):

@@ -7,8 +7,6 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from charjax import batching
 from charjax import corpus as corpora
@@ -27,24 +25,6 @@ def test_nietzsche_numbers(nietzsche_dir):
     ids = vocab.encode(text)
     assert ids.dtype == np.int32 and ids.shape == (600_901,)
     assert vocab.decode(ids[:200]) == text[:200]
-
-
-def test_vocab_sorted_and_unknown_chars():
-    vocab = corpora.Vocab.from_text("banana!")
-    assert vocab.chars == "!abn"
-    assert vocab.encode("nab").tolist() == [3, 1, 2]
-    assert vocab.unknown("cab?") == "?c"
-    with pytest.raises(CharjaxError, match="'\\?c'"):
-        vocab.encode("cab?")
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.text(min_size=1))
-def test_encode_decode_round_trip(text):
-    vocab = corpora.Vocab.from_text(text)
-    ids = vocab.encode(text)
-    assert ids.shape == (len(text),) and ids.max() < vocab.size
-    assert vocab.decode(ids) == text
 
 
 def test_read_text_errors_and_options(tmp_path):
