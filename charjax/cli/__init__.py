@@ -5,12 +5,13 @@ flags -> one library call. Problems the user can fix end as one line on stderr, 
 from __future__ import annotations
 
 from charjax.cli.common import run
+from charjax.cli.export import export, export_parser
 from charjax.cli.plot import plot, plot_parser
 from charjax.cli.sample import sample, sample_parser
 from charjax.cli.score import score, score_parser
 from charjax.cli.train import train, train_parser
 
-__all__ = ["plot_main", "sample_main", "score_main", "train_main"]
+__all__ = ["export_main", "plot_main", "sample_main", "score_main", "train_main"]
 
 
 def train_main(argv=None) -> int:
@@ -27,3 +28,7 @@ def score_main(argv=None) -> int:
 
 def plot_main(argv=None) -> int:
     return run(plot, plot_parser(), argv)
+
+
+def export_main(argv=None) -> int:
+    return run(export, export_parser(), argv)

@@ -1,0 +1,136 @@
+"""Sharing a model: the JSON export and the web page; the JavaScript LSTM (run by Node) gives
+charjax's next-char probabilities and greedy text."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from util import quiet
+
+from charjax import cli, export, inference, model, runner
+from charjax.config import Config
+from charjax.run_dir import Meta
+from charjax.web import charlstm_path
+
+PREFIX = "the quick brown fox jumps over the lazy dog. a "
+
+NODE_DRIVER = """
+import { readFileSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+const [modulePath, exportPath, prefix] = process.argv.slice(2);
+const lstm = await import(pathToFileURL(modulePath).href);
+const model = lstm.loadModel(JSON.parse(readFileSync(exportPath, "utf8")));
+const state = lstm.zeroState(model);
+const probs = Array.from(lstm.softmax(lstm.read(model, state, lstm.encode(model, prefix))));
+const greedy = lstm.generate(model, prefix, { length: 200, temperature: 0 });
+const drawn = lstm.generate(model, prefix, { length: 50, temperature: 1.0, topP: 0.9 });
+console.log(JSON.stringify({ probs, greedy, drawn }));
+"""
+
+
+def node() -> str:
+    found = shutil.which("node")
+    if found is None:
+        pytest.fail(
+            "these tests need Node.js (`node` on PATH): install it, e.g. apt install nodejs"
+        )
+    return found
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-layer", "2-layers"])
+def trained(request, tmp_path_factory):
+    from conftest import TINY_TEXT
+
+    directory = tmp_path_factory.mktemp(f"export{request.param}")
+    text = directory / "tiny.txt"
+    text.write_text(TINY_TEXT, encoding="utf-8")
+    cfg = Config(text=str(text), maxlen=10, hidden=16, layers=request.param, batch_size=32,
+                 epochs=3, steps_per_call=4, temperatures=(), learning_rate=0.02)  # fmt: skip
+    runner.train_run(cfg, directory / "run", log=quiet)
+    return directory / "run"
+
+
+def test_the_javascript_lstm_equals_charjax(trained, tmp_path, capsys):
+    saved = inference.load(trained)
+    path = tmp_path / "model.json"
+    assert cli.export_main(["--checkpoint-dir", str(trained), "--json", str(path)]) == 0
+    driver = tmp_path / "driver.mjs"
+    driver.write_text(NODE_DRIVER)
+    done = subprocess.run(
+        [node(), str(driver), str(charlstm_path()), str(path), PREFIX],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    ids = jnp.asarray(saved.vocab.encode(PREFIX))[None]
+    _, logits = model.forward(saved.params, ids)
+    np.testing.assert_allclose(got["probs"], jax.nn.softmax(logits[0]), atol=1e-5)
+    assert abs(sum(got["probs"]) - 1) < 1e-9 and max(got["probs"]) > 0.3  # a trained model
+    capsys.readouterr()
+    argv = ["--checkpoint-dir", str(trained), "--prime", PREFIX, "--temperature", "0"]
+    assert cli.sample_main([*argv, "--mode", "stateful", "--length", "200"]) == 0
+    assert got["greedy"] == capsys.readouterr().out[:-1]  # 200 chars, then charjax's newline
+    assert len(got["drawn"]) == 50 and set(got["drawn"]) <= set(saved.vocab.chars)
+
+
+def test_the_json_layout(trained, tmp_path):
+    saved = inference.load(trained)
+    exported = export.to_json(saved)
+    assert exported["format"] == "charjax-export/1" and exported["vocab"] == saved.meta.vocab
+    assert exported["recipe"] == saved.meta.cfg.to_dict() and exported["epoch"] == 3
+    layers = model.layers_of(saved.params)
+    assert len(exported["layers"]) == layers
+    first = exported["layers"][0]
+    assert first["kernel"]["shape"] == [len(saved.meta.vocab), 64]
+    assert first["recurrent_kernel"]["shape"] == [16, 64] and first["bias"]["dtype"] == "float32"
+    decoded = np.frombuffer(__import__("base64").b64decode(first["kernel"]["data"]), "<f4").reshape(
+        first["kernel"]["shape"]
+    )
+    np.testing.assert_array_equal(decoded, saved.params["lstm"]["kernel"])
+    assert exported["dense"]["kernel"]["shape"] == [16, len(saved.meta.vocab)]
+
+
+def test_the_page_is_one_offline_file(trained, tmp_path, capsys):
+    page = tmp_path / "page.html"
+    argv = ["--checkpoint-dir", str(trained), "--html", str(page), "--title", "Tiny </script>"]
+    assert cli.export_main(argv) == 0
+    assert "KB" in capsys.readouterr().err
+    html = page.read_text()
+    assert "Tiny &lt;/script&gt;" in html and "{{" not in html
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)  # no network
+    assert html.count("</script>") == 2  # the model's JSON cannot close its tag early
+    module = re.search(r'<script type="module">(.*?)</script>', html, re.S).group(1)
+    script = tmp_path / "page.mjs"
+    script.write_text(module)
+    check = subprocess.run([node(), "--check", str(script)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    data = re.search(r'<script type="application/json" id="model">(.*?)</script>', html, re.S)
+    assert json.loads(data.group(1))["vocab"] == inference.load(trained).meta.vocab
+
+
+def test_the_default_models_page_is_under_1_mb():
+    params = model.init_params(jax.random.key(0), 59, 128)
+    chars = "".join(chr(32 + i) for i in range(59))
+    saved = inference.SavedModel(params, Meta(Config(), chars, "0" * 64, chars[:60], 60))
+    size = len(export.to_html(saved, "Nietzsche").encode())
+    assert 400_000 < size < 1_000_000  # 103,867 float32 weights in base64, plus the page
+
+
+def test_export_errors_are_one_line(trained, tmp_path, capsys, monkeypatch):
+    def one_line(argv, needle):
+        assert cli.export_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+
+    ck = ["--checkpoint-dir", str(trained)]
+    one_line(["--checkpoint-dir", str(tmp_path / "none"), "--html", "x.html"], "does not exist")
+    one_line(ck, "pass --html PAGE and/or --json FILE")
+    one_line([*ck, "--html", str(tmp_path / "no" / "dir" / "p.html")], "cannot write the page")
+    one_line([*ck, "--json", str(tmp_path)], "cannot write the JSON export")
+    monkeypatch.setattr(export, "MAX_PAGE_BYTES", 1000)
+    one_line([*ck, "--html", str(tmp_path / "p.html")], "export it with --json instead")
