@@ -141,7 +141,9 @@ class Checkpoints:
         try:
             state = self._manager.restore(epoch, args=ocp.args.Composite(state=args))["state"]
         except ValueError as e:
-            raise _other_layout(epoch, self.directory) from e
+            if "structure" not in str(e) and "shape" not in str(e):
+                raise
+            raise _other_layout(epoch, self.directory) from None
         return state["params"]
 
     # An epoch interrupted part-way: at most one, kept apart from the complete epochs.

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from charjax.errors import CharjaxError
 
 GROUPS = ("data", "model", "objective", "optimizer", "run", "sampling", "devices")
+READINGS = ("window", "stateful")  # how a model reads a text back (`objective.reading`)
 
 
 def _field(default, help: str, group: str, *, math: bool = False, **flag):
@@ -47,17 +48,20 @@ class Config:
     lower: bool = _field(True, "lower-case the text, as the original", "data", math=True, cli=False)
     maxlen: int = _field(60, "window length in chars", "data", math=True)
     step: int = _field(3, "stride between window starts", "data", math=True)
+    hidden: int = _field(128, "LSTM units", "model", math=True)
+    batch_size: int = _field(128, "windows per optimizer step", "optimizer", math=True)
+    epochs: int = _field(60, "epochs to train in total (a resumed run counts earlier ones)", "run")
+    learning_rate: float = _field(0.01, "learning rate", "optimizer", math=True, type=float)
+    rho: float = _field(0.9, "RMSprop decay (Keras `rho`)", "optimizer", math=True, cli=False)
+    epsilon: float = _field(
+        1e-7, "RMSprop epsilon, inside the square root (Keras 3)", "optimizer", math=True, cli=False
+    )
     val_fraction: float = _field(
         0.1,
         "held-out tail of the text scored after each epoch; 0 = no validation",
         "data",
         math=True,
         metavar="F",
-    )
-    hidden: int = _field(128, "LSTM units", "model", math=True)
-    layers: int = _field(1, "stacked LSTM layers", "model", math=True)
-    dropout: float = _field(
-        0.0, "dropout on each LSTM layer's outputs while training", "model", math=True
     )
     objective: str = _field(
         "last",
@@ -75,11 +79,12 @@ class Config:
         "objective",
         math=True,
     )
-    batch_size: int = _field(128, "windows per optimizer step", "optimizer", math=True)
-    learning_rate: float = _field(0.01, "learning rate", "optimizer", math=True, type=float)
-    rho: float = _field(0.9, "RMSprop decay (Keras `rho`)", "optimizer", math=True, cli=False)
-    epsilon: float = _field(
-        1e-7, "RMSprop epsilon, inside the square root (Keras 3)", "optimizer", math=True, cli=False
+    layers: int = _field(1, "stacked LSTM layers", "model", math=True)
+    dropout: float = _field(
+        0.0, "dropout on each LSTM layer's outputs while training", "model", math=True
+    )
+    clip_norm: float = _field(
+        0.0, "clip gradients to this global norm; 0 = off", "optimizer", math=True
     )
     optimizer: str = _field(
         "rmsprop", "update rule", "optimizer", math=True, choices=("rmsprop", "adam")
@@ -94,26 +99,22 @@ class Config:
     warmup: int = _field(
         0, "optimizer steps of linear learning-rate warm-up", "optimizer", math=True
     )
-    clip_norm: float = _field(
-        0.0, "clip gradients to this global norm; 0 = off", "optimizer", math=True
-    )
-    epochs: int = _field(60, "epochs to train in total (a resumed run counts earlier ones)", "run")
     guard: float = _field(
         1.2,
         "divergence guard: an epoch loss above this x the best epoch's (or not finite) restores "
         "the last checkpoint and halves the learning rate; 0 = off",
         "run",
     )
+    dtype: str = _field(
+        "float32", "matmul precision: float32, or bfloat16 (for GPU/TPU)", "devices", math=True
+    )
     seed: int = _field(0, "seed of every PRNG key (init, data order, samples)", "run", math=True)
-    keep: int = _field(5, "checkpoints to keep on disk", "run")
+    steps_per_call: int = _field(10, "optimizer steps per jitted call (speed only)", "devices")
     sample_length: int = _field(400, "chars generated per temperature after each epoch", "sampling")
     temperatures: tuple[float, ...] = _field(
         (0.2, 0.5, 1.0, 1.2), "comma list of sampling temperatures; '' = no samples", "sampling"
     )
-    dtype: str = _field(
-        "float32", "matmul precision: float32, or bfloat16 (for GPU/TPU)", "devices", math=True
-    )
-    steps_per_call: int = _field(10, "optimizer steps per jitted call (speed only)", "devices")
+    keep: int = _field(5, "checkpoints to keep on disk", "run")
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""

@@ -112,6 +112,7 @@ def iterate(
 
 def train_epoch(state, ids, starts, data_key, epoch: int, cfg: Config, mesh=None, **kw):
     """A whole epoch -> (state, mean loss per predicted char); see `iterate`."""
+    position = kw.get("start", Position())
     for progress in iterate(state, ids, starts, data_key, epoch, cfg, mesh, **kw):
-        state = progress.state
-    return state, progress.position.means()["loss"]
+        state, position = progress.state, progress.position
+    return state, position.means().get("loss", float("nan"))

@@ -21,10 +21,10 @@ import numpy as np
 import optax
 
 from charjax import batching, model, objective, step
-from charjax.config import Config
+from charjax.config import READINGS, Config
 from charjax.errors import CharjaxError
 
-MODES = objective.READINGS
+MODES = READINGS
 
 
 @dataclass(frozen=True)

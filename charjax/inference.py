@@ -45,6 +45,16 @@ def load(directory, epoch: int | None = None) -> SavedModel:
         folder.close()
 
 
+def check_temperatures(temperatures) -> None:
+    if not temperatures:
+        raise CharjaxError("--temperature needs at least one number (0 = greedy)")
+
+
+def check_stride(stride: int) -> None:
+    if stride < 1:
+        raise CharjaxError(f"--stride must be >= 1, got {stride}")
+
+
 def encode_prime(saved: SavedModel, prime: str | None, unknown: str = "error"):
     """-> (ids, the prime as used, chars skipped): `prime` (default: the run's stored prime)
     lower-cased like the training text; chars outside the vocabulary raise, or with
@@ -74,8 +84,7 @@ def sample_texts(
 ) -> list[str]:
     """Texts after `prime_ids`, `num_samples` per temperature in order (one jitted call);
     `filters`: top_k, top_p (see `sample.generate`)."""
-    if not temperatures:
-        raise CharjaxError("--temperature needs at least one number (0 = greedy)")
+    check_temperatures(temperatures)
     ids = sample.generate(
         saved.params,
         prime_ids,
@@ -93,8 +102,7 @@ def sample_texts(
 def score_text(saved: SavedModel, path, *, mode=None, stride: int = 1, directory=None):
     """-> (record, unknown chars Counter): the score of the text file `path` (None: the run's
     held-out tail, after checking that the corpus is the one trained on) in `mode`."""
-    if stride < 1:
-        raise CharjaxError(f"--stride must be >= 1, got {stride}")
+    check_stride(stride)
     cfg, mode = saved.meta.cfg, mode or saved.reading
     if path is None:
         if cfg.val_fraction == 0:

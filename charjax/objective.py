@@ -16,8 +16,6 @@ from jax.sharding import Mesh
 
 from charjax import batching
 
-READINGS = ("window", "stateful")  # how a text is read back: see `evaluate` and `sample`
-
 
 @dataclass(frozen=True)
 class Objective:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from charjax.errors import CharjaxError
-from charjax.run_dir import METRICS_FILE, read_metrics
+from charjax.metrics_log import METRICS_FILE, read_metrics
 
 
 def plot_metrics(directory: str | Path, out: str | Path | None = None) -> Path:

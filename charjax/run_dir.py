@@ -8,7 +8,6 @@ next start (`RunDir.repair_metrics`), so the record is the source of truth.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -18,9 +17,11 @@ from charjax.checkpoint import Checkpoints
 from charjax.config import Config
 from charjax.epoch import Position
 from charjax.errors import CharjaxError
+from charjax.metrics_log import METRICS_FILE, append_metrics, read_metrics
+
+__all__ = ["METRICS_FILE", "Meta", "RunDir", "append_metrics", "lock_directory", "read_metrics"]
 
 FORMAT = 2  # 2: TrainState has lr_scale and carry; config has the quality fields
-METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".lock"
 
 
@@ -72,34 +73,6 @@ class Meta:
         )
 
 
-def read_metrics(directory: str | Path) -> list[dict]:
-    """The epochs recorded in `directory/metrics.jsonl`, the last record of each epoch winning."""
-    path = Path(directory) / METRICS_FILE
-    if not path.is_file():
-        return []
-    by_epoch = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a crash
-                continue
-            by_epoch[record["epoch"]] = record
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def append_metrics(directory: str | Path, record: dict) -> None:
-    """Append one JSON line; a line left unfinished by a crash is closed first, not joined."""
-    path = Path(directory) / METRICS_FILE
-    with open(path, "a+b") as f:
-        f.seek(0, 2)
-        if f.tell() > 0:
-            f.seek(-1, 2)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-        f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
 def lock_directory(directory: Path):
     """Create `directory`, check it is writable, and lock it for this process (-> lock file).
 
@@ -145,7 +118,12 @@ class RunDir:
         self.directory = Path(directory).expanduser().absolute()
         self.primary = primary
         self._lock = lock_directory(self.directory) if lock else None
-        self.checkpoints = Checkpoints(self.directory, keep, create=create)
+        try:
+            self.checkpoints = Checkpoints(self.directory, keep, create=create)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.close()
+            raise
 
     def keep(self, keep: int) -> None:
         """Keep the newest `keep` epochs from now on (a resumed run's own --keep)."""

@@ -14,9 +14,10 @@ import numpy as np
 from jax import lax
 
 from charjax import model, objective
+from charjax.config import READINGS
 from charjax.errors import CharjaxError
 
-MODES = objective.READINGS
+MODES = READINGS
 PRECOMPUTE_NOISE_MAX = 1 << 24  # floats (64 MB) of Gumbel noise drawn before the loop
 
 

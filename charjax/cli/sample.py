@@ -8,7 +8,7 @@ import json
 import sys
 
 from charjax.cli.common import Parser, checkpoint_dir_flag, finite, floats
-from charjax.objective import READINGS
+from charjax.config import READINGS
 
 
 def sample_parser() -> argparse.ArgumentParser:
@@ -66,6 +66,7 @@ def sample(args: argparse.Namespace) -> int:
     from charjax import inference
 
     saved = inference.load(args.checkpoint_dir, args.epoch)
+    inference.check_temperatures(args.temperature)  # before the prime, as always
     prime_ids, prime, skipped = inference.encode_prime(saved, args.prime, args.unknown)
     if skipped:
         print(f"skipping prime characters not in the vocabulary: {skipped!r}", file=sys.stderr)

@@ -8,7 +8,7 @@ import json
 import sys
 
 from charjax.cli.common import Parser, checkpoint_dir_flag
-from charjax.objective import READINGS
+from charjax.config import READINGS
 
 
 def score_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,7 @@ def score_parser() -> argparse.ArgumentParser:
 def score(args: argparse.Namespace) -> int:
     from charjax import inference
 
+    inference.check_stride(args.stride)  # before reading the checkpoint
     saved = inference.load(args.checkpoint_dir, args.epoch)
     record, unknown = inference.score_text(
         saved, args.text, mode=args.mode, stride=args.stride, directory=args.checkpoint_dir

@@ -1,0 +1,37 @@
+"""`metrics.jsonl`, a run's log of epochs: one JSON object per epoch, only ever appended to
+(a crash's torn line is closed, not joined). `RunDir` writes it; plots read it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(directory: str | Path) -> list[dict]:
+    """The epochs recorded in `directory/metrics.jsonl`, the last record of each epoch winning."""
+    path = Path(directory) / METRICS_FILE
+    if not path.is_file():
+        return []
+    by_epoch = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+            by_epoch[record["epoch"]] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def append_metrics(directory: str | Path, record: dict) -> None:
+    """Append one JSON line; a line left unfinished by a crash is closed first, not joined."""
+    path = Path(directory) / METRICS_FILE
+    with open(path, "a+b") as f:
+        f.seek(0, 2)
+        if f.tell() > 0:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
