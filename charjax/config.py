@@ -26,6 +26,13 @@ def _field(default, help: str, group: str, *, math: bool = False, **flag):
     )
 
 
+def shown(value) -> str:
+    """A config value as a user types it: `0.2,0.5` for a tuple ('' when empty), `1.0`."""
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "''"
+    return str(value)
+
+
 def flag(name: str) -> str:
     """The command-line flag of field `name`: `batch_size` -> `--batch-size`."""
     return "--" + name.replace("_", "-")

@@ -96,6 +96,17 @@ def resolve_corpus(text: str, *, url: str = NIETZSCHE_URL, sha256: str = NIETZSC
 
 def read_text(path: Path, *, max_chars: int = 0, lower: bool = True) -> str:
     """The text of a UTF-8 file, cut to `max_chars` (0 = all) and lower-cased like the original."""
+    return _cut(_decode(path), max_chars, lower)
+
+
+def _cut(text: str, max_chars: int, lower: bool) -> str:
+    if max_chars > 0:
+        text = text[:max_chars]
+    return text.lower() if lower else text
+
+
+def _decode(path: Path) -> str:
+    """The whole text of a UTF-8 file; one clear error for an empty, binary or non-UTF-8 one."""
     raw = Path(path).read_bytes()
     if not raw:
         raise CharjaxError(f"{path} is empty; pass a text file with --text")
@@ -105,14 +116,11 @@ def read_text(path: Path, *, max_chars: int = 0, lower: bool = True) -> str:
             f"{path} looks like a binary file (NUL byte at offset {offset}); pass a UTF-8 text file"
         )
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CharjaxError(
             f"{path} is not valid UTF-8 (bad byte at offset {e.start}); convert it to UTF-8"
         ) from None
-    if max_chars > 0:
-        text = text[:max_chars]
-    return text.lower() if lower else text
 
 
 @dataclass(frozen=True)
@@ -121,19 +129,24 @@ class Corpus:
     vocab: Vocab
     ids: np.ndarray  # int32[n]
     sha256: str  # of the file as read from disk
+    left_out: str = ""  # distinct chars of the file that --max-chars cut away (not in the vocab)
 
 
 def load(cfg: Config) -> Corpus:
     """Resolve, read and encode the corpus; error if it cannot give a single window."""
     path = resolve_corpus(cfg.text)
-    text = read_text(path, max_chars=cfg.max_chars, lower=cfg.lower)
+    whole = _decode(path)
+    text = _cut(whole, cfg.max_chars, cfg.lower)
+    left_out = ""
+    if 0 < cfg.max_chars < len(whole):
+        left_out = "".join(sorted(set(_cut(whole, 0, cfg.lower)) - set(text)))
     if len(text) < cfg.maxlen + 1:
         raise CharjaxError(
             f"{path} gives {len(text)} chars, fewer than --maxlen + 1 = {cfg.maxlen + 1}; use a "
             "longer text or a smaller --maxlen"
         )
     vocab = Vocab.from_text(text)
-    return Corpus(text, vocab, vocab.encode(text), sha256_of(path))
+    return Corpus(text, vocab, vocab.encode(text), sha256_of(path), left_out)
 
 
 def load_saved(cfg: Config, sha256: str, vocab: str, directory) -> Corpus:

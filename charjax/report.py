@@ -61,6 +61,41 @@ class Reporter:
             f"{platform} device(s); checkpoints in {directory}"
         )
 
+        left_out = run.corpus.left_out
+        if left_out:
+            chars = " ".join(ch if ch.isprintable() and not ch.isspace() else _escaped(ch)
+                             for ch in left_out)  # fmt: skip
+            self.log(
+                f"--max-chars {run.cfg.max_chars:,} leaves out {len(left_out)} of the file's "
+                f"distinct chars, which the model will not know: {chars}"
+            )
+
+    def nothing_to_train(self, run, directory) -> None:
+        self.log(
+            f"nothing to train: the run in {directory} has done all its --epochs "
+            f"{run.cfg.epochs}; to train further, pass a larger one, e.g. charjax-train --resume "
+            f"--epochs {run.cfg.epochs + 10} --checkpoint-dir {directory}"
+        )
+
+    def finished(self, records: list[dict], directory) -> None:
+        """The closing line: where the model is, its held-out loss, how to sample from it."""
+        if not records:
+            return
+        last = records[-1]
+        held = [r for r in records if "val_loss" in r]
+        if held:
+            best = min(held, key=lambda r: r["val_loss"])
+            scores = (
+                f"held-out loss {last['val_loss']:.4f} nats/char (best {best['val_loss']:.4f}, "
+                f"epoch {best['epoch']})"
+            )
+        else:
+            scores = f"training loss {last['loss']:.4f} nats/char"
+        self.log(
+            f"done: epoch {last['epoch']} in {directory}, {scores}. Sample from it with: "
+            f"charjax-sample --checkpoint-dir {directory}"
+        )
+
     def epoch_started(self, epoch: int, epochs: int) -> None:
         if self._progress is not None:
             self._progress.start()
@@ -69,7 +104,8 @@ class Reporter:
             )
 
     def chunk_done(self, done: int, total: int, windows: int, means: dict, seconds: float):
-        """`done` of `total` batches; `windows` trained so far with metric `means`."""
+        """`done` of `total` batches; `windows` trained in `seconds` (the rate shown, the same
+        as the epoch line's); the epoch's metric `means` so far."""
         if self._progress is not None:
             self._progress.update(
                 self._task,
@@ -98,3 +134,8 @@ class Reporter:
             self.log(f'----- Generating with seed: "{shown["seed"]}"')
             for t, text in shown["texts"].items():
                 self.log(f"----- temperature: {t}\n{shown['seed']}{text}")
+
+
+def _escaped(ch: str) -> str:
+    """A whitespace or control char as it is written in code: \\n, \\t, \\u00a0."""
+    return {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "' '"}.get(ch, f"\\u{ord(ch):04x}")

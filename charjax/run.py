@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from charjax import corpus as corpora
 from charjax import objective, step
-from charjax.config import MATH_FIELDS, Config, flag
+from charjax.config import MATH_FIELDS, Config, flag, shown
 from charjax.epoch import Position
 from charjax.errors import CharjaxError
 from charjax.run_dir import Meta, RunDir
@@ -103,7 +103,7 @@ def fresh(cfg: Config, folder: RunDir) -> Run:
 def merge_resumed(saved: Config, given: dict) -> Config:
     """The saved config with the explicitly given flags applied; math-changing conflicts raise."""
     conflicts = [
-        f"{flag(k)} {v} (checkpoint has {getattr(saved, k)})"
+        f"{flag(k)} {shown(v)} (checkpoint has {shown(getattr(saved, k))})"
         for k, v in given.items()
         if k in MATH_FIELDS and k != "text" and v != getattr(saved, k)
     ]
@@ -144,7 +144,7 @@ def resume(given: dict, folder: RunDir, log, sharding) -> Run:
         log(f"resuming from epoch {meta.epoch} in {folder.directory}")
     for name in sorted(given):
         if name != "text" and given[name] != getattr(saved, name):
-            log(f"  using {flag(name)} {given[name]} (was {getattr(saved, name)})")
+            log(f"  using {flag(name)} {shown(given[name])} (was {shown(getattr(saved, name))})")
     if partial:
         state = folder.restore_partial(like, sharding)
         return _build(cfg, corpus, state, partial.epoch, partial.position)

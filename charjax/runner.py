@@ -50,6 +50,9 @@ def train_run(
         else:
             this = run.fresh(cfg, folder)
         folder.keep(this.cfg.keep)  # a resumed run's own --keep
+        if resume and this.epoch > this.cfg.epochs:
+            report.nothing_to_train(this, folder.directory)
+            return this.state, []
         report.started(this, mesh.size, mesh.devices.flat[0].platform, folder.directory)
         cfg, ids = this.cfg, parallel.put(this.corpus.ids, replicated)
         earlier = [m["loss"] for m in folder.metrics() if m["epoch"] < this.epoch]
@@ -83,6 +86,7 @@ def train_run(
                         f"interrupted after epoch {this.epoch}. Continue with: {_hint(folder)}"
                     )
                 this.state, this.epoch, this.position = state, this.epoch + 1, epoch.Position()
+        report.finished(folder.metrics(), folder.directory)
         return this.state, history
     finally:
         report.close()
@@ -109,9 +113,8 @@ def _train_epoch(this: run.Run, ids, mesh, folder: RunDir, report, stop):
     for done in chunks:
         batches = min(done.position.chunks * this.cfg.steps_per_call, done.batches)
         seconds = time.perf_counter() - t0
-        report.chunk_done(
-            batches, done.batches, done.position.windows, done.position.means(), seconds
-        )
+        trained = done.position.windows - this.position.windows  # by this process, since t0
+        report.chunk_done(batches, done.batches, trained, done.position.means(), seconds)
         if stop.requested and not done.finished:
             report.epoch_finished(None, this.cfg.epochs)
             _save_interrupted(this, folder, done, stop)

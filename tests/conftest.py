@@ -1,4 +1,4 @@
-"""Shared fixtures: the real corpus from the data dir (never the network) and tiny texts."""
+"""Shared fixtures: the real corpus (data dir, cache or checked download) and tiny texts."""
 
 import os
 import tempfile
@@ -16,21 +16,20 @@ from charjax.config import Config
 REPO = Path(__file__).resolve().parents[1]
 
 
-def data_dir() -> Path | None:
-    """$CHARJAX_DATA_DIR, else ../shared/data beside the checkout (where CI puts it)."""
-    for candidate in (os.environ.get("CHARJAX_DATA_DIR"), REPO.parent / "shared" / "data"):
-        if candidate and (Path(candidate) / "nietzsche.txt").is_file():
-            return Path(candidate).resolve()
-    return None
-
-
 @pytest.fixture
 def nietzsche_dir(monkeypatch) -> Path:
-    found = data_dir()
-    if found is None:
-        pytest.skip("nietzsche.txt not found: set CHARJAX_DATA_DIR")
-    monkeypatch.setenv("CHARJAX_DATA_DIR", str(found))
-    return found
+    """The folder of the Nietzsche corpus, found the way the library finds it: $CHARJAX_DATA_DIR,
+    then the cache, then the SHA-256-checked download. A test that cannot get it fails (it is
+    never skipped) with one line saying how to provide it."""
+    from charjax import corpus
+    from charjax.errors import CharjaxError
+
+    try:
+        path = corpus.resolve_corpus(corpus.NIETZSCHE)
+    except CharjaxError as e:
+        pytest.fail(f"this test needs the Nietzsche corpus: {e}", pytrace=False)
+    monkeypatch.setenv("CHARJAX_DATA_DIR", str(path.parent))
+    return path.parent
 
 
 TINY_TEXT = "the quick brown fox jumps over the lazy dog. a fox is quick; a dog is lazy.\n" * 12

@@ -15,6 +15,7 @@ from charjax import epoch, evaluate, objective, runner
 from charjax.checkpoint import Checkpoints
 from charjax.config import Config
 from charjax.errors import CharjaxError
+from charjax.report import Reporter
 from charjax.run import run_keys
 from charjax.run_dir import Meta, RunDir, read_metrics
 from charjax.step import init_state
@@ -213,10 +214,16 @@ def test_mid_epoch_resume_in_process(tiny_cfg, tmp_path, streams):
         runner.train_run(
             cfg, tmp_path / "split", resume=True, given={"steps_per_call": 3}, log=quiet
         )
-    resumed, history = runner.train_run(
-        cfg, tmp_path / "split", resume=True, given={"epochs": 2}, log=quiet
-    )
+    rates = []
+    record = lambda self, done, total, windows, means, seconds: rates.append(windows)  # noqa: E731
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Reporter, "chunk_done", record)
+        resumed, history = runner.train_run(
+            cfg, tmp_path / "split", resume=True, given={"epochs": 2}, log=quiet, progress=True
+        )
     assert [m["epoch"] for m in history] == [2] and same_trees(resumed, whole)
+    per_chunk = 2 * cfg.batch_size  # the bar's rate counts what this process trained
+    assert rates[0] == per_chunk and history[0]["windows_per_s"] > 0
     assert not (tmp_path / "split" / "partial").exists()
 
 
@@ -231,3 +238,36 @@ def test_resume_keeps_the_runs_own_keep(tiny_cfg, tmp_path):
     runner.train_run(cfg, tmp_path, log=quiet)
     runner.train_run(Config(), tmp_path, resume=True, given={"epochs": 3}, log=quiet)
     assert Checkpoints(tmp_path).epochs() == [3]
+
+
+def test_a_run_says_where_its_model_is_and_a_finished_run_says_so(tiny_cfg, tmp_path):
+    lines = []
+    cfg = tiny_cfg.replace(epochs=2, temperatures=())
+    _, history = runner.train_run(cfg, tmp_path, log=lines.append)
+    best = min(history, key=lambda m: m["val_loss"])
+    assert lines[-1] == (
+        f"done: epoch 2 in {tmp_path}, held-out loss {history[-1]['val_loss']:.4f} nats/char "
+        f"(best {best['val_loss']:.4f}, epoch {best['epoch']}). Sample from it with: "
+        f"charjax-sample --checkpoint-dir {tmp_path}"
+    )
+    lines.clear()
+    given = {"temperatures": (0.5, 1.0)}
+    state, history = runner.train_run(cfg, tmp_path, resume=True, given=given, log=lines.append)
+    assert history == [] and lines[-1].startswith("nothing to train: the run in")
+    assert f"charjax-train --resume --epochs 12 --checkpoint-dir {tmp_path}" in lines[-1]
+    assert "  using --temperatures 0.5,1.0 (was '')" in lines  # as typed, not a Python repr
+
+
+def test_max_chars_that_drops_chars_says_which(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("abc abc abc abc\n" * 10 + "xyz Äq", encoding="utf-8")
+    cfg = Config(text=str(text), maxlen=5, hidden=8, batch_size=8, epochs=1, temperatures=(),
+                 max_chars=150)  # fmt: skip
+    lines = []
+    runner.train_run(cfg, tmp_path / "run", log=lines.append)
+    said = [line for line in lines if line.startswith("--max-chars")]
+    assert said == [
+        "--max-chars 150 leaves out 5 of the file's distinct chars, which the model will not "
+        "know: q x y z ä"
+    ]
+    assert corpora.load(cfg.replace(max_chars=0)).left_out == ""
