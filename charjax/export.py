@@ -33,7 +33,8 @@ def _tensor(x) -> dict:
 
 
 def to_json(saved: SavedModel) -> dict:
-    """The exported model: format, vocabulary, recipe, epoch, default prime and the weights of
+    """The exported model: format, vocabulary, recipe (the training file by name only, not its
+    path), epoch, default prime and the weights of
     every LSTM layer (Keras layout: kernel [inputs, 4H], recurrent_kernel [H, 4H], bias [4H],
     gates i, f, c, o) and of the dense layer (kernel [H, V], bias [V])."""
     params = saved.params
@@ -41,7 +42,7 @@ def to_json(saved: SavedModel) -> dict:
     return {
         "format": FORMAT,
         "vocab": saved.meta.vocab,
-        "recipe": saved.meta.cfg.to_dict(),
+        "recipe": {**saved.meta.cfg.to_dict(), "text": Path(saved.meta.cfg.text).name},
         "epoch": saved.meta.epoch,
         "prime": saved.meta.prime,
         "layers": [{name: _tensor(layer[name]) for name in sorted(layer)} for layer in layers],
@@ -52,7 +53,9 @@ def to_json(saved: SavedModel) -> dict:
 def to_html(saved: SavedModel, title: str) -> str:
     """One page with the model and the sampler embedded: prime, temperature, top-p, length,
     Generate / Stop, the text appearing char by char."""
-    exported = json.dumps(to_json(saved), ensure_ascii=True).replace("</", "<\\/")
+    # No "<" at all inside the <script> element: "</script>" or "<!--" in a text cannot end
+    # or confuse it ("\u003c" is the same char to JSON.parse).
+    exported = json.dumps(to_json(saved), ensure_ascii=True).replace("<", "\\u003c")
     page = (WEB / "page.html").read_text(encoding="utf-8")
     script = (WEB / "charlstm.mjs").read_text(encoding="utf-8")
     values = {

@@ -71,10 +71,17 @@ class Reporter:
             )
 
     def nothing_to_train(self, run, directory) -> None:
+        if run.cfg.schedule == "cosine":  # its schedule decays over exactly these epochs
+            further = "its cosine schedule ends there, so train longer in a new run in another "
+            further += "--checkpoint-dir"
+        else:
+            further = (
+                f"to train further, pass a larger one, e.g. charjax-train --resume --epochs "
+                f"{run.cfg.epochs + 10} --checkpoint-dir {directory}"
+            )
         self.log(
             f"nothing to train: the run in {directory} has done all its --epochs "
-            f"{run.cfg.epochs}; to train further, pass a larger one, e.g. charjax-train --resume "
-            f"--epochs {run.cfg.epochs + 10} --checkpoint-dir {directory}"
+            f"{run.cfg.epochs}; {further}"
         )
 
     def finished(self, records: list[dict], directory) -> None:

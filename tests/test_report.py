@@ -1,9 +1,11 @@
 """What a person sees: the epoch line and the progress bar show every step metric."""
 
 import io
+from types import SimpleNamespace
 
 from rich.console import Console
 
+from charjax.config import Config
 from charjax.report import Reporter, step_metrics
 
 RECORD = {
@@ -42,3 +44,15 @@ def test_the_progress_bar_shows_them_too():
         and "loss 2.5000 · grad_norm 0.2500" in screen
         and "256 windows/s" in screen
     )
+
+
+def test_nothing_to_train_says_how_to_go_on():
+    lines = []
+    report = Reporter(log=lines.append)
+    report.nothing_to_train(SimpleNamespace(cfg=Config(epochs=3)), "ck")
+    assert lines[-1] == (
+        "nothing to train: the run in ck has done all its --epochs 3; to train further, pass a "
+        "larger one, e.g. charjax-train --resume --epochs 13 --checkpoint-dir ck"
+    )
+    report.nothing_to_train(SimpleNamespace(cfg=Config(epochs=3, schedule="cosine")), "ck")
+    assert "cosine schedule ends there" in lines[-1] and "--resume" not in lines[-1]
