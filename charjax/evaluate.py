@@ -79,8 +79,11 @@ def score_ids(
     batch_size: int = 512,
     chunk: int = 1024,
     dtype: str = "float32",
+    progress=None,
 ) -> Score:
-    """Score the id sequence `ids` (int32[n]) under `params`; see the module docstring."""
+    """Score the id sequence `ids` (int32[n]) under `params`; see the module docstring.
+    `progress(done, total)`, if given, hears after each piece how many chars are scored."""
+    progress = progress or (lambda done, total: None)
     if mode not in MODES:
         raise CharjaxError(f"score mode must be one of {', '.join(MODES)}, got {mode!r}")
     ids = np.asarray(ids, np.int32)
@@ -92,22 +95,27 @@ def score_ids(
                 f"than --maxlen = {maxlen} chars); use a longer text or --mode stateful"
             )
         device_ids = jnp.asarray(ids)
-        total = 0.0
+        total, done = 0.0, 0
         for piece, weights in _batches(starts, min(batch_size, len(starts))):
             total += float(
                 _window_nats(params, device_ids, piece, weights, maxlen=maxlen, dtype=dtype)
             )
+            done += int(weights.sum())
+            progress(done, len(starts))
         return Score(total, len(starts))
     if len(ids) < 2:
         raise CharjaxError("a text needs at least 2 chars to be scored")
     inputs, targets = ids[:-1], ids[1:]
     size = min(chunk, len(inputs))
     carry, total = model.zero_carry(1, model.shape_of(params)[1], model.layers_of(params)), 0.0
+    done = 0
     for (piece, valid), (target, _) in zip(
         _batches(inputs, size), _batches(targets, size), strict=True
     ):
         carry, nats = _stream_nats(params, carry, piece, target, valid > 0, dtype=dtype)
         total += float(nats)
+        done += int(valid.sum())
+        progress(done, len(targets))
     return Score(total, len(targets))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jax
 
-from charjax import corpus, evaluate, model, objective, sample
+from charjax import corpus, evaluate, model, objective, sample, stream
 from charjax.errors import CharjaxError
 from charjax.run_dir import Meta, RunDir
 
@@ -99,9 +99,41 @@ def sample_texts(
     return [saved.vocab.decode(row) for row in ids]
 
 
-def score_text(saved: SavedModel, path, *, mode=None, stride: int = 1, directory=None):
+def stream_texts(
+    saved: SavedModel,
+    prime_ids,
+    *,
+    seed: int,
+    temperatures,
+    length: int,
+    mode=None,
+    num_samples: int = 1,
+    block: int = 256,
+    **filters,
+):
+    """`sample_texts`, block by block: an iterator of the new chars of every text (a list, in
+    the same order), each as soon as its block is made; joined, they are `sample_texts`'s
+    texts, byte for byte."""
+    check_temperatures(temperatures)
+    blocks = stream.stream(
+        saved.params,
+        prime_ids,
+        jax.random.key(seed),
+        list(temperatures),
+        length=length,
+        mode=mode or saved.reading,
+        maxlen=saved.meta.cfg.maxlen,
+        num_samples=num_samples,
+        block=block,
+        **filters,
+    )
+    return ([saved.vocab.decode(row) for row in ids] for ids in blocks)
+
+
+def score_text(saved: SavedModel, path, *, mode=None, stride=1, directory=None, progress=None):
     """-> (record, unknown chars Counter): the score of the text file `path` (None: the run's
-    held-out tail, after checking that the corpus is the one trained on) in `mode`."""
+    held-out tail, after checking that the corpus is the one trained on) in `mode`;
+    `progress(done, total)` hears how far it got (`evaluate.score_ids`)."""
     check_stride(stride)
     cfg, mode = saved.meta.cfg, mode or saved.reading
     if path is None:
@@ -117,7 +149,13 @@ def score_text(saved: SavedModel, path, *, mode=None, stride: int = 1, directory
         ids, unknown = saved.vocab.encode_known(text)
         source = str(Path(path))
     result = evaluate.score_ids(
-        saved.params, ids, mode=mode, maxlen=cfg.maxlen, stride=stride, dtype=cfg.dtype
+        saved.params,
+        ids,
+        mode=mode,
+        maxlen=cfg.maxlen,
+        stride=stride,
+        dtype=cfg.dtype,
+        progress=progress,
     )
     record = {
         "text": source,

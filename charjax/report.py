@@ -8,13 +8,35 @@ is one plain line. Every metric the train step returns is shown in both, after t
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 # Keys of an epoch's record that the run adds; all others come from the train step's metrics.
-RUN_KEYS = ("epoch", "seconds", "windows_per_s", "lr_scale", "val_loss", "val_bits", "samples")
+RUN_KEYS = (
+    "epoch",
+    "seconds",
+    "windows_per_s",
+    "chars_per_s",
+    "lr_scale",
+    "val_loss",
+    "val_bits",
+    "samples",
+)
+
+
+def throughput(every_position: bool, maxlen: int) -> tuple[str, int]:
+    """(unit, units per window) of a run's throughput: windows for the original objective,
+    predicted chars for "sequence" (maxlen a window): one number for the bar, the epoch line
+    and metrics.jsonl (`<unit>_per_s`)."""
+    return ("chars", maxlen) if every_position else ("windows", 1)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def step_metrics(values: dict) -> str:
@@ -41,12 +63,18 @@ class Reporter:
                 TextColumn("epoch {task.fields[epoch]}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("batches · {task.fields[metrics]} · {task.fields[rate]:,.0f} windows/s"),
+                TextColumn(
+                    "batches · {task.fields[metrics]} · {task.fields[rate]:,.0f} "
+                    "{task.fields[unit]}/s ·"
+                ),
                 TimeRemainingColumn(),
+                TextColumn("left · run {task.fields[run_left]} left"),
                 console=console or Console(),
                 transient=True,
             )
         self._task = None
+        self.unit, self._per_window = "windows", 1
+        self._epoch, self._epochs, self._epoch_began, self._walls = 0, 0, 0.0, []
 
     def close(self) -> None:
         """Stop a live progress bar (restores the terminal after an interruption)."""
@@ -54,6 +82,7 @@ class Reporter:
             self._progress.stop()
 
     def started(self, run, devices: int, platform: str, directory) -> None:
+        self.unit, self._per_window = throughput(run.objective.every_position, run.cfg.maxlen)
         held = f", {len(run.held_out):,} held out" if run.held_out is not None else ""
         self.log(
             f"corpus: {len(run.corpus.ids):,} chars{held}, {run.corpus.vocab.size} distinct, "
@@ -104,11 +133,24 @@ class Reporter:
         )
 
     def epoch_started(self, epoch: int, epochs: int) -> None:
+        now = time.perf_counter()
+        if self._epoch_began and epoch == self._epoch + 1:  # the last epoch's whole wall time
+            self._walls.append(now - self._epoch_began)
+        self._epoch, self._epochs, self._epoch_began = epoch, epochs, now
         if self._progress is not None:
             self._progress.start()
             self._task = self._progress.add_task(
-                "", total=None, epoch=f"{epoch}/{epochs}", metrics="loss nan", rate=0.0
-            )
+                "", total=None, epoch=f"{epoch}/{epochs}", metrics="loss nan", rate=0.0,
+                unit=self.unit, run_left="?",
+            )  # fmt: skip
+
+    def run_left(self, fraction: float) -> float:
+        """Seconds left in the run, `fraction` of this epoch done: its rest, and the epochs
+        after it at the wall time epochs took so far (validation, samples and saves included)."""
+        elapsed = time.perf_counter() - self._epoch_began
+        this_epoch = elapsed / max(fraction, 1e-9)
+        per_epoch = sum(self._walls) / len(self._walls) if self._walls else this_epoch
+        return this_epoch - elapsed + (self._epochs - self._epoch) * per_epoch
 
     def chunk_done(self, done: int, total: int, windows: int, means: dict, seconds: float):
         """`done` of `total` batches; `windows` trained in `seconds` (the rate shown, the same
@@ -119,7 +161,8 @@ class Reporter:
                 completed=done,
                 total=total,
                 metrics=step_metrics(means).replace("  ", " · "),
-                rate=windows / max(seconds, 1e-9),
+                rate=windows * self._per_window / max(seconds, 1e-9),
+                run_left=_clock(self.run_left(done / max(total, 1))),
             )
 
     def epoch_finished(self, metrics: dict | None, epochs: int) -> None:
@@ -132,15 +175,16 @@ class Reporter:
         val = ""
         if "val_loss" in metrics:
             val = f"  val {metrics['val_loss']:.4f} nats ({metrics['val_bits']:.3f} bits/char)"
+        unit = "chars" if "chars_per_s" in metrics else "windows"
         self.log(
             f"epoch {metrics['epoch']}/{epochs}  {step_metrics(metrics)}{val}  "
-            f"{metrics['seconds']:.1f} s  {metrics['windows_per_s']:,.0f} windows/s"
+            f"{metrics['seconds']:.1f} s  {metrics[unit + '_per_s']:,.0f} {unit}/s"
         )
         shown = metrics.get("samples")
         if shown:
             self.log(f'----- Generating with seed: "{shown["seed"]}"')
             for t, text in shown["texts"].items():
-                self.log(f"----- temperature: {t}\n{shown['seed']}{text}")
+                self.log(f"----- temperature: {float(t)}\n{shown['seed']}{text}")
 
 
 def _escaped(ch: str) -> str:

@@ -51,6 +51,10 @@ class Run:
         return self.corpus.ids[self.split :] if self.split < len(self.corpus.ids) else None
 
     @property
+    def objective(self) -> objective.Objective:
+        return objective.of(self.cfg)
+
+    @property
     def batches(self) -> int:
         """Optimizer steps per epoch."""
         return -(-len(self.starts) // self.cfg.batch_size)

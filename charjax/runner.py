@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from charjax import epoch, evaluate, guard, parallel, run, sample
 from charjax.config import Config
 from charjax.errors import CharjaxError, Interrupted
-from charjax.report import Reporter
+from charjax.report import Reporter, throughput
 from charjax.run_dir import RunDir
 from charjax.signals import StopRequest
 from charjax.step import TrainState
@@ -71,11 +71,12 @@ def train_run(
                     cuts += 1
                     continue
                 trained = done.position.windows - this.position.windows
+                unit, per_window = throughput(this.objective.every_position, cfg.maxlen)
                 metrics = {
                     "epoch": this.epoch,
                     **done.position.means(),
                     "seconds": seconds,
-                    "windows_per_s": trained / seconds,
+                    f"{unit}_per_s": trained * per_window / seconds,
                     "lr_scale": float(state.lr_scale),
                 }
                 _finish_epoch(this, folder, state, metrics, report, stop)

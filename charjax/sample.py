@@ -7,6 +7,7 @@ top-p, prime contents and keys are traced, so changing them never recompiles.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,13 +58,16 @@ def pick(noise: jax.Array, logits: jax.Array, temperatures, top_k, top_p) -> jax
     return jnp.where(temperatures > 0, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("length", "mode"))
-def _generate(params, prime, valid, keys, temperatures, top_k, top_p, *, length, mode):
-    """prime int32[P] left-padded (valid bool[P]); keys [S, length]; -> ids int32[S, length]."""
-    samples = temperatures.shape[0]
+def read_prime(params, prime, valid, samples: int, mode: str):
+    """The loop state after reading the prime int32[P] (left-padded; valid bool[P]) for
+    `samples` rows: window mode (window, valid, logits), stateful mode (carry, logits)."""
     window = jnp.broadcast_to(prime, (samples, prime.shape[0]))
     carry, logits = model.forward(params, window, valid=valid)
+    return (window, valid, logits) if mode == "window" else (carry, logits)
 
+
+def advance(params, loop, keys, temperatures, top_k, top_p, mode: str):
+    """One char per key and row: keys [S, B] -> (loop state, ids int32[S, B])."""
     if mode == "window":
         # Each step re-reads the last `len(prime)` chars from a zero state, like the original.
         def step(loop, step_noise):
@@ -74,7 +78,6 @@ def _generate(params, prime, valid, keys, temperatures, top_k, top_p, *, length,
             _, logits = model.forward(params, window, valid=valid)
             return (window, valid, logits), ids
 
-        loop = (window, valid, logits)
     else:
         # Carry (h, c) across steps: O(1) work per char.
         def step(loop, step_noise):
@@ -83,18 +86,24 @@ def _generate(params, prime, valid, keys, temperatures, top_k, top_p, *, length,
             carry, logits = model.forward(params, ids[:, None], carry)
             return (carry, logits), ids
 
-        loop = (carry, logits)
-    vocab = logits.shape[-1]
+    vocab = loop[-1].shape[-1]
     gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (vocab,)))  # keys [S] -> noise [S, V]
-    keys = jnp.swapaxes(keys, 0, 1)  # [L, S]
+    keys = jnp.swapaxes(keys, 0, 1)  # [B, S]
     if keys.size * vocab <= PRECOMPUTE_NOISE_MAX:
         # Drawing all the noise before the loop takes the RNG off the sequential path; the
         # draws are the same as inside the loop, so both ways give the same text.
         xs, noise_of = jax.vmap(gumbel)(keys), (lambda x: x)
     else:  # long texts with large vocabularies: draw each step's noise in the loop
         xs, noise_of = keys, gumbel
-    _, ids = lax.scan(lambda loop, x: step(loop, noise_of(x)), loop, xs)
-    return jnp.swapaxes(ids, 0, 1)
+    loop, ids = lax.scan(lambda loop, x: step(loop, noise_of(x)), loop, xs)
+    return loop, jnp.swapaxes(ids, 0, 1)
+
+
+@functools.partial(jax.jit, static_argnames=("length", "mode"))
+def _generate(params, prime, valid, keys, temperatures, top_k, top_p, *, length, mode):
+    """prime int32[P] left-padded (valid bool[P]); keys [S, length]; -> ids int32[S, length]."""
+    loop = read_prime(params, prime, valid, temperatures.shape[0], mode)
+    return advance(params, loop, keys, temperatures, top_k, top_p, mode)[1]
 
 
 def _pad_prime(prime_ids, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,6 +129,36 @@ def _check(temperatures: np.ndarray, top_k: int, top_p: float, length: int, voca
         raise CharjaxError(f"length must be >= 0, got {length}")
 
 
+class Prepared(NamedTuple):
+    """What `generate` and `stream.stream` start from, checked and laid out."""
+
+    prime: np.ndarray  # int32[P], left-padded
+    valid: np.ndarray  # bool[P]
+    temperatures: jax.Array  # float32[S]: each temperature `num_samples` times
+    sample_keys: jax.Array  # [S]: each sample's key; step t uses split(key, length)[t]
+    shape: tuple  # of the result: temperature.shape (+ samples) + (length,)
+
+
+def prepare(params, prime_ids, key, temperature, *, length, mode, maxlen, num_samples, top_k,
+             top_p) -> Prepared:  # fmt: skip
+    if mode not in MODES:
+        raise CharjaxError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    temps = np.asarray(temperature, np.float32)
+    vocab, _ = model.shape_of(params)
+    _check(temps, top_k, top_p, length, vocab)
+    if num_samples < 1:
+        raise CharjaxError(f"num-samples must be >= 1, got {num_samples}")
+    flat_t = np.repeat(temps.reshape(-1), num_samples)
+    prime_len = len(prime_ids)
+    if mode == "window":
+        size = maxlen
+    else:  # bucket prime lengths (powers of two) so most primes share one compilation
+        size = max(maxlen, 1 << max(prime_len - 1, 0).bit_length())
+    prime, valid = _pad_prime(prime_ids, size)
+    shape = temps.shape + ((num_samples,) if num_samples > 1 else ()) + (length,)
+    return Prepared(prime, valid, jnp.asarray(flat_t), jax.random.split(key, flat_t.size), shape)
+
+
 def generate(
     params: dict,
     prime_ids,
@@ -141,34 +180,21 @@ def generate(
     model the last `maxlen` chars at every step from a zero state (the original); "stateful"
     carries the LSTM state, reading the whole prime once.
     """
-    if mode not in MODES:
-        raise CharjaxError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    temps = np.asarray(temperature, np.float32)
-    vocab, _ = model.shape_of(params)
-    _check(temps, top_k, top_p, length, vocab)
-    if num_samples < 1:
-        raise CharjaxError(f"num-samples must be >= 1, got {num_samples}")
-    flat_t = np.repeat(temps.reshape(-1), num_samples)
-    prime_len = len(prime_ids)
-    if mode == "window":
-        size = maxlen
-    else:  # bucket prime lengths (powers of two) so most primes share one compilation
-        size = max(maxlen, 1 << max(prime_len - 1, 0).bit_length())
-    prime, valid = _pad_prime(prime_ids, size)
-    keys = jax.vmap(lambda k: jax.random.split(k, length))(jax.random.split(key, flat_t.size))
+    run = prepare(params, prime_ids, key, temperature, length=length, mode=mode, maxlen=maxlen,
+                   num_samples=num_samples, top_k=top_k, top_p=top_p)  # fmt: skip
+    keys = jax.vmap(lambda k: jax.random.split(k, length))(run.sample_keys)
     ids = _generate(
         params,
-        prime,
-        valid,
+        run.prime,
+        run.valid,
         keys,
-        jnp.asarray(flat_t),
+        run.temperatures,
         jnp.int32(top_k),
         jnp.float32(top_p),
         length=length,
         mode=mode,
     )
-    shape = temps.shape + ((num_samples,) if num_samples > 1 else ()) + (length,)
-    return ids.reshape(shape)
+    return ids.reshape(run.shape)
 
 
 def epoch_samples(params, corpus, sample_key, epoch: int, cfg) -> dict:

@@ -79,3 +79,16 @@ def test_flags_are_never_abbreviated(capsys):
     assert err.count("\n") == 1 and "unrecognized arguments: --epoch 2" in err
     assert cli.sample_main(["--temp", "0.5"]) == 2
     assert "unrecognized arguments: --temp" in capsys.readouterr().err
+
+
+def test_sample_streams_the_same_bytes_as_one_call(tiny_cfg, tmp_path, capsys):
+    cfg = tiny_cfg.replace(epochs=1, temperatures=())
+    _tiny_run(cfg, tmp_path / "run")
+    argv = ["--checkpoint-dir", str(tmp_path / "run"), "--seed", "5", "--length", "700"]
+    argv += ["--temperature", "0.5,1.0", "--num-samples", "2", "--prime", "the fox "]
+    assert cli.sample_main(argv) == 0  # streamed in blocks of 256 chars
+    streamed = capsys.readouterr()
+    assert cli.sample_main([*argv, "--json"]) == 0  # one call to sample.generate
+    texts = [r["text"] for r in json.loads(capsys.readouterr().out)]
+    assert streamed.out == "".join(text + "\n" for text in texts) and len(texts) == 4
+    assert 'prime "the fox "' in streamed.err and "\x1b" not in streamed.out  # piped: no prime

@@ -50,3 +50,16 @@ def test_stateful_score_reads_the_text_once_whatever_the_chunk(layers):
         got = evaluate.score_ids(params, ids, mode="stateful", chunk=chunk)
         assert got.chars == 52
         np.testing.assert_allclose(got.nats_per_char, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["window", "stateful"])
+def test_scoring_reports_its_progress(mode):
+    params = _params()
+    ids = np.asarray(jax.random.randint(jax.random.key(3), (100,), 0, 9), np.int32)
+    heard = []
+    got = evaluate.score_ids(
+        params, ids, mode=mode, maxlen=5, batch_size=16, chunk=30,
+        progress=lambda done, total: heard.append((done, total)),
+    )  # fmt: skip
+    assert len(heard) == 4 if mode == "stateful" else len(heard) == 6
+    assert heard[-1] == (got.chars, got.chars) and sorted(heard) == heard

@@ -3,6 +3,7 @@
 import io
 from types import SimpleNamespace
 
+import pytest
 from rich.console import Console
 
 from charjax.config import Config
@@ -56,3 +57,24 @@ def test_nothing_to_train_says_how_to_go_on():
     )
     report.nothing_to_train(SimpleNamespace(cfg=Config(epochs=3, schedule="cosine")), "ck")
     assert "cosine schedule ends there" in lines[-1] and "--resume" not in lines[-1]
+
+
+def test_run_time_left_counts_the_epochs_after_this_one():
+    report = Reporter(log=lambda line: None)
+    report.epoch_started(1, 4)
+    report._epoch_began -= 10  # ten seconds into epoch 1, halfway
+    assert report.run_left(0.5) == pytest.approx(10 + 3 * 20, abs=0.5)
+    report.epoch_started(2, 4)  # epoch 1 took ten seconds of wall time in all
+    report._epoch_began -= 5
+    assert report.run_left(0.25) == pytest.approx(15 + 2 * 10, abs=0.5)
+
+
+def test_sequence_runs_count_chars_and_temperatures_read_as_typed():
+    lines = []
+    samples = {"seed": "ab", "texts": {"0.5": "cd", "1": "ef"}}
+    record = {**RECORD, "samples": samples}
+    del record["windows_per_s"]
+    record["chars_per_s"] = 98765.0
+    Reporter(log=lines.append).epoch_finished(record, 5)
+    assert lines[0].endswith("12.3 s  98,765 chars/s")
+    assert "----- temperature: 0.5\nabcd" in lines and "----- temperature: 1.0\nabef" in lines

@@ -106,6 +106,7 @@ def test_sequence_runs_are_reproducible_and_learn(tiny_cfg, tmp_path):
     assert all(jax.tree.leaves(jax.tree.map(lambda x, y: bool((x == y).all()), a, b)))
     assert ha[-1]["samples"] == hb[-1]["samples"]
     assert ha[-1]["loss"] < ha[0]["loss"] and ha[-1]["val_loss"] < ha[0]["val_loss"]
+    assert "chars_per_s" in ha[0] and "windows_per_s" not in ha[0]  # every position: chars
 
 
 def test_divergence_guard_restores_and_halves_the_learning_rate(tiny_cfg, tmp_path):

@@ -55,6 +55,12 @@ def sample_parser() -> argparse.ArgumentParser:
         help="prime characters outside the vocabulary: error (default) or skip them",
     )
     p.add_argument(
+        "--no-prime",
+        action="store_true",
+        help="on a terminal, do not show the prime (dimmed) before each text; piped, only the "
+        "generated text is printed anyway",
+    )
+    p.add_argument(
         "--json",
         action="store_true",
         help="print one JSON list of {temperature, sample, text} instead of the raw texts",
@@ -69,11 +75,13 @@ def sample(args: argparse.Namespace) -> int:
     inference.check_temperatures(args.temperature)  # before the prime, as always
     prime_ids, prime, skipped = inference.encode_prime(saved, args.prime, args.unknown)
     if skipped:
-        print(f"skipping prime characters not in the vocabulary: {skipped!r}", file=sys.stderr)
+        skipped = json.dumps(skipped, ensure_ascii=False)
+        print(f"skipping prime characters not in the vocabulary: {skipped}", file=sys.stderr)
     mode = args.mode or saved.reading
-    texts = inference.sample_texts(
-        saved,
-        prime_ids,
+    maxlen = saved.meta.cfg.maxlen
+    shown = json.dumps(prime[-maxlen:], ensure_ascii=False)
+    print(f"epoch {saved.meta.epoch}, mode {mode}, prime {shown}", file=sys.stderr, flush=True)
+    options = dict(
         seed=args.seed,
         temperatures=args.temperature,
         length=args.length,
@@ -82,16 +90,33 @@ def sample(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
     )
-    maxlen = saved.meta.cfg.maxlen
-    print(f"epoch {saved.meta.epoch}, mode {mode}, prime {prime[-maxlen:]!r}", file=sys.stderr)
     if args.json:
+        texts = inference.sample_texts(saved, prime_ids, **options)
         n = args.num_samples
         records = [
             {"temperature": args.temperature[i // n], "sample": i % n, "text": text}
             for i, text in enumerate(texts)
         ]
         print(json.dumps(records, ensure_ascii=False), flush=True)
-    else:  # raw text, each sample followed by a newline (samples may contain newlines)
-        for text in texts:
-            print(text, flush=True)
+        return 0
+    _print_streaming(inference.stream_texts(saved, prime_ids, **options), prime, args)
     return 0
+
+
+def _print_streaming(blocks, prime: str, args: argparse.Namespace) -> None:
+    """Each text followed by a newline (texts may contain newlines). The first is written as
+    it is generated; the others (more temperatures or samples) follow when it is done. On a
+    terminal each text comes after its prime, dimmed (`--no-prime`: not shown)."""
+    out = sys.stdout
+    lead = f"\x1b[2m{prime}\x1b[0m" if out.isatty() and not args.no_prime else ""
+    rest = [[] for _ in range(len(args.temperature) * args.num_samples - 1)]
+    out.write(lead)
+    for texts in blocks:
+        out.write(texts[0])
+        out.flush()
+        for kept, text in zip(rest, texts[1:], strict=True):
+            kept.append(text)
+    out.write("\n")
+    for kept in rest:
+        out.write(lead + "".join(kept) + "\n")
+    out.flush()

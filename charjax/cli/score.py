@@ -4,6 +4,7 @@ is `inference.score_text`'s."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -45,9 +46,15 @@ def score(args: argparse.Namespace) -> int:
 
     inference.check_stride(args.stride)  # before reading the checkpoint
     saved = inference.load(args.checkpoint_dir, args.epoch)
-    record, unknown = inference.score_text(
-        saved, args.text, mode=args.mode, stride=args.stride, directory=args.checkpoint_dir
-    )
+    with _progress_bar() as progress:
+        record, unknown = inference.score_text(
+            saved,
+            args.text,
+            mode=args.mode,
+            stride=args.stride,
+            directory=args.checkpoint_dir,
+            progress=progress,
+        )
     if args.json:
         print(json.dumps(record, ensure_ascii=False), flush=True)
         return 0
@@ -64,3 +71,18 @@ def score(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+@contextlib.contextmanager
+def _progress_bar():
+    """A progress bar on stderr while scoring, when stderr is a terminal (else nothing)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = ("scoring", BarColumn(), MofNCompleteColumn(), "chars", TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
