@@ -78,9 +78,6 @@ def sample(args: argparse.Namespace) -> int:
         skipped = json.dumps(skipped, ensure_ascii=False)
         print(f"skipping prime characters not in the vocabulary: {skipped}", file=sys.stderr)
     mode = args.mode or saved.reading
-    maxlen = saved.meta.cfg.maxlen
-    shown = json.dumps(prime[-maxlen:], ensure_ascii=False)
-    print(f"epoch {saved.meta.epoch}, mode {mode}, prime {shown}", file=sys.stderr, flush=True)
     options = dict(
         seed=args.seed,
         temperatures=args.temperature,
@@ -90,16 +87,22 @@ def sample(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
     )
+    # Both check their arguments before anything is printed (the stream before its first block).
     if args.json:
         texts = inference.sample_texts(saved, prime_ids, **options)
+    else:
+        blocks = inference.stream_texts(saved, prime_ids, **options)
+    shown = json.dumps(prime[-saved.meta.cfg.maxlen :], ensure_ascii=False)
+    print(f"epoch {saved.meta.epoch}, mode {mode}, prime {shown}", file=sys.stderr, flush=True)
+    if args.json:
         n = args.num_samples
         records = [
             {"temperature": args.temperature[i // n], "sample": i % n, "text": text}
             for i, text in enumerate(texts)
         ]
         print(json.dumps(records, ensure_ascii=False), flush=True)
-        return 0
-    _print_streaming(inference.stream_texts(saved, prime_ids, **options), prime, args)
+    else:
+        _print_streaming(blocks, prime, args)
     return 0
 
 
