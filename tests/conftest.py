@@ -11,9 +11,9 @@ import pytest
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="charjax-xla-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
-from charjax.config import Config
+from util import TINY_TEXT
 
-REPO = Path(__file__).resolve().parents[1]
+from charjax.config import Config
 
 
 @pytest.fixture
@@ -30,9 +30,6 @@ def nietzsche_dir(monkeypatch) -> Path:
         pytest.fail(f"this test needs the Nietzsche corpus: {e}", pytrace=False)
     monkeypatch.setenv("CHARJAX_DATA_DIR", str(path.parent))
     return path.parent
-
-
-TINY_TEXT = "the quick brown fox jumps over the lazy dog. a fox is quick; a dog is lazy.\n" * 12
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from util import quiet
+from util import TINY_TEXT, quiet
 
 from charjax import cli, export, inference, model, runner
 from charjax.config import Config
@@ -45,8 +45,6 @@ def node() -> str:
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["1-layer", "2-layers"])
 def trained(request, tmp_path_factory):
-    from conftest import TINY_TEXT
-
     directory = tmp_path_factory.mktemp(f"export{request.param}")
     text = directory / "tiny.txt"
     text.write_text(TINY_TEXT, encoding="utf-8")

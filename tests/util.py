@@ -3,6 +3,8 @@
 import jax
 import numpy as np
 
+TINY_TEXT = "the quick brown fox jumps over the lazy dog. a fox is quick; a dog is lazy.\n" * 12
+
 
 def quiet(*args) -> None:
     """A log that prints nothing."""
