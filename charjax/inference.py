@@ -84,19 +84,23 @@ def sample_texts(
 ) -> list[str]:
     """Texts after `prime_ids`, `num_samples` per temperature in order (one jitted call);
     `filters`: top_k, top_p (see `sample.generate`)."""
+    args, kw = _request(saved, prime_ids, seed, temperatures, length, mode, num_samples, filters)
+    ids = sample.generate(*args, **kw).reshape(len(temperatures) * num_samples, length)
+    return [saved.vocab.decode(row) for row in ids]
+
+
+def _request(saved, prime_ids, seed, temperatures, length, mode, num_samples, filters):
+    """The arguments of `sample.generate` and `stream.stream` for a saved model."""
     check_temperatures(temperatures)
-    ids = sample.generate(
-        saved.params,
-        prime_ids,
-        jax.random.key(seed),
-        list(temperatures),
+    args = (saved.params, prime_ids, jax.random.key(seed), list(temperatures))
+    kw = dict(
         length=length,
         mode=mode or saved.reading,
         maxlen=saved.meta.cfg.maxlen,
         num_samples=num_samples,
         **filters,
-    ).reshape(len(temperatures) * num_samples, length)
-    return [saved.vocab.decode(row) for row in ids]
+    )
+    return args, kw
 
 
 def stream_texts(
@@ -114,19 +118,8 @@ def stream_texts(
     """`sample_texts`, block by block: an iterator of the new chars of every text (a list, in
     the same order), each as soon as its block is made; joined, they are `sample_texts`'s
     texts, byte for byte."""
-    check_temperatures(temperatures)
-    blocks = stream.stream(
-        saved.params,
-        prime_ids,
-        jax.random.key(seed),
-        list(temperatures),
-        length=length,
-        mode=mode or saved.reading,
-        maxlen=saved.meta.cfg.maxlen,
-        num_samples=num_samples,
-        block=block,
-        **filters,
-    )
+    args, kw = _request(saved, prime_ids, seed, temperatures, length, mode, num_samples, filters)
+    blocks = stream.stream(*args, block=block, **kw)
     return ([saved.vocab.decode(row) for row in ids] for ids in blocks)
 
 

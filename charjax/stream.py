@@ -55,11 +55,10 @@ def stream(
     top_p: float = 1.0,
     block: int = 1024,
 ):
-    """`generate`, block by block: an iterator of ids int32[S, <= block] (rows: each temperature's
-    samples in turn, S in all), each as soon as its block is done (arguments are checked at
-    once, before the first block). Joined along the last axis they
-    are exactly `generate(...)`'s ids (same key, same text); memory follows the block, not
-    `length`."""
+    """`sample.generate`, block by block: an iterator of ids int32[S, <= block] (rows: each
+    temperature's samples in turn, S in all), each as soon as its block is done; the arguments
+    are checked at once, before the first block. Joined along the last axis they are exactly
+    `generate(...)`'s ids (same key, same text); memory follows the block, not `length`."""
     run = sample.prepare(
         params, prime_ids, key, temperature, length=length, mode=mode, maxlen=maxlen,
         num_samples=num_samples, top_k=top_k, top_p=top_p,
