@@ -144,6 +144,15 @@ class Reporter:
                 unit=self.unit, run_left="?",
             )  # fmt: skip
 
+    @property
+    def rate_key(self) -> str:
+        """The throughput's key in metrics.jsonl: `windows_per_s` or `chars_per_s`."""
+        return f"{self.unit}_per_s"
+
+    def rate(self, windows: int, seconds: float) -> float:
+        """Throughput in this run's unit (`throughput`), for the bar and the epoch's record."""
+        return windows * self._per_window / max(seconds, 1e-9)
+
     def run_left(self, fraction: float) -> float:
         """Seconds left in the run, `fraction` of this epoch done: its rest, and the epochs
         after it at the wall time epochs took so far (validation, samples and saves included)."""
@@ -161,7 +170,7 @@ class Reporter:
                 completed=done,
                 total=total,
                 metrics=step_metrics(means).replace("  ", " · "),
-                rate=windows * self._per_window / max(seconds, 1e-9),
+                rate=self.rate(windows, seconds),
                 run_left=_clock(self.run_left(done / max(total, 1))),
             )
 

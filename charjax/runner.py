@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from charjax import epoch, evaluate, guard, parallel, run, sample
 from charjax.config import Config
 from charjax.errors import CharjaxError, Interrupted
-from charjax.report import Reporter, throughput
+from charjax.report import Reporter
 from charjax.run_dir import RunDir
 from charjax.signals import StopRequest
 from charjax.step import TrainState
@@ -60,7 +60,8 @@ def train_run(
         with StopRequest(report.log) as stop:
             while this.epoch <= cfg.epochs:
                 done, seconds = _train_epoch(this, ids, mesh, folder, report, stop)
-                loss, state = done.position.means()["loss"], done.state
+                means, state = done.position.means(), done.state
+                loss = means["loss"]
                 finite = guard.all_finite(state)
                 verdict = guard.judge(this.epoch, loss, finite, best, cfg.guard, cuts)
                 if verdict.action != guard.KEEP:
@@ -70,13 +71,11 @@ def train_run(
                     _retry(this, folder, state, verdict, report, replicated)
                     cuts += 1
                     continue
-                trained = done.position.windows - this.position.windows
-                unit, per_window = throughput(this.objective.every_position, cfg.maxlen)
                 metrics = {
                     "epoch": this.epoch,
-                    **done.position.means(),
+                    **means,
                     "seconds": seconds,
-                    f"{unit}_per_s": trained * per_window / seconds,
+                    report.rate_key: report.rate(_trained(this, done), seconds),
                     "lr_scale": float(state.lr_scale),
                 }
                 _finish_epoch(this, folder, state, metrics, report, stop)
@@ -114,12 +113,19 @@ def _train_epoch(this: run.Run, ids, mesh, folder: RunDir, report, stop):
     for done in chunks:
         batches = min(done.position.chunks * this.cfg.steps_per_call, done.batches)
         seconds = time.perf_counter() - t0
-        trained = done.position.windows - this.position.windows  # by this process, since t0
-        report.chunk_done(batches, done.batches, trained, done.position.means(), seconds)
+        report.chunk_done(
+            batches, done.batches, _trained(this, done), done.position.means(), seconds
+        )
         if stop.requested and not done.finished:
             report.epoch_finished(None, this.cfg.epochs)
             _save_interrupted(this, folder, done, stop)
     return done, time.perf_counter() - t0
+
+
+def _trained(this: run.Run, done: epoch.Progress) -> int:
+    """Windows this process trained in the epoch so far (a resumed epoch counts from where it
+    resumed): what the throughput in the bar, the epoch line and metrics.jsonl counts."""
+    return done.position.windows - this.position.windows
 
 
 def _hint(folder: RunDir) -> str:
