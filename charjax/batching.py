@@ -1,118 +1,154 @@
-"""Batches: window starts, the windows sliced from the ids on device, and epoch plans.
+"""Batches: how many windows a text gives, the epoch's order of them, and the windows sliced
+from the ids on the host, a chunk at a time.
 
-An epoch plan is a pure function of `(key, epoch)`: the order of every window (shuffled, or
-contiguous streams shifted by a random offset), `batch_size` to a batch, `steps_per_call`
-batches to a chunk, so a resumed run needs no iterator state. `placed` puts it on the mesh.
+An epoch plan (`EpochPlan`) is a pure function of `(key, epoch)` and computes any chunk's
+window starts on demand, so it takes no memory however long the epoch, and a resumed run needs
+no iterator state. Shuffled windows are ordered by a keyed bijection of [0, windows) (a Feistel
+network with cycle walking, `shuffle`), not a stored permutation; contiguous streams
+(`--carry-state`) are read in order, shifted by a random offset each epoch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
-from charjax import parallel
+ROUNDS = 6  # Feistel rounds of the window shuffle
+ORDER = "feistel-1"  # names the window order; a checkpoint trained in another refuses to resume
+
+
+def window_count(n: int, maxlen: int, step: int) -> int:
+    """Windows `range(0, n - maxlen, step)` of the original in ids [0, n): every window and
+    its target(s) lie inside [0, n), so with n the split point none straddles the tail."""
+    return len(range(0, max(n - maxlen, 0), step))
 
 
 def window_starts(n: int, maxlen: int, step: int) -> np.ndarray:
-    """int32[windows] start offsets `range(0, n - maxlen, step)`: the original's windows.
-
-    Every window and its target(s) lie inside ids [0, n): with n the split point, no window
-    straddles the held-out tail.
-    """
+    """int32[windows] start offsets of those windows (`window_count`)."""
     return np.arange(0, max(n - maxlen, 0), step, dtype=np.int32)
 
 
-def gather_windows(ids: jax.Array, starts: jax.Array, maxlen: int) -> tuple[jax.Array, jax.Array]:
-    """Inputs int32[B, maxlen] and next-char targets int32[B], sliced from the id array."""
-    inputs = ids[starts[:, None] + jnp.arange(maxlen, dtype=starts.dtype)]
-    return inputs, ids[starts + maxlen]
+def stream_layout(n: int, streams: int, maxlen: int) -> tuple[int, int]:
+    """Ids [0, n) cut into `streams` contiguous streams read `maxlen` chars a step -> (stream
+    length L, steps). Step j of stream b starts at b*L + j*maxlen; L leaves room for an offset
+    of up to maxlen-1 (`stream_plan`) with every target still inside [0, n)."""
+    length = max(n - 1 - maxlen, 0) // streams
+    return length, length // maxlen
 
 
 def stream_starts(n: int, streams: int, maxlen: int) -> np.ndarray:
-    """int32[steps * streams] window starts that cut ids [0, n) into `streams` contiguous
-    streams read `maxlen` chars a step: step j of stream b starts at b*L + j*maxlen.
-
-    Listed step by step (the windows of one step, one per stream, are consecutive), so that
-    the windows of step j+1 continue those of step j. L leaves room for an offset of up to
-    maxlen-1 (`stream_plan`) with every target still inside [0, n).
-    """
-    length = max(n - 1 - maxlen, 0) // streams
-    steps = length // maxlen
+    """int32[steps * streams] the streams' window starts, step by step (the windows of one
+    step, one per stream, are consecutive; those of step j+1 continue those of step j)."""
+    length, steps = stream_layout(n, streams, maxlen)
     grid = np.arange(streams)[None, :] * length + np.arange(steps)[:, None] * maxlen
     return grid.reshape(-1).astype(np.int32)
 
 
-def gather_sequences(ids: jax.Array, starts: jax.Array, maxlen: int) -> tuple[jax.Array, jax.Array]:
-    """Inputs int32[B, maxlen] and the next char of every position, targets int32[B, maxlen]."""
-    inputs = ids[starts[:, None] + jnp.arange(maxlen + 1, dtype=starts.dtype)]
-    return inputs[:, :-1], inputs[:, 1:]
+def shuffle_keys(key: jax.Array, epoch: int) -> np.ndarray:
+    """uint32[ROUNDS] round keys of epoch `epoch`'s shuffle, from `fold_in(key, epoch)`."""
+    bits = jax.random.bits(jax.random.fold_in(key, epoch), (ROUNDS,), jnp.uint32)
+    return np.asarray(bits)
 
 
-def epoch_plan(
-    key: jax.Array,
-    epoch: int,
-    starts: jax.Array,
-    batch_size: int,
-    steps_per_call: int,
-    width: int | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """One epoch's batches as starts int32[chunks, steps_per_call, width] and weights float32[...].
+def _mix(x: np.ndarray, k: np.uint32) -> np.ndarray:
+    """A keyed 32-bit hash (murmur3's finaliser on x ^ k)."""
+    x = x ^ k
+    x = (x ^ (x >> np.uint32(16))) * np.uint32(0x85EBCA6B)
+    x = (x ^ (x >> np.uint32(13))) * np.uint32(0xC2B2AE35)
+    return x ^ (x >> np.uint32(16))
 
-    Every window appears once, in the order `permutation(fold_in(key, epoch))`, `batch_size`
-    to a batch. Weight-0 slots pad the tail and each batch up to `width` (default `batch_size`;
-    wider so that batches split evenly over devices): the last partial batch trains on its real
-    windows only (as Keras does), and batches that are all padding are skipped by the train step.
+
+def _feistel(x: np.ndarray, keys: np.ndarray, half: int) -> np.ndarray:
+    """A bijection of [0, 4**half): a balanced Feistel network on two `half`-bit halves."""
+    mask = np.uint32((1 << half) - 1)
+    left, right = x >> np.uint32(half), x & mask
+    for k in keys:
+        left, right = right, left ^ (_mix(right, k) & mask)
+    return (left << np.uint32(half)) | right
+
+
+def shuffle(positions: np.ndarray, n: int, keys: np.ndarray) -> np.ndarray:
+    """int64 window indices at `positions` (each in [0, n)) of a keyed permutation of [0, n).
+
+    The Feistel network permutes the smallest [0, 4**half) holding n; a value outside [0, n)
+    is mapped again until it falls inside (cycle walking), which keeps it a bijection of
+    [0, n). Each position takes O(ROUNDS) integer operations and no memory beyond its own.
     """
-    n = starts.shape[0]
-    width = width or batch_size
-    batches = -(-n // batch_size)
-    chunks = -(-batches // steps_per_call)
-    slots = chunks * steps_per_call * batch_size
-    order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-    padded = jnp.zeros(slots, starts.dtype).at[:n].set(starts[order])
-    weights = (jnp.arange(slots) < n).astype(jnp.float32)
-    shape = (chunks, steps_per_call, batch_size)
-    pad = ((0, 0), (0, 0), (0, width - batch_size))
-    return jnp.pad(padded.reshape(shape), pad), jnp.pad(weights.reshape(shape), pad)
+    half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
+    with np.errstate(over="ignore"):
+        x = _feistel(np.asarray(positions, np.uint32), keys, half)
+        outside = x >= n
+        while outside.any():
+            x[outside] = _feistel(x[outside], keys, half)
+            outside = x >= n
+    return x.astype(np.int64)
 
 
-def stream_plan(
-    key: jax.Array,
-    epoch: int,
-    starts: jax.Array,
-    batch_size: int,
-    steps_per_call: int,
-    maxlen: int,
-    width: int | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """`epoch_plan` for contiguous streams (`stream_starts`, batch_size = streams): the steps in
-    order, each stream in its own batch row, all shifted by one offset in [0, maxlen) drawn
+@dataclass(frozen=True)
+class EpochPlan:
+    """One epoch's batches, `batch_size` windows to a batch and `steps_per_call` batches to a
+    chunk, each batch padded with weight-0 slots to `width` (so it splits evenly over the
+    devices). Slot p < windows of the epoch holds the window `start_of(p)`; the slots after
+    the last window pad the last chunk: the last partial batch trains on its real windows only
+    (as Keras does) and batches that are all padding are skipped by the train step."""
+
+    windows: int
+    batch_size: int
+    steps_per_call: int
+    width: int
+    start_of: Callable[[np.ndarray], np.ndarray]  # slots int64[...] -> window starts
+
+    @property
+    def batches(self) -> int:
+        return -(-self.windows // self.batch_size)
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.batches // self.steps_per_call)
+
+    def counts(self, chunk: int) -> np.ndarray:
+        """Real windows in each batch of chunk `chunk`, int64[steps_per_call]."""
+        first = (chunk * self.steps_per_call + np.arange(self.steps_per_call)) * self.batch_size
+        return np.clip(self.windows - first, 0, self.batch_size)
+
+    def chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk `chunk`'s window starts int64[steps_per_call, width] and weights float32[...]."""
+        rows = chunk * self.steps_per_call + np.arange(self.steps_per_call)
+        slots = rows[:, None] * self.batch_size + np.arange(self.batch_size)[None, :]
+        real = slots < self.windows
+        starts = np.zeros((self.steps_per_call, self.width), np.int64)
+        starts[:, : self.batch_size] = np.where(real, self.start_of(np.where(real, slots, 0)), 0)
+        weights = np.zeros((self.steps_per_call, self.width), np.float32)
+        weights[:, : self.batch_size] = real
+        return starts, weights
+
+
+def window_plan(key, epoch: int, windows: int, step: int, **shape) -> EpochPlan:
+    """Every window once, in the order `shuffle(shuffle_keys(key, epoch))`; window i starts
+    at i * step. `shape`: batch_size, steps_per_call, width."""
+    keys = shuffle_keys(key, epoch)
+    return EpochPlan(windows, start_of=lambda p: shuffle(p, windows, keys) * step, **shape)
+
+
+def stream_plan(key, epoch: int, n: int, maxlen: int, *, batch_size: int, **shape) -> EpochPlan:
+    """The contiguous streams of ids [0, n) (`stream_layout`, batch_size = streams) step by
+    step, each stream in its own batch row, all shifted by one offset in [0, maxlen) drawn
     from `fold_in(key, epoch)`, so window boundaries move from epoch to epoch."""
-    width = width or batch_size
-    steps = starts.shape[0] // batch_size
-    chunks = -(-steps // steps_per_call)
-    offset = jax.random.randint(jax.random.fold_in(key, epoch), (), 0, maxlen, starts.dtype)
-    grid = jnp.zeros((chunks * steps_per_call, batch_size), starts.dtype)
-    grid = grid.at[:steps].set(starts.reshape(steps, batch_size) + offset)
-    weights = (jnp.arange(chunks * steps_per_call) < steps)[:, None] * jnp.ones(batch_size)
-    shape = (chunks, steps_per_call, batch_size)
-    pad = ((0, 0), (0, 0), (0, width - batch_size))
-    return jnp.pad(grid.reshape(shape), pad), jnp.pad(weights.reshape(shape), pad)
+    length, steps = stream_layout(n, batch_size, maxlen)
+    offset = int(jax.random.randint(jax.random.fold_in(key, epoch), (), 0, maxlen, jnp.int32))
+
+    def start_of(slots):
+        step, stream = np.divmod(slots, batch_size)
+        return stream * length + step * maxlen + offset
+
+    return EpochPlan(steps * batch_size, batch_size, start_of=start_of, **shape)
 
 
-make_window_plan = jax.jit(epoch_plan, static_argnames=("batch_size", "steps_per_call", "width"))
-make_stream_plan = jax.jit(
-    stream_plan, static_argnames=("batch_size", "steps_per_call", "maxlen", "width")
-)
-
-
-def device_width(batch_size: int, mesh: Mesh) -> int:
-    """The batch padded (with weight-0 slots) to split evenly over the mesh's devices."""
-    return -(-batch_size // mesh.size) * mesh.size
-
-
-def placed(plan: tuple[jax.Array, jax.Array], mesh: Mesh) -> tuple[jax.Array, jax.Array]:
-    """An epoch plan with each batch's slots sharded over the mesh."""
-    return parallel.put(plan, parallel.batch_sharded(mesh))
+def slices(ids: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """ids[start : start + length] for every start: [..., length] in the ids' own dtype,
+    sliced on the host (a chunk's windows take kilobytes)."""
+    return ids[np.asarray(starts)[..., None] + np.arange(length)]

@@ -44,10 +44,15 @@ class Config:
 
     text: str = _field(
         "nietzsche",
-        "corpus: 'nietzsche' or a path to a UTF-8 text file",
+        "corpus: 'nietzsche', a UTF-8 text file, a folder of *.txt files, or several of these "
+        "(joined with a blank line between files)",
         "data",
         math=True,
         metavar="PATH",
+        nargs="+",
+    )
+    recursive: bool = _field(
+        False, "with a folder in --text: also the *.txt files of its subfolders", "data", math=True
     )
     max_chars: int = _field(
         0, "use only the first N chars of the text; 0 = all", "data", math=True, metavar="N"

@@ -1,8 +1,11 @@
-"""The corpus: text files resolved, downloaded (SHA-256 checked), read and encoded as char ids
+"""The corpus: text files resolved (a file, a folder of `*.txt` files, several paths, or the
+downloaded and SHA-256-checked Nietzsche), read and encoded block by block into char ids
 (`load`) with their `Vocab`, and the split into training text and a held-out tail (`split`).
 
-The corpus stays a flat int32 array of char ids; windows are sliced from it on demand
-(`batching`), never the one-hot `(windows, maxlen, vocab)` tensor of the original.
+The corpus is a flat array of char ids in the narrowest dtype of its vocabulary (one byte a char
+up to 256 distinct chars); the text is never held whole as a string, and windows are sliced from
+the ids on demand (`batching`), never the one-hot `(windows, maxlen, vocab)` tensor of the
+original. Several files are joined with `SEPARATOR` between them.
 """
 
 from __future__ import annotations
@@ -70,8 +73,14 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 60.0) -> Path:
     return dest
 
 
+SEPARATOR = "\n\n"  # between the files of a corpus of several: a blank line
+BLOCK = 1 << 22  # bytes read, decoded and encoded at a time
+MAX_CHARS = 2**31 - 1  # window starts are int32
+
+
 def resolve_corpus(text: str, *, url: str = NIETZSCHE_URL, sha256: str = NIETZSCHE_SHA256) -> Path:
-    """Path of the corpus: a user path as given, or Nietzsche from data dir, cache or download."""
+    """Path of one corpus file: a user path as given, or Nietzsche from data dir, cache or
+    download."""
     if text != NIETZSCHE:
         path = Path(text).expanduser()
         if not path.exists():
@@ -94,59 +103,167 @@ def resolve_corpus(text: str, *, url: str = NIETZSCHE_URL, sha256: str = NIETZSC
     return download(url, cached, sha256)
 
 
+def resolve_files(text: str, recursive: bool = False) -> list[Path]:
+    """The files of `--text`: 'nietzsche', a file, a folder (its `*.txt` files, sorted by
+    path; with `recursive` those of its subfolders too), or several of these joined with
+    `os.pathsep`, in the order given."""
+    files = []
+    for part in text.split(os.pathsep):
+        path = Path(part).expanduser()
+        if part != NIETZSCHE and path.is_dir():
+            found = sorted(path.rglob("*.txt") if recursive else path.glob("*.txt"))
+            found = [f for f in found if f.is_file()]
+            if not found:
+                deeper = "" if recursive else " (add --recursive to look in its subfolders)"
+                raise CharjaxError(
+                    f"folder {path} holds no *.txt files{deeper}; pass --text "
+                    "with a folder of UTF-8 .txt files"
+                )
+            files += found
+        else:
+            files.append(resolve_corpus(part))
+    return files
+
+
+def absolute(text: str) -> str:
+    """`--text` with every path made absolute (stored so --resume works from any directory)."""
+    parts = text.split(os.pathsep)
+    return os.pathsep.join(
+        p if p == NIETZSCHE else str(Path(p).expanduser().absolute()) for p in parts
+    )
+
+
 def read_text(path: Path, *, max_chars: int = 0, lower: bool = True) -> str:
-    """The text of a UTF-8 file, cut to `max_chars` (0 = all) and lower-cased like the original."""
-    return _cut(_decode(path), max_chars, lower)
-
-
-def _cut(text: str, max_chars: int, lower: bool) -> str:
+    """The text of a UTF-8 file, cut to `max_chars` (0 = all) and lower-cased like the original
+    (the whole text as one string: for scoring a file, not for a training corpus)."""
+    text = "".join(block for _, block in _blocks(path))
     if max_chars > 0:
         text = text[:max_chars]
     return text.lower() if lower else text
 
 
-def _decode(path: Path) -> str:
-    """The whole text of a UTF-8 file; one clear error for an empty, binary or non-UTF-8 one."""
-    raw = Path(path).read_bytes()
+def _blocks(path: Path, size: int = BLOCK):
+    """(raw bytes, decoded text) blocks of a UTF-8 file, cut between characters; one clear
+    error for an empty, binary or non-UTF-8 file."""
+    with open(path, "rb") as f:
+        pending, offset, first = b"", 0, True
+        while True:
+            raw = f.read(size)
+            if first:
+                _check_start(path, raw)
+                first = False
+            data = pending + raw
+            cut = _char_boundary(data) if raw else len(data)
+            try:
+                text = data[:cut].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CharjaxError(
+                    f"{path} is not valid UTF-8 (bad byte at offset {offset + e.start}); "
+                    "convert it to UTF-8"
+                ) from None
+            yield raw, text
+            if not raw:
+                return
+            pending, offset = data[cut:], offset + cut
+
+
+def _check_start(path: Path, raw: bytes) -> None:
+    """One line for an empty file or a binary one (a NUL byte in its first 64 KiB)."""
     if not raw:
         raise CharjaxError(f"{path} is empty; pass a text file with --text")
-    if b"\x00" in raw[:65536]:
-        offset = raw.index(b"\x00")
+    nul = raw.find(b"\x00", 0, 65536)
+    if nul >= 0:
         raise CharjaxError(
-            f"{path} looks like a binary file (NUL byte at offset {offset}); pass a UTF-8 text file"
+            f"{path} looks like a binary file (NUL byte at offset {nul}); pass a UTF-8 text file"
         )
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CharjaxError(
-            f"{path} is not valid UTF-8 (bad byte at offset {e.start}); convert it to UTF-8"
-        ) from None
+
+
+def _char_boundary(data: bytes) -> int:
+    """The last index <= len(data) that does not split a UTF-8 sequence (a lead byte or ASCII
+    starts there), looking back at most 3 bytes."""
+    for back in range(1, min(4, len(data)) + 1):
+        if data[-back] & 0xC0 != 0x80:  # not a continuation byte: a sequence starts here
+            lead = data[-back]
+            need = 1 if lead < 0x80 else 2 if lead >> 5 == 6 else 3 if lead >> 4 == 14 else 4
+            return len(data) if need <= back else len(data) - back
+    return len(data)
 
 
 @dataclass(frozen=True)
 class Corpus:
-    text: str
     vocab: Vocab
-    ids: np.ndarray  # int32[n]
-    sha256: str  # of the file as read from disk
+    ids: np.ndarray  # [n] char ids in `vocab.dtype` (uint8 for up to 256 distinct chars)
+    sha256: str  # of the file as read from disk; of the files' digests for several
+    prime: str  # the first maxlen chars (the default prime for sampling)
     left_out: str = ""  # distinct chars of the file that --max-chars cut away (not in the vocab)
 
 
+def _texts(files: list[Path], max_chars: int, lower: bool, digests: list | None = None):
+    """The corpus text block by block: files joined with `SEPARATOR`, cut to `max_chars`
+    (counted before lower-casing, as `read_text`), lower-cased -> (used, past) pairs where
+    `past` is text beyond the cut. With `digests`, each file's SHA-256 is appended to it."""
+    budget = max_chars if max_chars > 0 else -1
+    for i, path in enumerate(files):
+        h = hashlib.sha256()
+        tail = ""  # lower-casing is cut after a line break, where no context rule reaches
+        for raw, text in _blocks(path):
+            h.update(raw)
+            text = tail + text + (SEPARATOR if not raw and i + 1 < len(files) else "")
+            at = max(text.rfind("\n") + 1, text.rfind(" ") + 1) if raw else len(text)
+            if at == 0 and len(text) < 4 * BLOCK:
+                tail = text
+                continue
+            text, tail = text[:at], text[at:]
+            if budget < 0:
+                yield (text.lower() if lower else text), ""
+                continue
+            used, past = text[:budget], text[budget:]
+            budget -= len(used)
+            yield (used.lower() if lower else used), (past.lower() if lower else past)
+        if digests is not None:
+            digests.append(h.hexdigest())
+
+
+def _fingerprint(files: list[Path], digests: list[str]) -> str:
+    """One file: its SHA-256 (as earlier checkpoints recorded); several: the SHA-256 of their
+    names and digests in order, so a changed, added, removed or reordered file shows."""
+    if len(files) == 1:
+        return digests[0]
+    listing = "".join(f"{d}  {f.name}\n" for f, d in zip(files, digests, strict=True))
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
 def load(cfg: Config) -> Corpus:
-    """Resolve, read and encode the corpus; error if it cannot give a single window."""
-    path = resolve_corpus(cfg.text)
-    whole = _decode(path)
-    text = _cut(whole, cfg.max_chars, cfg.lower)
-    left_out = ""
-    if 0 < cfg.max_chars < len(whole):
-        left_out = "".join(sorted(set(_cut(whole, 0, cfg.lower)) - set(text)))
-    if len(text) < cfg.maxlen + 1:
+    """Resolve, read and encode the corpus in two passes over its files (the vocabulary, then
+    the ids), never holding the whole text; error if it cannot give a single window."""
+    files = resolve_files(cfg.text, cfg.recursive)
+    chars, beyond, n, prime, digests = set(), set(), 0, "", []
+    for used, past in _texts(files, cfg.max_chars, cfg.lower, digests):
+        chars.update(used)
+        beyond.update(past)
+        if len(prime) < cfg.maxlen:
+            prime += used[: cfg.maxlen - len(prime)]
+        n += len(used)
+    where = files[0] if len(files) == 1 else f"--text {cfg.text}"
+    if n < cfg.maxlen + 1:
         raise CharjaxError(
-            f"{path} gives {len(text)} chars, fewer than --maxlen + 1 = {cfg.maxlen + 1}; use a "
+            f"{where} gives {n} chars, fewer than --maxlen + 1 = {cfg.maxlen + 1}; use a "
             "longer text or a smaller --maxlen"
         )
-    vocab = Vocab.from_text(text)
-    return Corpus(text, vocab, vocab.encode(text), sha256_of(path), left_out)
+    if n > MAX_CHARS:
+        raise CharjaxError(
+            f"{where} gives {n:,} chars, more than the {MAX_CHARS:,} one run can index; "
+            "pass --max-chars or split the corpus"
+        )
+    vocab = Vocab("".join(sorted(chars)))
+    ids, at, encode = np.empty(n, vocab.dtype), 0, vocab.encoder()
+    for used, _ in _texts(files, cfg.max_chars, cfg.lower):
+        ids[at : at + len(used)] = encode(used)
+        at += len(used)
+        if at == n:  # the rest is beyond --max-chars
+            break
+    left_out = "".join(sorted(beyond - chars))
+    return Corpus(vocab, ids, _fingerprint(files, digests), prime, left_out)
 
 
 def load_saved(cfg: Config, sha256: str, vocab: str, directory) -> Corpus:
@@ -155,7 +272,7 @@ def load_saved(cfg: Config, sha256: str, vocab: str, directory) -> Corpus:
     if corpus.sha256 != sha256 or corpus.vocab.chars != vocab:
         raise CharjaxError(
             f"the corpus {cfg.text} is not the one the checkpoint in {directory} was "
-            "trained on (different file or vocabulary); pass the original with --text"
+            "trained on (different files or vocabulary); pass the original with --text"
         )
     return corpus
 

@@ -73,8 +73,8 @@ class Progress(NamedTuple):
 
 def iterate(
     state: step.TrainState,
-    ids: jax.Array,
-    starts: jax.Array,
+    ids: np.ndarray,
+    split: int,
     data_key: jax.Array,
     epoch: int,
     cfg: Config,
@@ -82,37 +82,43 @@ def iterate(
     start: Position = Position(),  # noqa: B008 (frozen)
     context: step.StepContext = step.NO_CONTEXT,
 ):
-    """Train epoch `epoch` from `start`, in the window order of `(data_key, epoch)` (shuffled;
-    with --carry-state the streams in order, shifted by an offset): yield `Progress` after each
-    chunk. The input state's buffers are donated: use the yielded states. `mesh`: all devices.
+    """Train epoch `epoch` on ids [0, split) from `start`, in the window order of
+    `(data_key, epoch)` (shuffled; with --carry-state the streams in order, shifted by an
+    offset): yield `Progress` after each chunk. The input state's buffers are donated: use the
+    yielded states. `mesh`: all devices.
 
-    Each chunk is waited for: that keeps multi-device CPU runs from queueing calls (which can
-    time out XLA's all-reduce rendezvous) and makes progress reports tell the truth.
+    The ids stay on the host: each chunk's windows are sliced there (while the device trains
+    on the chunk before) and only they are sent. Each chunk is waited for: that keeps
+    multi-device CPU runs from queueing calls (which can time out XLA's all-reduce rendezvous)
+    and makes progress reports tell the truth.
     """
     mesh = mesh or parallel.data_mesh()
-    plan_starts, plan_weights = objective.of(cfg).plan(
-        data_key, epoch, starts, cfg.steps_per_call, mesh
-    )
-    counts = np.asarray(plan_weights.sum(axis=-1))  # real windows per batch [chunks, K]
+    goal = objective.of(cfg)
+    width = parallel.device_width(cfg.batch_size, mesh)
+    plan = goal.plan(data_key, epoch, split, cfg.steps_per_call, width)
     if start.chunks == 0:  # every stream starts the epoch from a zero state
         state = state._replace(carry=step.zero_streams(cfg))
-    state, ids = parallel.put((state, ids), parallel.replicated(mesh))
-    chunks, position = plan_starts.shape[0], start
-    batches = int(np.count_nonzero(counts))  # with real windows: the padding has none
-    for chunk in range(start.chunks, chunks):
-        state, metrics = step.train_chunk(
-            state, ids, plan_starts, plan_weights, chunk, context, cfg, mesh
-        )
-        position = position.advance(metrics, counts[chunk])
-        progress = Progress(state, position, chunks, batches)
+    state = parallel.put(state, parallel.replicated(mesh))
+
+    def chunk_batch(chunk):
+        starts, weights = plan.chunk(chunk)
+        return parallel.put((*goal.batch(ids, starts), weights), parallel.batch_sharded(mesh))
+
+    position, upcoming = start, chunk_batch(start.chunks) if start.chunks < plan.chunks else None
+    for chunk in range(start.chunks, plan.chunks):
+        state, metrics = step.train_chunk(state, *upcoming, context, cfg, mesh)
+        if chunk + 1 < plan.chunks:  # sliced while the device trains on this chunk
+            upcoming = chunk_batch(chunk + 1)
+        position = position.advance(metrics, plan.counts(chunk))
+        progress = Progress(state, position, plan.chunks, plan.batches)
         yield progress
         if progress.finished:
             return
 
 
-def train_epoch(state, ids, starts, data_key, epoch: int, cfg: Config, mesh=None, **kw):
+def train_epoch(state, ids, split: int, data_key, epoch: int, cfg: Config, mesh=None, **kw):
     """A whole epoch -> (state, mean loss per predicted char); see `iterate`."""
     position = kw.get("start", Position())
-    for progress in iterate(state, ids, starts, data_key, epoch, cfg, mesh, **kw):
+    for progress in iterate(state, ids, split, data_key, epoch, cfg, mesh, **kw):
         state, position = progress.state, progress.position
     return state, position.means().get("loss", float("nan"))

@@ -46,17 +46,21 @@ class Score:
 
 
 @functools.partial(jax.jit, static_argnames=("maxlen", "dtype"))
-def _window_nats(params, ids, starts, weights, *, maxlen: int, dtype):
+def _window_nats(params, inputs, targets, weights, *, maxlen: int, dtype):
     """The training loss of the original objective on these windows (`step.nll`)."""
-    last_char = objective.Objective(maxlen, 1, len(starts), False, False)
-    inputs, targets = last_char.gather(ids, starts)
+    last_char = _last_char(maxlen)
     return step.nll(params, inputs, targets, weights, last_char, dtype=dtype)[0]
+
+
+def _last_char(maxlen: int) -> objective.Objective:
+    """The original objective: the char after each window."""
+    return objective.Objective(maxlen, 1, 1, False, False)
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
 def _stream_nats(params, carry, inputs, targets, valid, *, dtype):
     carry, logits = model.forward(params, inputs[None], carry, valid, dtype, all_steps=True)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits[0], targets)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits[0], targets.astype(jnp.int32))
     return carry, jnp.sum(jnp.where(valid, losses, 0.0))
 
 
@@ -86,23 +90,26 @@ def score_ids(
     progress = progress or (lambda done, total: None)
     if mode not in MODES:
         raise CharjaxError(f"score mode must be one of {', '.join(MODES)}, got {mode!r}")
-    ids = np.asarray(ids, np.int32)
+    ids = np.asarray(ids)
     if mode == "window":
-        starts = batching.window_starts(len(ids), maxlen, stride)
-        if len(starts) == 0:
+        windows = batching.window_count(len(ids), maxlen, stride)
+        if windows == 0:
             raise CharjaxError(
                 f"a text of {len(ids)} chars has nothing to score in window mode (it needs more "
                 f"than --maxlen = {maxlen} chars); use a longer text or --mode stateful"
             )
-        device_ids = jnp.asarray(ids)
-        total, done = 0.0, 0
-        for piece, weights in _batches(starts, min(batch_size, len(starts))):
+        size, total, done = min(batch_size, windows), 0.0, 0
+        for begin in range(0, windows, size):
+            index = begin + np.arange(size)
+            weights = (index < windows).astype(np.float32)
+            starts = np.where(index < windows, index, 0) * stride
+            inputs, targets = _last_char(maxlen).batch(ids, starts)
             total += float(
-                _window_nats(params, device_ids, piece, weights, maxlen=maxlen, dtype=dtype)
+                _window_nats(params, inputs, targets, weights, maxlen=maxlen, dtype=dtype)
             )
             done += int(weights.sum())
-            progress(done, len(starts))
-        return Score(total, len(starts))
+            progress(done, windows)
+        return Score(total, windows)
     if len(ids) < 2:
         raise CharjaxError("a text needs at least 2 chars to be scored")
     inputs, targets = ids[:-1], ids[1:]

@@ -146,8 +146,11 @@ def forward(
     dropout: float = 0.0,
     key: jax.Array | None = None,
 ):
-    """Pure forward pass: ids int32[B, T] -> (carry, logits); see `CharLSTM`."""
+    """Pure forward pass: ids int[B, T] -> (carry, logits); see `CharLSTM`. Ids of any integer
+    dtype (the corpus keeps them narrow) are widened to int32 here, inside the jitted caller."""
     dtype = None if dtype in (None, "float32") else dtype
+    if jnp.issubdtype(ids.dtype, jnp.integer):
+        ids = ids.astype(jnp.int32)
     module = CharLSTM(*shape_of(params), layers_of(params), dtype)
     return module.apply(
         {"params": params}, ids, carry, valid, all_steps=all_steps, dropout=dropout, key=key

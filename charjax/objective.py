@@ -2,7 +2,7 @@
 
 The only place that knows "the char after each window" (the original) from "every next char"
 (`--objective sequence`), and shuffled windows from carried streams (`--carry-state`):
-`objective.of(cfg)` answers for the training starts, the plan, the gather, the loss per window,
+`objective.of(cfg)` answers for the training windows, the plan, the batches, the loss per window,
 the chars per window and the default reading for sampling and scoring.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
-from jax.sharding import Mesh
 
 from charjax import batching
 
@@ -45,32 +46,29 @@ class Objective:
         """Window reading scores held-out windows at the training stride (the training loss)."""
         return self.step if self.reading == "window" else 1
 
-    def starts(self, split: int):
-        """int32[windows] training starts in ids [0, split): the original's windows, or
-        contiguous streams step by step."""
+    def windows(self, split: int) -> int:
+        """Training windows in ids [0, split): the original's windows, or the streams' (steps
+        x streams)."""
         if self.carried:
-            return batching.stream_starts(split, self.batch_size, self.maxlen)
-        return batching.window_starts(split, self.maxlen, self.step)
+            return batching.stream_layout(split, self.batch_size, self.maxlen)[1] * self.batch_size
+        return batching.window_count(split, self.maxlen, self.step)
 
-    def plan(self, key, epoch: int, starts, steps_per_call: int, mesh: Mesh):
-        """The epoch's plan (`batching`), batches padded to split evenly over the mesh and
-        placed on it."""
-        width = batching.device_width(self.batch_size, mesh)
-        common = dict(batch_size=self.batch_size, steps_per_call=steps_per_call, width=width)
+    def plan(self, key, epoch: int, split: int, steps_per_call: int, width: int):
+        """The epoch's `batching.EpochPlan` over ids [0, split), batches padded to `width`."""
+        shape = dict(batch_size=self.batch_size, steps_per_call=steps_per_call, width=width)
         if self.carried:
-            plan = batching.make_stream_plan(key, epoch, starts, maxlen=self.maxlen, **common)
-        else:
-            plan = batching.make_window_plan(key, epoch, starts, **common)
-        return batching.placed(plan, mesh)
+            return batching.stream_plan(key, epoch, split, self.maxlen, **shape)
+        return batching.window_plan(key, epoch, self.windows(split), self.step, **shape)
 
-    def gather(self, ids: jax.Array, starts: jax.Array):
-        """A batch's inputs int32[B, maxlen] and targets: int32[B] (last) or [B, maxlen]."""
-        if self.every_position:
-            return batching.gather_sequences(ids, starts, self.maxlen)
-        return batching.gather_windows(ids, starts, self.maxlen)
+    def batch(self, ids: np.ndarray, starts: np.ndarray):
+        """The windows at `starts` [...], sliced on the host in the ids' dtype: inputs
+        [..., maxlen] and targets: [...] (the char after each) or [..., maxlen] (every next)."""
+        block = batching.slices(ids, starts, self.maxlen + 1)
+        return block[..., :-1], block[..., 1:] if self.every_position else block[..., -1]
 
     def window_losses(self, logits: jax.Array, targets: jax.Array) -> jax.Array:
         """Cross-entropy in nats of each window, float32[B], summed over its predicted chars."""
+        targets = targets.astype(jnp.int32)  # ids come in their narrow corpus dtype
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
         return losses.sum(axis=-1) if self.every_position else losses
 

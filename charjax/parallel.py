@@ -120,6 +120,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def device_width(batch_size: int, mesh: Mesh) -> int:
+    """The batch padded (with weight-0 slots) to split evenly over the mesh's devices."""
+    return -(-batch_size // mesh.size) * mesh.size
+
+
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-    """Shard the last (batch) axis of an epoch plan [chunks, K, batch] over the mesh."""
-    return NamedSharding(mesh, P(None, None, AXIS))
+    """Shard the batch axis of a chunk's batches [K, batch, ...] over the mesh."""
+    return NamedSharding(mesh, P(None, AXIS))

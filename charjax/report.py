@@ -86,7 +86,7 @@ class Reporter:
         held = f", {len(run.held_out):,} held out" if run.held_out is not None else ""
         self.log(
             f"corpus: {len(run.corpus.ids):,} chars{held}, {run.corpus.vocab.size} distinct, "
-            f"{len(run.starts):,} windows; epochs {run.epoch}..{run.cfg.epochs} on {devices} "
+            f"{run.windows:,} windows; epochs {run.epoch}..{run.cfg.epochs} on {devices} "
             f"{platform} device(s); checkpoints in {directory}"
         )
 

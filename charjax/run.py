@@ -1,4 +1,4 @@
-"""A training run, set up once: its config, corpus and split, keys, training starts, state and
+"""A training run, set up once: its config, corpus and split, keys, training windows, state and
 where it starts (`Run`). `fresh` begins at epoch 1; `resume` continues after the latest complete
 epoch, or inside the epoch an interruption saved, with the saved config and the user's flags.
 """
@@ -6,7 +6,6 @@ epoch, or inside the epoch an interruption saved, with the saved config and the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -40,14 +39,14 @@ class Run:
     corpus: corpora.Corpus
     split: int  # ids [0, split) train; [split, n) are held out
     keys: Keys
-    starts: jax.Array  # int32[windows]: the training windows' starts (`objective.starts`)
+    windows: int  # training windows per epoch (`objective.windows`)
     state: step.TrainState
     epoch: int  # the first epoch to train
     position: Position  # where in that epoch (not at its start after a Ctrl-C)
 
     @property
     def held_out(self):
-        """The held-out ids int32[n - split], or None without validation."""
+        """The held-out ids [n - split] (a view), or None without validation."""
         return self.corpus.ids[self.split :] if self.split < len(self.corpus.ids) else None
 
     @property
@@ -57,7 +56,7 @@ class Run:
     @property
     def batches(self) -> int:
         """Optimizer steps per epoch."""
-        return -(-len(self.starts) // self.cfg.batch_size)
+        return -(-self.windows // self.cfg.batch_size)
 
     @property
     def context(self) -> step.StepContext:
@@ -72,15 +71,14 @@ class Run:
 
     def meta(self, epoch: int, metrics: dict | None = None, position=None) -> Meta:
         """The record saved with a checkpoint; the prime is stored so sampling needs no corpus."""
-        prime = self.corpus.text[: self.cfg.maxlen]
         c = self.corpus
-        return Meta(self.cfg, c.vocab.chars, c.sha256, prime, epoch, metrics or {}, position)
+        return Meta(self.cfg, c.vocab.chars, c.sha256, c.prime, epoch, metrics or {}, position)
 
 
 def _build(cfg: Config, corpus: corpora.Corpus, state, epoch: int, position: Position) -> Run:
     split = corpora.split(corpus, cfg)
-    starts = objective.of(cfg).starts(split)
-    if len(starts) == 0:  # only carried streams can get here: `split` checked the rest
+    windows = objective.of(cfg).windows(split)
+    if windows == 0:  # only carried streams can get here: `split` checked the rest
         raise CharjaxError(
             f"{split:,} training chars cannot be cut into --batch-size {cfg.batch_size} "
             f"streams of at least --maxlen {cfg.maxlen} chars each; use a smaller --batch-size"
@@ -88,7 +86,7 @@ def _build(cfg: Config, corpus: corpora.Corpus, state, epoch: int, position: Pos
     keys = run_keys(cfg.seed)
     if state is None:
         state = step.init_state(keys.init, corpus.vocab.size, cfg)
-    return Run(cfg, corpus, split, keys, jnp.asarray(starts), state, epoch, position)
+    return Run(cfg, corpus, split, keys, windows, state, epoch, position)
 
 
 def fresh(cfg: Config, folder: RunDir) -> Run:
@@ -99,8 +97,7 @@ def fresh(cfg: Config, folder: RunDir) -> Run:
             f"{folder.directory} already holds checkpoints ({held}); pass --resume to continue "
             "that run, or choose another --checkpoint-dir"
         )
-    if cfg.text != corpora.NIETZSCHE:  # stored absolute, so --resume works from any directory
-        cfg = cfg.replace(text=str(Path(cfg.text).expanduser().absolute()))
+    cfg = cfg.replace(text=corpora.absolute(cfg.text))
     return _build(cfg, corpora.load(cfg), None, 1, Position())
 
 
@@ -139,6 +136,12 @@ def resume(given: dict, folder: RunDir, log, sharding) -> Run:
             "(change it after that epoch)"
         )
     cfg = merge_resumed(saved, given).check()
+    if meta.format < 3 and not objective.of(cfg).carried:
+        raise CharjaxError(
+            f"the run in {folder.directory} was trained by an older charjax (checkpoint format "
+            f"{meta.format}) that shuffled windows in another order, so resuming would not "
+            "repeat it; sample or score from it as it is, or train again in a new --checkpoint-dir"
+        )
     corpus = corpora.load_saved(cfg, meta.corpus_sha256, meta.vocab, folder.directory)
     folder.repair_metrics()
     like = step.state_shape(corpus.vocab.size, cfg)

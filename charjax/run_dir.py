@@ -21,7 +21,7 @@ from charjax.metrics_log import METRICS_FILE, append_metrics, read_metrics
 
 __all__ = ["METRICS_FILE", "Meta", "RunDir", "append_metrics", "lock_directory", "read_metrics"]
 
-FORMAT = 2  # 2: TrainState has lr_scale and carry; config has the quality fields
+FORMAT = 3  # 2: TrainState has lr_scale and carry; 3: windows shuffled by `batching.shuffle`
 LOCK_FILE = ".lock"
 
 
@@ -37,10 +37,11 @@ class Meta:
     epoch: int
     metrics: dict = field(default_factory=dict)
     position: Position | None = None
+    format: int = FORMAT  # of the record as written (an older one still samples and scores)
 
     def to_json(self) -> dict:
         record = {
-            "format": FORMAT,
+            "format": self.format,
             "epoch": self.epoch,
             "config": self.cfg.to_dict(),
             "vocab": self.vocab,
@@ -55,7 +56,7 @@ class Meta:
     @classmethod
     def from_json(cls, record: dict) -> Meta:
         """The record as saved; checkpoints of an older layout are refused in one line."""
-        if record.get("format", 1) < FORMAT:
+        if record.get("format", 1) < 2:
             raise CharjaxError(
                 f"this checkpoint (epoch {record.get('epoch')}) was written by an older charjax "
                 f"(format {record.get('format', 1)}: no held-out split, learning-rate scale or "
@@ -70,6 +71,7 @@ class Meta:
             record["epoch"],
             record.get("metrics", {}),
             None if position is None else Position.from_json(position),
+            record["format"],
         )
 
 

@@ -54,7 +54,7 @@ def train_run(
             report.nothing_to_train(this, folder.directory)
             return this.state, []
         report.started(this, mesh.size, mesh.devices.flat[0].platform, folder.directory)
-        cfg, ids = this.cfg, parallel.put(this.corpus.ids, replicated)
+        cfg, ids = this.cfg, this.corpus.ids
         earlier = [m["loss"] for m in folder.metrics() if m["epoch"] < this.epoch]
         best, cuts, history = min(earlier, default=math.inf), 0, []
         with StopRequest(report.log) as stop:
@@ -102,7 +102,7 @@ def _train_epoch(this: run.Run, ids, mesh, folder: RunDir, report, stop):
     chunks = epoch.iterate(
         this.state,
         ids,
-        this.starts,
+        this.split,
         this.keys.data,
         this.epoch,
         this.cfg,
@@ -143,7 +143,7 @@ def _save_interrupted(this: run.Run, folder: RunDir, done: epoch.Progress, stop)
         folder.save_partial(done.state, this.meta(this.epoch, position=done.position))
     raise Interrupted(
         f"interrupted: saved epoch {this.epoch} after {done.position.windows:,} of "
-        f"{len(this.starts):,} windows. Continue with: {_hint(folder)}"
+        f"{this.windows:,} windows. Continue with: {_hint(folder)}"
     )
 
 

@@ -1,8 +1,8 @@
 """One optimizer step and the jitted chunk of steps: `TrainState`, the loss, `train_step`.
 
 `train_step(state, batch...) -> (state, metrics)` is pure; `train_chunk` (the jit boundary)
-scans it over `steps_per_call` batches of an epoch plan, data-parallel over a device mesh, so
-the host dispatches once per chunk. The step's metrics dict is the one place to add a metric:
+scans it over a chunk of `steps_per_call` batches, data-parallel over a device mesh, so the
+host dispatches once per chunk. The step's metrics dict is the one place to add a metric:
 the epoch averages every entry and the progress bar, epoch line and metrics.jsonl show it.
 """
 
@@ -134,20 +134,20 @@ def train_step(state, inputs, targets, weights, cfg: Config, axis_name=None, con
     return state, {"loss": total * scale}
 
 
-def _train_chunk(state, ids, plan_starts, plan_weights, chunk, context, cfg: Config, mesh: Mesh):
-    """Scan `train_step` over the batches of chunk `chunk` of the plan -> (state, metrics with
-    one value per step [K])."""
+def _train_chunk(state, inputs, targets, weights, context, cfg: Config, mesh: Mesh):
+    """Scan `train_step` over a chunk's batches (inputs [K, width, maxlen], targets, weights
+    [K, width], each batch split over the mesh) -> (state, metrics with one value per step
+    [K])."""
     goal = objective.of(cfg)
 
-    def per_device(state, ids, starts, weights, context):
+    def per_device(state, inputs, targets, weights, context):
         def body(state, batch):
-            inputs, targets = goal.gather(ids, batch[0])
-            return train_step(state, inputs, targets, batch[1], cfg, parallel.AXIS, context)
+            return train_step(state, *batch, cfg, parallel.AXIS, context)
 
         if not goal.carried:
-            return lax.scan(body, state, (starts, weights))
+            return lax.scan(body, state, (inputs, targets, weights))
         # Streams are split over the devices like the batch: each device carries its rows.
-        rows = starts.shape[-1]
+        rows = weights.shape[-1]
         index = lax.axis_index(parallel.AXIS)
 
         def mine(x):
@@ -161,16 +161,17 @@ def _train_chunk(state, ids, plan_starts, plan_weights, chunk, context, cfg: Con
             return lax.psum(x, parallel.AXIS)[: cfg.batch_size]
 
         state = state._replace(carry=jax.tree.map(mine, state.carry))
-        state, metrics = lax.scan(body, state, (starts, weights))
+        state, metrics = lax.scan(body, state, (inputs, targets, weights))
         return state._replace(carry=jax.tree.map(whole, state.carry)), metrics
 
+    batch = P(None, parallel.AXIS)
     sharded = jax.shard_map(
         per_device,
         mesh=mesh,
-        in_specs=(P(), P(), P(None, parallel.AXIS), P(None, parallel.AXIS), P()),
+        in_specs=(P(), batch, batch, batch, P()),
         out_specs=(P(), P()),
     )
-    return sharded(state, ids, plan_starts[chunk], plan_weights[chunk], context)
+    return sharded(state, inputs, targets, weights, context)
 
 
 train_chunk = jax.jit(_train_chunk, static_argnames=("cfg", "mesh"), donate_argnums=0)

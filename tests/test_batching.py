@@ -1,8 +1,7 @@
-"""Window starts, windows sliced on device, and epoch plans (shuffled windows, contiguous
-streams, padding to the device width)."""
+"""Window counts and starts, the keyed shuffle, epoch plans computed chunk by chunk (shuffled
+windows, contiguous streams, padding to the device width) and windows sliced on the host."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,6 +19,7 @@ def test_window_count_formula(n, maxlen, step):
     starts = batching.window_starts(n, maxlen, step)
     assert starts.dtype == np.int32
     assert starts.tolist() == list(range(0, n - maxlen, step))
+    assert batching.window_count(n, maxlen, step) == len(starts)
 
 
 @settings(max_examples=40, deadline=None)
@@ -31,38 +31,60 @@ def test_windows_slice_the_text(text, maxlen, step):
     if len(starts) == 0:
         assert len(text) <= maxlen
         return
-    inputs, targets = batching.gather_windows(jnp.asarray(ids), jnp.asarray(starts), maxlen)
-    assert inputs.shape == (len(starts), maxlen) and targets.shape == (len(starts),)
-    for row, target, s in zip(np.asarray(inputs), np.asarray(targets), starts, strict=False):
-        assert vocab.decode(row) == text[s : s + maxlen]
-        assert vocab.decode([target]) == text[s + maxlen]
+    block = batching.slices(ids, starts, maxlen + 1)
+    assert block.shape == (len(starts), maxlen + 1) and block.dtype == ids.dtype
+    for row, s in zip(block, starts, strict=True):
+        assert vocab.decode(row) == text[s : s + maxlen + 1]
 
 
-def test_epoch_plan_uses_every_window_once():
-    starts = jnp.arange(0, 300, 3, dtype=jnp.int32)  # 100 windows
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5000), st.integers(0, 2**31))
+def test_shuffle_is_a_permutation(n, seed):
+    keys = np.random.default_rng(seed).integers(0, 2**32, batching.ROUNDS, dtype=np.uint32)
+    order = batching.shuffle(np.arange(n), n, keys)
+    assert sorted(order.tolist()) == list(range(n))
+
+
+def test_shuffle_is_keyed_and_computed_position_by_position():
+    n = 1_000_003
+    keys = batching.shuffle_keys(jax.random.key(0), 1)
+    whole = batching.shuffle(np.arange(n), n, keys)
+    assert np.array_equal(np.sort(whole), np.arange(n))
+    some = np.array([0, 17, 999_999, n - 1])
+    assert batching.shuffle(some, n, keys).tolist() == whole[some].tolist()
+    other = batching.shuffle(np.arange(n), n, batching.shuffle_keys(jax.random.key(0), 2))
+    assert (other != whole).mean() > 0.99
+    # not a near-identity: consecutive positions land far apart
+    assert np.median(np.abs(np.diff(whole[:1000]))) > n / 10
+
+
+def _whole(plan):
+    chunks = [plan.chunk(c) for c in range(plan.chunks)]
+    return np.stack([s for s, _ in chunks]), np.stack([w for _, w in chunks])
+
+
+def test_window_plan_uses_every_window_once():
     key = jax.random.key(0)
-    plan, weights = batching.epoch_plan(key, 1, starts, batch_size=8, steps_per_call=3)
-    assert plan.shape == (5, 3, 8) and plan.dtype == jnp.int32 and weights.dtype == jnp.float32
-    real = np.asarray(plan)[np.asarray(weights) > 0]
-    assert sorted(real.tolist()) == np.asarray(starts).tolist()
-    assert float(weights.sum()) == 100
-    again, _ = batching.epoch_plan(key, 1, starts, batch_size=8, steps_per_call=3)
-    other, _ = batching.epoch_plan(key, 2, starts, batch_size=8, steps_per_call=3)
-    assert (np.asarray(again) == np.asarray(plan)).all()
-    assert (np.asarray(other) != np.asarray(plan)).any()
+    shape = dict(batch_size=8, steps_per_call=3, width=8)
+    plan = batching.window_plan(key, 1, 100, 3, **shape)  # 100 windows at stride 3
+    starts, weights = _whole(plan)
+    assert starts.shape == (5, 3, 8) and weights.dtype == np.float32
+    assert sorted(starts[weights > 0].tolist()) == list(range(0, 300, 3))
+    assert weights.sum() == 100
+    assert [plan.counts(c).tolist() for c in range(5)] == weights.sum(-1).tolist()
+    again, _ = _whole(batching.window_plan(key, 1, 100, 3, **shape))
+    other, _ = _whole(batching.window_plan(key, 2, 100, 3, **shape))
+    assert (again == starts).all() and (other != starts).any()
 
 
 def test_plan_pads_batches_to_the_device_width():
-    starts = jnp.arange(50, dtype=jnp.int32)
-    plan, weights = batching.epoch_plan(
-        jax.random.key(0), 1, starts, batch_size=6, steps_per_call=4, width=8
-    )
-    assert plan.shape == (3, 4, 8)
-    w = np.asarray(weights)
+    shape = dict(batch_size=6, steps_per_call=4, width=8)
+    plan = batching.window_plan(jax.random.key(0), 1, 50, 1, **shape)
+    starts, w = _whole(plan)
+    assert starts.shape == (3, 4, 8) and plan.batches == 9
     assert (w[..., 6:] == 0).all()  # the padding columns never count
     assert w.sum(axis=-1).tolist() == [[6, 6, 6, 6], [6, 6, 6, 6], [2, 0, 0, 0]]
-    real = np.asarray(plan)[w > 0]
-    assert sorted(real.tolist()) == list(range(50))
+    assert sorted(starts[w > 0].tolist()) == list(range(50))
 
 
 @settings(max_examples=60, deadline=None)
@@ -81,17 +103,18 @@ def test_no_training_window_reaches_the_held_out_tail(n, fraction, maxlen, step)
 
 
 def test_stream_plan_reads_contiguous_streams():
-    starts = batching.stream_starts(1000, 4, 10)  # streams of (1000 - 11) // 4 = 247 chars
-    assert len(starts) == 24 * 4
+    assert batching.stream_layout(1000, 4, 10) == (247, 24)  # (1000 - 11) // 4 chars a stream
+    assert len(batching.stream_starts(1000, 4, 10)) == 24 * 4
     offsets = set()
     for epoch in (1, 2, 3, 4):
-        plan, weights = batching.stream_plan(
-            jax.random.key(0), epoch, jnp.asarray(starts), 4, 5, maxlen=10, width=6
+        plan = batching.stream_plan(
+            jax.random.key(0), epoch, 1000, 10, batch_size=4, steps_per_call=5, width=6
         )
-        assert plan.shape == weights.shape == (5, 5, 6)
-        w = np.asarray(weights).reshape(-1, 6)
+        starts, weights = _whole(plan)
+        assert starts.shape == weights.shape == (5, 5, 6)
+        w = weights.reshape(-1, 6)
         assert (w[:24, :4] == 1).all() and w[24:].sum() == 0 and w[:, 4:].sum() == 0
-        rows = np.asarray(plan).reshape(-1, 6)[:24, :4]
+        rows = starts.reshape(-1, 6)[:24, :4]
         assert (np.diff(rows, axis=0) == 10).all()  # each stream goes on where it stopped
         offset = rows[0, 0]
         assert 0 <= offset < 10 and rows[0].tolist() == (offset + np.arange(4) * 247).tolist()

@@ -3,6 +3,7 @@ the held-out split."""
 
 import hashlib
 import http.server
+import os
 import threading
 
 import numpy as np
@@ -23,7 +24,7 @@ def test_nietzsche_numbers(nietzsche_dir):
     assert vocab.size == 59
     assert len(batching.window_starts(len(text), 60, 3)) == 200_281
     ids = vocab.encode(text)
-    assert ids.dtype == np.int32 and ids.shape == (600_901,)
+    assert ids.dtype == np.uint8 and ids.shape == (600_901,)
     assert vocab.decode(ids[:200]) == text[:200]
 
 
@@ -123,3 +124,83 @@ def test_default_split_of_nietzsche(nietzsche_dir):
     assert (split, len(corpus.ids) - split) == (540_810, 60_091)
     assert len(batching.window_starts(split, cfg.maxlen, cfg.step)) == 180_250
     assert len(batching.window_starts(len(corpus.ids), cfg.maxlen, cfg.step)) == 200_281  # --val 0
+
+
+def _load(text, **kw):
+    return corpora.load(Config(text=text, maxlen=4, **kw))
+
+
+def test_corpus_is_read_in_blocks_exactly_as_a_whole(tmp_path, monkeypatch):
+    # multi-byte chars cut by block edges, final sigmas whose lower case depends on context
+    text = "ΟΔΥΣΣΕΥΣ ΚΑΙ ΣΟΦΙΑ. naïve café — 日本語の文\nΑΣ ΣΑ\n" * 50 + "end ΣΑΣ"
+    path = tmp_path / "greek.txt"
+    path.write_text(text, encoding="utf-8")
+    whole = _load(str(path))
+    monkeypatch.setattr(corpora, "BLOCK", 7)
+    blocks = _load(str(path))
+    assert blocks.vocab == whole.vocab == corpora.Vocab.from_text(text.lower())
+    assert whole.vocab.decode(blocks.ids) == text.lower() == whole.vocab.decode(whole.ids)
+    assert blocks.sha256 == whole.sha256 == hashlib.sha256(text.encode()).hexdigest()
+    assert blocks.prime == text.lower()[:4]
+    cut = _load(str(path), max_chars=100)
+    assert cut.vocab.decode(cut.ids) == text[:100].lower()
+    assert cut.left_out == "".join(sorted(set(text.lower()) - set(text[:100].lower())))
+
+
+def test_ids_take_the_narrowest_dtype(tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("abcabc" * 10)
+    assert _load(str(small)).ids.dtype == np.uint8
+    wide = tmp_path / "wide.txt"
+    wide.write_text("".join(chr(0x4E00 + i) for i in range(300)) * 2, encoding="utf-8")
+    corpus = _load(str(wide))
+    assert corpus.ids.dtype == np.uint16 and corpus.vocab.size == 300
+    assert corpus.ids.max() == 299
+
+
+def test_bad_bytes_are_named_with_their_offset_across_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpora, "BLOCK", 5)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("é".encode() * 10 + b"\xff" + b"abc")
+    with pytest.raises(CharjaxError, match=r"bad\.txt is not valid UTF-8 \(bad byte at offset 20"):
+        _load(str(bad))
+    cut = tmp_path / "cut.txt"
+    cut.write_bytes(b"abcdefgh" + "é".encode()[:1])
+    with pytest.raises(CharjaxError, match="offset 8"):
+        _load(str(cut))
+
+
+def test_folders_and_lists_of_files(tmp_path):
+    folder = tmp_path / "books"
+    (folder / "more").mkdir(parents=True)
+    (folder / "b.txt").write_text("Second book.")
+    (folder / "a.txt").write_text("First book.")
+    (folder / "notes.md").write_text("not a text")
+    (folder / "more" / "c.txt").write_text("Third, deeper.")
+    corpus = _load(str(folder))
+    joined = "first book." + corpora.SEPARATOR + "second book."
+    assert corpus.vocab.decode(corpus.ids) == joined
+    deep = _load(str(folder), recursive=True)
+    assert deep.vocab.decode(deep.ids) == joined + corpora.SEPARATOR + "third, deeper."
+    listed = _load(os.pathsep.join([str(folder / "b.txt"), str(folder / "a.txt")]))
+    assert listed.vocab.decode(listed.ids) == "second book." + corpora.SEPARATOR + "first book."
+    # the fingerprint covers every file: a changed, added or reordered one shows
+    assert len({corpus.sha256, deep.sha256, listed.sha256}) == 3
+    (folder / "a.txt").write_text("First book!")
+    assert _load(str(folder)).sha256 != corpus.sha256
+
+
+def test_bad_files_in_a_folder_are_named(tmp_path):
+    folder = tmp_path / "books"
+    folder.mkdir()
+    with pytest.raises(CharjaxError, match=r"holds no \*\.txt files"):
+        _load(str(folder))
+    (folder / "a.txt").write_text("a fine text")
+    (folder / "b.txt").write_bytes(b"")
+    with pytest.raises(CharjaxError, match=r"b\.txt is empty"):
+        _load(str(folder))
+    (folder / "b.txt").write_bytes(b"\x00\x01binary")
+    with pytest.raises(CharjaxError, match=r"b\.txt looks like a binary file"):
+        _load(str(folder))
+    with pytest.raises(CharjaxError, match=r"missing\.txt does not exist"):
+        _load(os.pathsep.join([str(folder / "a.txt"), str(folder / "missing.txt")]))

@@ -1,11 +1,10 @@
 """The objective decides, in one place, how a run cuts, gathers, counts and reads the text."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from charjax import batching, objective, parallel
+from charjax import batching, objective
 from charjax.config import Config
 
 
@@ -14,9 +13,9 @@ def test_the_original_objective():
     assert (goal.every_position, goal.carried) == (False, False)
     assert goal.chars_per_window == 1 and goal.reading == "window"
     assert goal.validation_chars == 61 and goal.validation_stride == 3
-    np.testing.assert_array_equal(goal.starts(100), batching.window_starts(100, 60, 3))
-    ids = jnp.arange(200) % 7
-    inputs, targets = goal.gather(ids, jnp.array([0, 9]))
+    assert goal.windows(100) == len(batching.window_starts(100, 60, 3))
+    ids = (np.arange(200) % 7).astype(np.uint8)
+    inputs, targets = goal.batch(ids, np.array([0, 9]))
     assert inputs.shape == (2, 60) and targets.tolist() == [int(ids[60]), int(ids[69])]
 
 
@@ -25,12 +24,12 @@ def test_sequences_and_carried_streams():
     goal = objective.of(cfg)
     assert goal.chars_per_window == 10 and goal.reading == "stateful"
     assert goal.validation_chars == 2 and goal.validation_stride == 1
-    np.testing.assert_array_equal(goal.starts(1000), batching.window_starts(1000, 10, 10))
-    inputs, targets = goal.gather(jnp.arange(50), jnp.array([3]))
+    assert goal.windows(1000) == len(batching.window_starts(1000, 10, 10))
+    inputs, targets = goal.batch(np.arange(50), np.array([3]))
     assert inputs.tolist() == [list(range(3, 13))] and targets.tolist() == [list(range(4, 14))]
     streams = objective.of(cfg.replace(carry_state=True))
     assert streams.carried and streams.reading == "stateful"
-    np.testing.assert_array_equal(streams.starts(1000), batching.stream_starts(1000, 4, 10))
+    assert streams.windows(1000) == len(batching.stream_starts(1000, 4, 10))
 
 
 def test_window_losses_sum_each_windows_predicted_chars():
@@ -45,15 +44,13 @@ def test_window_losses_sum_each_windows_predicted_chars():
     )
 
 
-def test_plans_are_placed_over_the_mesh():
-    mesh = parallel.data_mesh()
+def test_plans_cover_every_training_window():
     for cfg in (
         Config(batch_size=5, maxlen=4, step=2),
         Config(objective="sequence", carry_state=True, batch_size=5, maxlen=4, step=4),
     ):
         goal = objective.of(cfg)
-        starts = jnp.asarray(goal.starts(400))
-        plan, weights = goal.plan(jax.random.key(0), 1, starts, 3, mesh)
-        width = batching.device_width(5, mesh)
-        assert plan.shape[1:] == weights.shape[1:] == (3, width)
-        assert int(weights.sum()) == len(starts) and plan.sharding.mesh == mesh
+        plan = goal.plan(jax.random.key(0), 1, 400, 3, 6)
+        chunks = [plan.chunk(c) for c in range(plan.chunks)]
+        assert all(s.shape == w.shape == (3, 6) for s, w in chunks)
+        assert sum(int(w.sum()) for _, w in chunks) == goal.windows(400) == plan.windows

@@ -27,18 +27,20 @@ def test_torn_metrics_line_is_closed_not_joined(tmp_path):
 META = Meta(Config(hidden=8), "abc", "0" * 64, "ab", 3, {"epoch": 3, "loss": 1.5})
 
 
-def test_the_record_is_format_2_json():
+def test_the_record_is_format_3_json():
     record = META.to_json()
     assert list(record) == [
         "format", "epoch", "config", "vocab", "corpus_sha256", "prime", "metrics"
     ]  # fmt: skip
-    assert record["format"] == 2 and record["config"]["hidden"] == 8
+    assert record["format"] == 3 and record["config"]["hidden"] == 8
     assert Meta.from_json(json.loads(json.dumps(record))) == META
     partial = Meta(META.cfg, "abc", "0" * 64, "ab", 4, {}, Position(2, 64, {"loss": 90.0}))
     assert partial.to_json()["position"] == [2, 90.0, 64]  # [chunks, loss sum, windows]
     assert Meta.from_json(partial.to_json()) == partial
     with pytest.raises(CharjaxError, match="written by an older charjax"):
         Meta.from_json({**record, "format": 1})
+    older = Meta.from_json({**record, "format": 2})  # another window order: still samples
+    assert older.format == 2 and older.to_json()["format"] == 2
 
 
 class State(NamedTuple):

@@ -3,6 +3,7 @@ checkpoints hold what sampling and resuming need, validation, the divergence gua
 and the checks a run makes before it trains."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 from util import quiet, same_trees
 
 from charjax import corpus as corpora
-from charjax import epoch, evaluate, objective, runner
+from charjax import epoch, evaluate, inference, runner
 from charjax.checkpoint import Checkpoints
 from charjax.config import Config
 from charjax.errors import CharjaxError
@@ -187,6 +188,16 @@ def test_new_flags_are_checked_and_resume_keeps_the_model(capsys, tiny_cfg, tmp_
         Meta.from_json(old)
 
 
+def test_a_run_of_the_older_window_order_samples_but_does_not_resume(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(epochs=1, temperatures=())
+    _tiny_run(cfg, tmp_path)
+    record = tmp_path / "1" / "meta" / "metadata"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "format": 2}))
+    with pytest.raises(CharjaxError, match="shuffled windows in another order"):
+        _tiny_run(cfg, tmp_path, resume=True, given={"epochs": 2})
+    assert inference.load(tmp_path).meta.format == 2  # sampling and scoring still read it
+
+
 @pytest.mark.parametrize("streams", [False, True], ids=["windows", "carried-streams"])
 def test_mid_epoch_resume_in_process(tiny_cfg, tmp_path, streams):
     """An epoch stopped after one chunk, saved as a partial, resumes to the uninterrupted result
@@ -197,13 +208,13 @@ def test_mid_epoch_resume_in_process(tiny_cfg, tmp_path, streams):
         cfg = cfg.replace(objective="sequence", carry_state=True, step=10, batch_size=6)
     whole, _ = runner.train_run(cfg, tmp_path / "whole", log=quiet)
     first, _ = runner.train_run(cfg.replace(epochs=1), tmp_path / "split", log=quiet)
-    corpus, ids, starts = _corpus_arrays(cfg)
+    corpus, ids, split = _corpus_arrays(cfg)
     data_key = run_keys(cfg.seed)[1]
     folder = RunDir(tmp_path / "split")
     meta = folder.meta()
     for chunks in (1, 2):  # interrupted twice in the same epoch: the newer save wins
         fresh = jax.tree.map(np.array, first)  # the epoch consumes (donates) its state
-        for done in epoch.iterate(fresh, ids, starts, data_key, 2, cfg):
+        for done in epoch.iterate(fresh, ids, split, data_key, 2, cfg):
             if done.position.chunks == chunks:
                 break
         state, pos = done.state, done.position
@@ -231,8 +242,7 @@ def test_mid_epoch_resume_in_process(tiny_cfg, tmp_path, streams):
 
 def _corpus_arrays(cfg):
     corpus = corpora.load(cfg)
-    starts = objective.of(cfg).starts(corpora.split(corpus, cfg))
-    return corpus, jnp.asarray(corpus.ids), jnp.asarray(starts)
+    return corpus, corpus.ids, corpora.split(corpus, cfg)
 
 
 def test_resume_keeps_the_runs_own_keep(tiny_cfg, tmp_path):

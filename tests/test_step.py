@@ -16,14 +16,13 @@ from charjax.step import StepContext, init_state, loss_sum, train_step
 
 def _setup(cfg):
     corpus = corpora.load(cfg)
-    ids = jnp.asarray(corpus.ids)
-    starts = jnp.asarray(batching.window_starts(len(corpus.ids), cfg.maxlen, cfg.step))
-    return corpus, ids, starts
+    starts = batching.window_starts(len(corpus.ids), cfg.maxlen, cfg.step)
+    return corpus, corpus.ids, starts
 
 
 def _batch(ids, starts, cfg, n=None):
     n = n or cfg.batch_size
-    inputs, targets = batching.gather_windows(ids, starts[:n], cfg.maxlen)
+    inputs, targets = objective.of(cfg).batch(ids, starts[:n])
     return inputs, targets, jnp.ones(n, jnp.float32)
 
 
@@ -71,9 +70,9 @@ def test_sequence_loss_counts_every_predicted_char(tiny_cfg):
     cfg = tiny_cfg.replace(objective="sequence", val_fraction=0.0)
     corpus = corpora.load(cfg)
     params = init_state(jax.random.key(0), corpus.vocab.size, cfg).params
-    ids = jnp.asarray(corpus.ids)
-    starts = jnp.array([0, 7, 20])
-    inputs, targets = objective.of(cfg).gather(ids, starts)
+    ids = corpus.ids
+    starts = np.array([0, 7, 20])
+    inputs, targets = objective.of(cfg).batch(ids, starts)
     assert inputs.shape == targets.shape == (3, cfg.maxlen)
     np.testing.assert_array_equal(targets[:, :-1], inputs[:, 1:])
     np.testing.assert_array_equal(targets[:, -1], ids[starts + cfg.maxlen])
@@ -87,8 +86,7 @@ def test_sequence_loss_counts_every_predicted_char(tiny_cfg):
 def test_dropout_steps_are_deterministic_per_step_and_differ_from_no_dropout(tiny_cfg):
     cfg = tiny_cfg.replace(dropout=0.3, layers=2)
     corpus = corpora.load(cfg)
-    ids = jnp.asarray(corpus.ids)
-    inputs, targets = batching.gather_windows(ids, jnp.arange(8), cfg.maxlen)
+    inputs, targets = objective.of(cfg).batch(corpus.ids, np.arange(8))
     weights = jnp.ones(8)
     state = init_state(jax.random.key(0), corpus.vocab.size, cfg)
     context = StepContext(jax.random.key(5), 100)
@@ -107,18 +105,18 @@ def test_carried_state_goes_from_each_window_to_the_next(tiny_cfg):
         objective="sequence", carry_state=True, step=10, batch_size=3, val_fraction=0.0
     )
     corpus = corpora.load(cfg)
-    ids = jnp.asarray(corpus.ids)
+    ids = corpus.ids
     state = init_state(jax.random.key(0), corpus.vocab.size, cfg)
     assert jax.tree.map(jnp.shape, state.carry) == (((3, 16), (3, 16)),)
-    first, second = jnp.array([0, 300, 600]), jnp.array([10, 310, 610])
+    first, second = np.array([0, 300, 600]), np.array([10, 310, 610])
     ones = jnp.ones(3)
     step = jax.jit(train_step, static_argnames="cfg")
-    x1, y1 = objective.of(cfg).gather(ids, first)
+    x1, y1 = objective.of(cfg).batch(ids, first)
     after1, _ = loss_of(step(state, x1, y1, ones, cfg))
     carry1, _ = model.forward(state.params, x1, all_steps=True)
     for a, b in zip(jax.tree.leaves(after1.carry), jax.tree.leaves(carry1), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
-    x2, y2 = objective.of(cfg).gather(ids, second)
+    x2, y2 = objective.of(cfg).batch(ids, second)
     _, loss2 = loss_of(step(after1, x2, y2, ones, cfg))
     _, logits = model.forward(after1.params, x2, carry1, all_steps=True)
     expected = optax.softmax_cross_entropy_with_integer_labels(logits, y2).mean()
@@ -131,9 +129,8 @@ def test_carried_state_goes_from_each_window_to_the_next(tiny_cfg):
 
 def test_bfloat16_matmuls_keep_float32_parameters(tiny_cfg):
     corpus = corpora.load(tiny_cfg)
-    ids = jnp.asarray(corpus.ids)
-    starts = jnp.asarray(batching.window_starts(len(corpus.ids), tiny_cfg.maxlen, tiny_cfg.step))
-    inputs, targets = batching.gather_windows(ids, starts[:32], tiny_cfg.maxlen)
+    starts = batching.window_starts(len(corpus.ids), tiny_cfg.maxlen, tiny_cfg.step)
+    inputs, targets = objective.of(tiny_cfg).batch(corpus.ids, starts[:32])
     results = {}
     for dtype in ("float32", "bfloat16"):
         cfg = tiny_cfg.replace(dtype=dtype)

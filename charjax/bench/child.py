@@ -54,9 +54,10 @@ def keras(steps: int) -> dict:
     import keras  # a dev extra: imported only here, in its own process
     import numpy as np
 
+    from charjax import batching
     from charjax.bench.measure import default_corpus
 
-    cfg, text, _, starts = default_corpus()
+    cfg, text = default_corpus()
     vocab = text.vocab.size
     m = keras.Sequential(
         [
@@ -69,7 +70,7 @@ def keras(steps: int) -> dict:
         optimizer=keras.optimizers.RMSprop(cfg.learning_rate), loss="categorical_crossentropy"
     )
     eye = np.eye(vocab, dtype=np.float32)
-    starts = np.asarray(starts)
+    starts = batching.window_starts(len(text.ids), cfg.maxlen, cfg.step)
     rng = np.random.default_rng(0)
 
     def batch():

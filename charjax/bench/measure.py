@@ -7,9 +7,8 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 
-from charjax import corpus, model, objective, parallel, sample, step
+from charjax import corpus, epoch, model, objective, parallel, sample, step
 from charjax.config import Config
 
 
@@ -23,44 +22,38 @@ def median_time(fn, repeats: int) -> tuple[float, list[float]]:
 
 
 def default_corpus():
-    """(the default config, the Nietzsche corpus, its ids and all window starts on device)."""
+    """(the default config, the Nietzsche corpus)."""
     cfg = Config()
-    text = corpus.load(cfg)
-    starts = objective.of(cfg).starts(len(text.ids))
-    return cfg, text, jnp.asarray(text.ids), jnp.asarray(starts)
+    return cfg, corpus.load(cfg)
 
 
 def bench_train(steps: int, repeats: int) -> dict:
-    """Windows/s of the default recipe over `steps` optimizer steps, median of `repeats`."""
-    cfg, text, ids, starts = default_corpus()
+    """Windows/s of the default recipe over `steps` optimizer steps, median of `repeats`,
+    through the training loop itself (`epoch.iterate`: host slicing, transfer, jitted chunk)."""
+    cfg, text = default_corpus()
     mesh = parallel.data_mesh()
     chunks_per_repeat = max(1, steps // cfg.steps_per_call)
     state = step.init_state(jax.random.key(0), text.vocab.size, cfg)
-    plan_starts, plan_weights = objective.of(cfg).plan(
-        jax.random.key(1), 1, starts, cfg.steps_per_call, mesh
-    )
-    state, ids = parallel.put((state, ids), parallel.replicated(mesh))
+    split = len(text.ids)
+    windows = objective.of(cfg).windows(split)
     needed = 2 + repeats * chunks_per_repeat
-    if needed > plan_starts.shape[0]:
-        raise SystemExit(f"at most {plan_starts.shape[0] * cfg.steps_per_call} steps fit an epoch")
-    chunk = iter(range(needed))
+    if needed * cfg.steps_per_call * cfg.batch_size > windows:
+        raise SystemExit(f"at most {windows // cfg.batch_size} steps fit an epoch")
+    chunks = epoch.iterate(state, text.ids, split, jax.random.key(1), 1, cfg, mesh)
 
     def run_chunks(n):
-        nonlocal state
         for _ in range(n):
-            state, metrics = step.train_chunk(
-                state, ids, plan_starts, plan_weights, next(chunk), step.NO_CONTEXT, cfg, mesh
-            )
-            jax.block_until_ready(metrics)
+            done = next(chunks)
+        jax.block_until_ready(done.state)
 
     first, _ = median_time(lambda: run_chunks(1), 1)
     warm, _ = median_time(lambda: run_chunks(1), 1)
     per_repeat, times = median_time(lambda: run_chunks(chunks_per_repeat), repeats)
-    windows = chunks_per_repeat * cfg.steps_per_call * cfg.batch_size
+    trained = chunks_per_repeat * cfg.steps_per_call * cfg.batch_size
     return {
-        "train_windows_per_s": windows / per_repeat,
-        "train_windows_per_s_repeats": [windows / t for t in times],
-        "train_s_per_epoch": len(starts) / (windows / per_repeat),
+        "train_windows_per_s": trained / per_repeat,
+        "train_windows_per_s_repeats": [trained / t for t in times],
+        "train_s_per_epoch": windows / (trained / per_repeat),
         "train_steps_per_repeat": chunks_per_repeat * cfg.steps_per_call,
         "compile_s": max(first - warm, 0.0),
         "devices": mesh.size,
@@ -69,7 +62,7 @@ def bench_train(steps: int, repeats: int) -> dict:
 
 def bench_sample(repeats: int) -> dict:
     """Milliseconds for 400 chars after compile: window/stateful x 1/4 temperatures per call."""
-    cfg, text, _, _ = default_corpus()
+    cfg, text = default_corpus()
     params = model.init_params(jax.random.key(0), text.vocab.size, cfg.hidden)
     prime = text.ids[: cfg.maxlen]
     out = {}

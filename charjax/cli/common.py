@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -44,6 +45,13 @@ def finite(text: str) -> float:
     return value
 
 
+class _JoinPaths(argparse.Action):
+    """`--text a b` -> 'a' + os.pathsep + 'b': several paths in the one string of the config."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, os.pathsep.join(values))
+
+
 TYPES = {"int": int, "float": finite, "str": str, "tuple[float, ...]": floats}
 
 
@@ -65,7 +73,9 @@ def config_flags(parser: argparse.ArgumentParser) -> dict[str, argparse._Argumen
             shown = ",".join(f"{t:g}" for t in default) if isinstance(default, tuple) else default
             kw["help"] += f" (default: {shown})"
             kw["type"] = meta.get("type", TYPES[f.type])
-            kw.update({k: meta[k] for k in ("choices", "metavar") if k in meta})
+            kw.update({k: meta[k] for k in ("choices", "metavar", "nargs") if k in meta})
+            if "nargs" in meta:
+                kw["action"] = _JoinPaths
         groups[meta["group"]].add_argument(flag(f.name), **kw)
     return groups
 
