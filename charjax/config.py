@@ -127,6 +127,32 @@ class Config:
         (0.2, 0.5, 1.0, 1.2), "comma list of sampling temperatures; '' = no samples", "sampling"
     )
     keep: int = _field(5, "checkpoints to keep on disk", "run")
+    log_every: int = _field(
+        0,
+        "also record the training loss in metrics.jsonl every N optimizer steps; 0 = per epoch",
+        "run",
+        metavar="N",
+    )
+    eval_every: int = _field(
+        0,
+        "also score --eval-chars of the held-out tail every N optimizer steps (into "
+        "metrics.jsonl); 0 = only the whole tail after each epoch",
+        "run",
+        metavar="N",
+    )
+    eval_chars: int = _field(
+        100_000,
+        "held-out chars that --eval-every scores: one fixed slice of the tail, placed by --seed",
+        "run",
+        metavar="N",
+    )
+    save_every: int = _field(
+        0,
+        "also save the epoch so far every N optimizer steps, so that a crash loses at most N; "
+        "0 = after each epoch (and on Ctrl-C)",
+        "run",
+        metavar="N",
+    )
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""
@@ -152,7 +178,15 @@ class Config:
         for name in positive:
             if getattr(self, name) < 1:
                 raise CharjaxError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "max_chars", "sample_length", "warmup"):
+        for name in (
+            "epochs",
+            "max_chars",
+            "sample_length",
+            "warmup",
+            "log_every",
+            "eval_every",
+            "save_every",
+        ):
             if getattr(self, name) < 0:
                 raise CharjaxError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
@@ -170,6 +204,13 @@ class Config:
         if not 0 <= self.val_fraction < 1:
             raise CharjaxError(
                 f"--val-fraction must be in [0, 1) (0 = no validation), got {self.val_fraction}"
+            )
+        if self.eval_chars < 1:
+            raise CharjaxError(f"--eval-chars must be >= 1, got {self.eval_chars}")
+        if self.eval_every and not self.val_fraction:
+            raise CharjaxError(
+                "--eval-every scores the held-out tail, and --val-fraction 0 holds none out; "
+                "pass --val-fraction > 0, or drop --eval-every"
             )
         if not 0 <= self.dropout < 1:
             raise CharjaxError(f"--dropout must be in [0, 1), got {self.dropout}")

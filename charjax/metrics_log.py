@@ -1,5 +1,6 @@
-"""`metrics.jsonl`, a run's log of epochs: one JSON object per epoch, only ever appended to
-(a crash's torn line is closed, not joined). `RunDir` writes it; plots read it."""
+"""`metrics.jsonl`, a run's log: one JSON object per epoch, and with `--log-every` or
+`--eval-every` one per so many optimizer steps (those have a "step"), only ever appended to (a
+crash's torn line is closed, not joined). `RunDir` writes it; plots read it."""
 
 from __future__ import annotations
 
@@ -9,20 +10,29 @@ from pathlib import Path
 METRICS_FILE = "metrics.jsonl"
 
 
-def read_metrics(directory: str | Path) -> list[dict]:
-    """The epochs recorded in `directory/metrics.jsonl`, the last record of each epoch winning."""
+def _records(directory: str | Path):
     path = Path(directory) / METRICS_FILE
     if not path.is_file():
-        return []
-    by_epoch = {}
+        return
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             try:
-                record = json.loads(line)
+                yield json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a crash
                 continue
-            by_epoch[record["epoch"]] = record
+
+
+def read_metrics(directory: str | Path) -> list[dict]:
+    """The epochs recorded in `directory/metrics.jsonl`, the last record of each epoch winning."""
+    by_epoch = {r["epoch"]: r for r in _records(directory) if "step" not in r}
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def read_steps(directory: str | Path) -> list[dict]:
+    """The mid-epoch step records, by step, the last of each step winning (a resumed run
+    records again the steps after its last save)."""
+    by_step = {r["step"]: r for r in _records(directory) if "step" in r}
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def append_metrics(directory: str | Path, record: dict) -> None:

@@ -1,11 +1,12 @@
-"""Loss curves (training, and held-out when recorded) against epochs, from metrics.jsonl."""
+"""Loss curves (training, and held-out when recorded) against epochs, and against optimizer
+steps when the run recorded steps (`--log-every`, `--eval-every`), from metrics.jsonl."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from charjax.errors import CharjaxError
-from charjax.metrics_log import METRICS_FILE, read_metrics
+from charjax.metrics_log import METRICS_FILE, read_metrics, read_steps
 
 
 def plot_metrics(directory: str | Path, out: str | Path | None = None) -> Path:
@@ -26,20 +27,37 @@ def plot_metrics(directory: str | Path, out: str | Path | None = None) -> Path:
     except ImportError:
         raise CharjaxError("plotting needs matplotlib: pip install 'charjax[plot]'") from None
     out = Path(out) if out else directory / "loss.png"
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    epochs = [r["epoch"] for r in records]
-    ax.plot(epochs, [r["loss"] for r in records], marker="o", label="training loss")
-    held_out = [(r["epoch"], r["val_loss"]) for r in records if "val_loss" in r]
-    if held_out:
-        val_epochs, val_loss = zip(*held_out, strict=True)
-        ax.plot(val_epochs, val_loss, marker="s", label="held-out loss")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy (nats/char)")
-    ax.set_title(f"charjax · {directory.resolve().name}")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    steps = read_steps(directory)
+    fig, axes = plt.subplots(1, 2 if steps else 1, figsize=(12 if steps else 7, 4.2), dpi=120)
+    axes = list(axes) if steps else [axes]
+    _curves(axes[0], records, "epoch", "held-out loss")
+    axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if steps:  # the epoch ends (their "steps") beside the step records
+        ends = [{**r, "step": r["steps"]} for r in records if "steps" in r]
+        train = sorted(
+            steps + [{"step": r["step"], "loss": r["loss"]} for r in ends], key=lambda r: r["step"]
+        )
+        _curves(axes[1], train, "step", "held-out loss (--eval-chars slice)")
+        _curves(axes[1], ends, "step", "held-out loss (whole tail)", training=False)
+        axes[1].set_xlabel("optimizer step")
+    for ax in axes:
+        ax.set_ylabel("cross-entropy (nats/char)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_xlabel("epoch")
+    fig.suptitle(f"charjax · {directory.resolve().name}")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _curves(ax, records: list[dict], x: str, held_out_label: str, training: bool = True):
+    """Training loss, and held-out loss where recorded, of `records` against their `x`."""
+    if training:
+        xs, losses = [r[x] for r in records], [r["loss"] for r in records]
+        ax.plot(xs, losses, marker=".", label="training loss")
+    held_out = [(r[x], r["val_loss"]) for r in records if "val_loss" in r]
+    if held_out:
+        xs, val_loss = zip(*held_out, strict=True)
+        ax.plot(xs, val_loss, marker="s", label=held_out_label)

@@ -21,6 +21,7 @@ RUN_KEYS = (
     "windows_per_s",
     "chars_per_s",
     "lr_scale",
+    "steps",
     "val_loss",
     "val_bits",
     "samples",

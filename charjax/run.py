@@ -50,6 +50,19 @@ class Run:
         return self.corpus.ids[self.split :] if self.split < len(self.corpus.ids) else None
 
     @property
+    def eval_ids(self):
+        """What --eval-every scores: `eval_chars` held-out ids (at least one window), a slice
+        of the tail at an offset drawn from the sample key (epoch 0's, which samples never
+        use), the same all run long. None without validation."""
+        tail = self.held_out
+        if tail is None:
+            return None
+        size = min(len(tail), max(self.cfg.eval_chars, self.objective.validation_chars))
+        key = jax.random.fold_in(self.keys.sample, 0)
+        offset = int(jax.random.randint(key, (), 0, len(tail) - size + 1))
+        return tail[offset : offset + size]
+
+    @property
     def objective(self) -> objective.Objective:
         return objective.of(self.cfg)
 

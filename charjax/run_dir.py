@@ -166,6 +166,11 @@ class RunDir:
         same epoch is a newer save)."""
         self.checkpoints.save_partial(int(state.step), state, meta.to_json())
 
+    def log_step(self, record: dict) -> None:
+        """Append a mid-epoch record (with its "step") to metrics.jsonl."""
+        if self.primary:
+            append_metrics(self.directory, record)
+
     def clear_partial(self) -> None:
         if self.primary:
             self.checkpoints.clear_partial()

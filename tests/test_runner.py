@@ -16,6 +16,7 @@ from charjax import epoch, evaluate, inference, runner
 from charjax.checkpoint import Checkpoints
 from charjax.config import Config
 from charjax.errors import CharjaxError
+from charjax.metrics_log import read_steps
 from charjax.report import Reporter
 from charjax.run import run_keys
 from charjax.run_dir import Meta, RunDir, read_metrics
@@ -113,7 +114,7 @@ def test_sequence_runs_are_reproducible_and_learn(tiny_cfg, tmp_path):
 def test_divergence_guard_restores_and_halves_the_learning_rate(tiny_cfg, tmp_path):
     """A huge learning rate blows the loss up; the guard rolls back and halves it, and no
     saved epoch is ever far above the best one before it, or non-finite."""
-    cfg = tiny_cfg.replace(learning_rate=10.0, epochs=4, temperatures=())
+    cfg = tiny_cfg.replace(learning_rate=30.0, epochs=4, temperatures=())
     lines = []
     _, history = runner.train_run(cfg, tmp_path / "run", log=lines.append)
     fired = [line for line in lines if "Divergence guard: restored" in line]
@@ -283,3 +284,44 @@ def test_max_chars_that_drops_chars_says_which(tmp_path):
         "know: q x y z ä"
     ]
     assert corpora.load(cfg.replace(max_chars=0)).left_out == ""
+
+
+def test_step_records_evaluations_and_saves_inside_epochs(tiny_cfg, tmp_path, monkeypatch):
+    """--log-every and --eval-every add step records to metrics.jsonl (the epochs' records stay
+    as they were); a crash mid-epoch with --save-every resumes from the last save and ends
+    bit-identical to an uninterrupted run."""
+    cfg = tiny_cfg.replace(epochs=2, temperatures=(), steps_per_call=1, eval_chars=200)
+    whole, _ = runner.train_run(cfg, tmp_path / "whole", log=quiet)
+    lines = []
+    logged, history = runner.train_run(
+        cfg.replace(log_every=2, eval_every=4), tmp_path / "logged", log=lines.append
+    )
+    assert same_trees(logged, whole)  # records and evaluations change nothing
+    steps = read_steps(tmp_path / "logged")
+    per_epoch = history[0]["steps"]
+    assert [r["step"] for r in steps] == list(range(2, 2 * per_epoch + 1, 2))
+    assert all(("val_loss" in r) == (r["step"] % 4 == 0) for r in steps)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "logged")] == [1, 2]
+    assert sum("held-out" in line and line.startswith("step ") for line in lines) == len(
+        [r for r in steps if "val_loss" in r]
+    )
+    real, killed_at = epoch.iterate, 7
+
+    def crash(state, ids, split, key, number, *args, **kw):
+        for i, done in enumerate(real(state, ids, split, key, number, *args, **kw)):
+            if number == 2 and i == killed_at:
+                raise SystemExit("killed")  # like kill -9: nothing saved on the way out
+            yield done
+
+    monkeypatch.setattr(epoch, "iterate", crash)
+    saving = cfg.replace(save_every=3)
+    with pytest.raises(SystemExit):
+        runner.train_run(saving, tmp_path / "crashed", log=quiet)
+    folder = RunDir(tmp_path / "crashed")
+    partial = folder.partial()
+    folder.close()
+    lost = killed_at - partial.position.chunks  # one step a chunk
+    assert partial.epoch == 2 and 0 <= lost < 3  # fewer than --save-every steps were lost
+    monkeypatch.setattr(epoch, "iterate", real)
+    resumed, _ = runner.train_run(Config(), tmp_path / "crashed", resume=True, given={}, log=quiet)
+    assert same_trees(resumed, whole)

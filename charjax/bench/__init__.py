@@ -1,5 +1,6 @@
 """`charjax-bench` (also `scripts/bench.py`): training windows/s, compile time, sampling
-latency and peak memory of the default recipe, optionally beside Keras 3.
+latency and peak memory of the default recipe, optionally beside Keras 3; or, with
+--corpus-chars, start-up time and peak memory on big corpora.
 
 Timings are medians of repeats measured in one process, compile time apart (`measure`); the
 peak-RSS run and the Keras baseline run in child processes (`child`) so that neither disturbs
@@ -55,7 +56,25 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a < 60 s version with fewer steps")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     p.add_argument("--baseline", choices=("keras",), help="also time Keras 3 (JAX backend)")
+    p.add_argument(
+        "--corpus-chars",
+        metavar="N,...",
+        help="instead: start-up time and peak RSS of charjax-train on Nietzsche repeated to each "
+        "of these sizes (e.g. 600000,10000000,100000000)",
+    )
+    p.add_argument(
+        "--corpus-dir", metavar="DIR", help="keep the --corpus-chars texts here (default: temp)"
+    )
     args = p.parse_args(argv)
+    if args.corpus_chars:
+        from charjax.bench import scale
+
+        sizes = [int(float(n)) for n in args.corpus_chars.split(",") if n.strip()]
+        results = {**environment(), "corpus_scale": scale.run(sizes, args.corpus_dir)}
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+        return 0
     parallel.request_cpu_devices()
     parallel.tune_host_malloc()
     from charjax.bench import child, measure
