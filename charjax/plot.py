@@ -32,12 +32,9 @@ def plot_metrics(directory: str | Path, out: str | Path | None = None) -> Path:
     axes = list(axes) if steps else [axes]
     _curves(axes[0], records, "epoch", "held-out loss")
     axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    if steps:  # the epoch ends (their "steps") beside the step records
+    if steps:  # step records, and the epoch ends' whole-tail scores at their "steps"
         ends = [{**r, "step": r["steps"]} for r in records if "steps" in r]
-        train = sorted(
-            steps + [{"step": r["step"], "loss": r["loss"]} for r in ends], key=lambda r: r["step"]
-        )
-        _curves(axes[1], train, "step", "held-out loss (--eval-chars slice)")
+        _curves(axes[1], steps, "step", "held-out loss (--eval-chars slice)")
         _curves(axes[1], ends, "step", "held-out loss (whole tail)", training=False)
         axes[1].set_xlabel("optimizer step")
     for ax in axes:

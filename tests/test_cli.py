@@ -92,3 +92,25 @@ def test_sample_streams_the_same_bytes_as_one_call(tiny_cfg, tmp_path, capsys):
     texts = [r["text"] for r in json.loads(capsys.readouterr().out)]
     assert streamed.out == "".join(text + "\n" for text in texts) and len(texts) == 4
     assert 'prime "the fox "' in streamed.err and "\x1b" not in streamed.out  # piped: no prime
+
+
+def test_text_takes_folders_and_several_paths_and_resume_checks_them_all(
+    capsys, tiny_text, tmp_path
+):
+    books = tmp_path / "books"
+    books.mkdir()
+    text = tiny_text.read_text()
+    (books / "a.txt").write_text(text[: len(text) // 2])
+    (books / "b.txt").write_text(text[len(text) // 2 :])
+    extra = tmp_path / "extra.txt"
+    extra.write_text(text[:300])
+    tiny = ["--maxlen", "10", "--hidden", "8", "--temperatures", "", "--quiet"]
+    ck = str(tmp_path / "run")
+    argv = ["--text", str(books), str(extra), *tiny, "--epochs", "1", "--checkpoint-dir", ck]
+    assert cli.train_main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"corpus: {len(text) + 2 + 300 + 2:,} chars" in out  # the files and 2 separators
+    (books / "c.txt").write_text("a new book")
+    assert cli.train_main(["--resume", "--epochs", "2", "--checkpoint-dir", ck]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not the one the checkpoint" in err

@@ -17,6 +17,7 @@ from charjax.checkpoint import Checkpoints
 from charjax.config import Config
 from charjax.errors import CharjaxError
 from charjax.metrics_log import read_steps
+from charjax.plot import plot_metrics
 from charjax.report import Reporter
 from charjax.run import run_keys
 from charjax.run_dir import Meta, RunDir, read_metrics
@@ -305,6 +306,8 @@ def test_step_records_evaluations_and_saves_inside_epochs(tiny_cfg, tmp_path, mo
     assert sum("held-out" in line and line.startswith("step ") for line in lines) == len(
         [r for r in steps if "val_loss" in r]
     )
+    png = plot_metrics(tmp_path / "logged")  # by epoch and by optimizer step
+    assert png.stat().st_size > 10_000
     real, killed_at = epoch.iterate, 7
 
     def crash(state, ids, split, key, number, *args, **kw):
