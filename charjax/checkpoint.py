@@ -2,23 +2,52 @@
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a
 checkpoint is either whole or absent; a folder left half-written by a killed process is never
-listed and is removed on the next start. An interrupted epoch (Ctrl-C) is kept apart in
-`partial/`. What the records hold, and the rest of a run's folder, is `run_dir`'s business.
+listed and is removed on the next start. A save that fails (a full disk, a read-only or
+unwritable folder) removes its temporary folder and ends in one line (`SaveFailed`). Every
+record carries digests of the state and of itself (`integrity`), checked by every restore: a
+damaged checkpoint is `integrity.Damaged`, never silently wrong numbers. An interrupted epoch
+(Ctrl-C, `--save-every`) is kept apart in `partial/`. What the records hold, and the rest of a
+run's folder, is `run_dir`'s business.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
 import shutil
+import sys
+import threading
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
+from charjax import integrity
 from charjax.errors import CharjaxError
+from charjax.integrity import Damaged
 
-# orbax logs every save at INFO through absl; keep the console for the user's output.
-logging.getLogger("absl").setLevel(logging.WARNING)
+# orbax logs every save at INFO, and a failed write again from each of its threads, through
+# absl; charjax reports failures itself, in one line (`SaveFailed`, `Damaged`).
+logging.getLogger("absl").setLevel(logging.CRITICAL)
+
+
+def _quiet_closed_loops(previous, get_error):
+    """An exception hook that drops orbax's "Event loop is closed" leftovers (callbacks of a
+    save that already failed, firing in its threads) and passes anything else on."""
+
+    def hook(args):
+        error = get_error(args)
+        if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
+            return
+        previous(args)
+
+    return hook
+
+
+sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook, lambda a: a.exc_value)
+threading.excepthook = _quiet_closed_loops(threading.excepthook, lambda a: a.exc_value)
 
 PARTIAL = "partial"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint still being written
@@ -48,24 +77,93 @@ def _manager(directory: Path, keep: int, create: bool) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
 
 
-def _save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+class SaveFailed(CharjaxError):
+    """A checkpoint could not be written; nothing of it is left, older ones are intact."""
+
+
+def _save(manager: ocp.CheckpointManager, step: int, state, meta: dict, what: str) -> None:
+    """Write (state, meta sealed with its digests) as `step`. Too little free space is found
+    before writing; any failure while writing removes the unfinished folder. Both raise
+    `SaveFailed` naming the folder, the error and the space a checkpoint needs."""
+    directory = Path(manager.directory)
+    needed = _needed_bytes(state)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise _save_failed(
+            what, directory, f"{os.strerror(errno.ENOSPC)} ({_mb(free)} free)", needed
+        )
+    meta = integrity.sealed(meta, state)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    manager.save(step, args=args, force=True)
-    manager.wait_until_finished()
+    try:
+        manager.save(step, args=args, force=True)
+        manager.wait_until_finished()
+    except Exception as e:
+        remove_unfinished(directory)
+        raise _save_failed(what, directory, _reason(e), needed) from e
 
 
-def _restore(manager: ocp.CheckpointManager, step: int, like, sharding=None) -> tuple:
-    """(state shaped like `like`, meta) of `step`, arrays on `sharding` (default: 1st device)."""
+def _save_failed(what: str, directory: Path, reason: str, needed: int) -> SaveFailed:
+    return SaveFailed(
+        f"could not save {what} to {directory}: {reason}. A checkpoint needs about "
+        f"{_mb(needed)}; the checkpoints saved before are intact"
+    )
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _reason(error: Exception) -> str:
+    """The OS error behind a failed save, in words (orbax and TensorStore wrap it)."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        code = re.search(r"os_error_code='(\d+)'", str(seen))
+        if code:
+            return os.strerror(int(code.group(1)))
+        seen = seen.__cause__ or seen.__context__
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return first[:200]
+
+
+def _needed_bytes(state) -> int:
+    """Bytes of a checkpoint: its arrays, and a margin for the record and orbax's files."""
+    return sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state)) + 256 * 1024
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, like, sharding=None, what="") -> tuple:
+    """(state shaped like `like`, meta) of `step`, arrays on `sharding` (default: 1st device),
+    both checked against the record's digests."""
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = _abstract(like, sharding)
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+    where = what or f"checkpoint {step} in {manager.directory}"
     try:
         restored = manager.restore(step, args=args)
     except ValueError as e:
-        if "structure" not in str(e):
-            raise
-        raise _other_layout(step, manager.directory) from None
-    return restored["state"], restored["meta"]
+        if "structure" in str(e):
+            raise _other_layout(step, manager.directory) from None
+        raise _unreadable(where, e) from e
+    except Exception as e:
+        raise _unreadable(where, e) from e
+    meta = integrity.check_record(restored["meta"], where)
+    return integrity.check_state(restored["state"], meta, where), meta
+
+
+def _unreadable(where: str, error: Exception) -> Damaged:
+    first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+    cause = f"{type(error).__name__}: {first}"
+    return Damaged(f"{where} is damaged: its files cannot be read ({cause})")
+
+
+def _read_meta(manager: ocp.CheckpointManager, step: int, where: str) -> dict:
+    """The JSON record of `step`, checked against its own digest (`Damaged` otherwise)."""
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:
+        raise _unreadable(where, e) from e
+    return integrity.check_record(restored["meta"], where)
 
 
 def _abstract(like, sharding):
@@ -98,7 +196,7 @@ class Checkpoints:
 
     def save(self, epoch: int, state, meta: dict) -> None:
         """Write epoch `epoch` (state pytree + JSON-able meta) and prune old ones."""
-        _save(self._manager, epoch, state, meta)
+        _save(self._manager, epoch, state, meta, f"epoch {epoch}")
 
     def _epoch_or_latest(self, epoch: int | None) -> int:
         have = self.epochs()
@@ -117,11 +215,9 @@ class Checkpoints:
         return epoch
 
     def meta(self, epoch: int | None = None) -> dict:
+        """The record of `epoch` (default: latest), checked against its own digest."""
         epoch = self._epoch_or_latest(epoch)
-        restored = self._manager.restore(
-            epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-        )
-        return restored["meta"]
+        return _read_meta(self._manager, epoch, f"epoch {epoch} in {self.directory}")
 
     def restore(self, like, epoch: int | None = None, sharding=None):
         """The state saved at `epoch` (default: latest), shaped like the pytree `like`.
@@ -129,7 +225,9 @@ class Checkpoints:
         Arrays land on `sharding` (default: the first local device), whatever devices the
         run that saved them used.
         """
-        return _restore(self._manager, self._epoch_or_latest(epoch), like, sharding)[0]
+        epoch = self._epoch_or_latest(epoch)
+        where = f"epoch {epoch} in {self.directory}"
+        return _restore(self._manager, epoch, like, sharding, where)[0]
 
     def restore_params(self, like_params, epoch: int):
         """Only the parameters of epoch `epoch`, shaped like `like_params` (for inference: the
@@ -138,13 +236,17 @@ class Checkpoints:
         item = {"params": _abstract(like_params, sharding)}
         restore_args = ocp.checkpoint_utils.construct_restore_args(item)
         args = ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True)
+        where = f"epoch {epoch} in {self.directory}"
+        meta = _read_meta(self._manager, epoch, where)
         try:
             state = self._manager.restore(epoch, args=ocp.args.Composite(state=args))["state"]
         except ValueError as e:
-            if "structure" not in str(e) and "shape" not in str(e):
-                raise
-            raise _other_layout(epoch, self.directory) from None
-        return state["params"]
+            if "structure" in str(e) or "shape" in str(e):
+                raise _other_layout(epoch, self.directory) from None
+            raise _unreadable(where, e) from e
+        except Exception as e:
+            raise _unreadable(where, e) from e
+        return integrity.check_state(state, meta, where, parts=["params"])["params"]
 
     # An epoch interrupted part-way: at most one, kept apart from the complete epochs.
     def _partial_manager(self, create: bool = False) -> ocp.CheckpointManager | None:
@@ -157,8 +259,10 @@ class Checkpoints:
         """Save an interrupted epoch under its optimizer step (which only grows, so a second
         interruption of the same epoch is a newer save); the epoch is in `meta`."""
         manager = self._partial_manager(create=True)
-        _save(manager, step, state, meta)
-        manager.close()
+        try:
+            _save(manager, step, state, meta, f"epoch {meta.get('epoch')} so far")
+        finally:
+            manager.close()
 
     def partial_meta(self) -> dict | None:
         """Metadata of the interrupted epoch (with its `position`), or None if there is none."""
@@ -169,8 +273,7 @@ class Checkpoints:
             step = manager.latest_step()
             if step is None:
                 return None
-            args = ocp.args.Composite(meta=ocp.args.JsonRestore())
-            return manager.restore(step, args=args)["meta"]
+            return _read_meta(manager, step, f"the interrupted epoch in {self.directory}")
         finally:
             manager.close()
 
@@ -178,9 +281,26 @@ class Checkpoints:
         """The state of the interrupted epoch, shaped like `like`."""
         manager = self._partial_manager()
         try:
-            return _restore(manager, manager.latest_step(), like, sharding)[0]
+            where = f"the interrupted epoch in {self.directory}"
+            return _restore(manager, manager.latest_step(), like, sharding, where)[0]
         finally:
             manager.close()
+
+    def partial_exists(self) -> bool:
+        return (self.directory / PARTIAL).is_dir()
+
+    def set_aside(self, epoch: int | None) -> Path:
+        """Rename a damaged checkpoint (None: the interrupted epoch's folder) to
+        `<name>.damaged[-N]`, which orbax does not list -> its new path."""
+        source = self.directory / (PARTIAL if epoch is None else str(epoch))
+        target, n = source.with_name(source.name + ".damaged"), 1
+        while target.exists():
+            n += 1
+            target = source.with_name(f"{source.name}.damaged-{n}")
+        source.rename(target)
+        if epoch is not None:  # let the manager forget the step it listed
+            self._manager.reload()
+        return target
 
     def clear_partial(self) -> None:
         shutil.rmtree(self.directory / PARTIAL, ignore_errors=True)

@@ -20,6 +20,7 @@ from charjax.errors import CharjaxError
 
 DIGESTS = "digests"  # record key: {part: sha256} of the state's parts
 RECORD = "record_sha256"  # record key: sha256 of the record without this key
+SEALED_FROM = 3  # records of this format and later always carry their digests
 
 
 class Damaged(CharjaxError):
@@ -66,9 +67,11 @@ def sealed(record: dict, state) -> dict:
 
 def check_record(record, where: str) -> dict:
     """The record as written, or `Damaged` if it is not a dict whose own digest matches.
-    Records written before digests existed (no `record_sha256`) pass unchecked."""
+    Records of formats before digests existed pass unchecked."""
     if not isinstance(record, dict):
         raise Damaged(f"{where} is damaged: its record is not readable")
+    if RECORD not in record and record.get("format", 0) >= SEALED_FROM:
+        raise Damaged(f"{where} is damaged: its record has lost its digest")
     if RECORD in record and record[RECORD] != _record_digest(record):
         raise Damaged(f"{where} is damaged: its record does not match its digest")
     return record

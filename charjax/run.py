@@ -16,6 +16,7 @@ from charjax import objective, step
 from charjax.config import MATH_FIELDS, Config, flag, shown
 from charjax.epoch import Position
 from charjax.errors import CharjaxError
+from charjax.integrity import Damaged
 from charjax.run_dir import Meta, RunDir
 
 
@@ -136,11 +137,12 @@ def merge_resumed(saved: Config, given: dict) -> Config:
 
 
 def resume(given: dict, folder: RunDir, log, sharding) -> Run:
-    """Continue from the latest complete epoch, or from inside the epoch after it."""
-    have, partial = folder.epochs(), folder.partial()
-    if not have and not partial:
+    """Continue from the latest complete epoch, or from inside the epoch after it; a damaged
+    checkpoint is named, moved aside, and the newest intact one before it is used."""
+    if not folder.epochs() and not folder.partial_exists():
         raise CharjaxError(f"nothing to resume: no checkpoints in {folder.directory}")
-    meta = partial or folder.meta()
+    meta, state = _newest_intact(folder, given, log, sharding)
+    partial = meta if meta.position is not None else None
     saved = meta.cfg
     if partial and given.get("steps_per_call", saved.steps_per_call) != saved.steps_per_call:
         raise CharjaxError(
@@ -157,7 +159,6 @@ def resume(given: dict, folder: RunDir, log, sharding) -> Run:
         )
     corpus = corpora.load_saved(cfg, meta.corpus_sha256, meta.vocab, folder.directory)
     folder.repair_metrics()
-    like = step.state_shape(corpus.vocab.size, cfg)
     if partial:
         log(f"resuming inside epoch {partial.epoch} after {partial.position.windows:,} windows")
     else:
@@ -166,7 +167,27 @@ def resume(given: dict, folder: RunDir, log, sharding) -> Run:
         if name != "text" and given[name] != getattr(saved, name):
             log(f"  using {flag(name)} {shown(given[name])} (was {shown(getattr(saved, name))})")
     if partial:
-        state = folder.restore_partial(like, sharding)
         return _build(cfg, corpus, state, partial.epoch, partial.position)
-    state = folder.restore(like, meta.epoch, sharding)
     return _build(cfg, corpus, state, meta.epoch + 1, Position())
+
+
+def _newest_intact(folder: RunDir, given: dict, log, sharding):
+    """(record, state) of the newest checkpoint that reads back whole: the interrupted epoch,
+    then the epochs from the latest down. Each damaged one is named in a line and moved aside
+    (it would be written again); none intact is one line."""
+    for epoch in [None, *reversed(folder.epochs())]:  # None: the interrupted epoch
+        try:
+            meta = folder.partial() if epoch is None else folder.meta(epoch)
+            if meta is None:
+                continue
+            like = step.state_shape(len(meta.vocab), merge_resumed(meta.cfg, given))
+            if epoch is None:
+                return meta, folder.restore_partial(like, sharding)
+            return meta, folder.restore(like, epoch, sharding)
+        except Damaged as e:
+            aside = folder.set_aside(epoch)
+            log(f"{e}; moved it to {aside.name} and trying the checkpoint before it")
+    raise CharjaxError(
+        f"no intact checkpoint left in {folder.directory} to resume from (the damaged ones "
+        "were moved aside); train again in a new --checkpoint-dir"
+    )

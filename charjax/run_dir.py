@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from charjax.checkpoint import Checkpoints
+from charjax.checkpoint import Checkpoints, SaveFailed
 from charjax.config import Config
 from charjax.epoch import Position
 from charjax.errors import CharjaxError
@@ -140,6 +140,13 @@ class RunDir:
         """The record of `epoch` (default: the latest)."""
         return Meta.from_json(self.checkpoints.meta(epoch))
 
+    def partial_exists(self) -> bool:
+        return self.checkpoints.partial_exists()
+
+    def set_aside(self, epoch: int | None) -> Path:
+        """Move a damaged checkpoint (None: the interrupted epoch) out of the way -> where."""
+        return self.checkpoints.set_aside(epoch)
+
     def partial(self) -> Meta | None:
         """The record of the epoch an interruption saved, unless a later epoch superseded it."""
         record = self.checkpoints.partial_meta()
@@ -159,7 +166,13 @@ class RunDir:
         self.checkpoints.save(meta.epoch, state, meta.to_json())
         if self.primary:
             self.checkpoints.clear_partial()
-            append_metrics(self.directory, meta.metrics)
+            try:
+                append_metrics(self.directory, meta.metrics)
+            except OSError as e:  # the checkpoint holds them: the next start logs them
+                raise SaveFailed(
+                    f"saved epoch {meta.epoch} but could not append it to {METRICS_FILE} in "
+                    f"{self.directory}: {e.strerror or e}"
+                ) from e
 
     def save_partial(self, state, meta: Meta) -> None:
         """Save an interrupted epoch (under its optimizer step: a later interruption of the

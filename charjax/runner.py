@@ -13,6 +13,7 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from charjax import epoch, evaluate, guard, intervals, parallel, run, sample
+from charjax.checkpoint import SaveFailed
 from charjax.config import Config
 from charjax.errors import CharjaxError, Interrupted
 from charjax.report import Reporter
@@ -89,6 +90,9 @@ def train_run(
                 this.state, this.epoch, this.position = state, this.epoch + 1, epoch.Position()
         report.finished(folder.metrics(), folder.directory)
         return this.state, history
+    except SaveFailed as e:  # a full disk, a read-only or unwritable folder
+        report.close()
+        raise SaveFailed(f"{e}. Free space, then continue with: {_hint(folder)}") from e
     finally:
         report.close()
         if folder is not None:
