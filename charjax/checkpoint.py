@@ -99,7 +99,10 @@ def _save(manager: ocp.CheckpointManager, step: int, state, meta: dict, what: st
         manager.wait_until_finished()
     except Exception as e:
         remove_unfinished(directory)
-        raise _save_failed(what, directory, _reason(e), needed) from e
+        reason = _os_error(e)
+        if reason is None:  # not the disk's doing (e.g. a lost peer process): as it is
+            raise
+        raise _save_failed(what, directory, reason, needed) from e
 
 
 def _save_failed(what: str, directory: Path, reason: str, needed: int) -> SaveFailed:
@@ -113,18 +116,18 @@ def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-def _reason(error: Exception) -> str:
-    """The OS error behind a failed save, in words (orbax and TensorStore wrap it)."""
+def _os_error(error: Exception) -> str | None:
+    """The OS error behind a failed save, in words (orbax and TensorStore wrap it), or None
+    when the failure was not an OS error."""
     seen = error
     while seen is not None:
-        if isinstance(seen, OSError) and seen.strerror:
-            return seen.strerror
+        if isinstance(seen, OSError):
+            return seen.strerror or str(seen)
         code = re.search(r"os_error_code='(\d+)'", str(seen))
         if code:
             return os.strerror(int(code.group(1)))
         seen = seen.__cause__ or seen.__context__
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return first[:200]
+    return None
 
 
 def _needed_bytes(state) -> int:
@@ -289,15 +292,17 @@ class Checkpoints:
     def partial_exists(self) -> bool:
         return (self.directory / PARTIAL).is_dir()
 
-    def set_aside(self, epoch: int | None) -> Path:
+    def set_aside(self, epoch: int | None, move: bool = True) -> Path:
         """Rename a damaged checkpoint (None: the interrupted epoch's folder) to
-        `<name>.damaged[-N]`, which orbax does not list -> its new path."""
+        `<name>.damaged[-N]`, which orbax does not list (with `move`; else only forget it)
+        -> its new path."""
         source = self.directory / (PARTIAL if epoch is None else str(epoch))
         target, n = source.with_name(source.name + ".damaged"), 1
         while target.exists():
             n += 1
             target = source.with_name(f"{source.name}.damaged-{n}")
-        source.rename(target)
+        if move:
+            source.rename(target)
         if epoch is not None:  # let the manager forget the step it listed
             self._manager.reload()
         return target

@@ -67,12 +67,17 @@ def tune_host_malloc() -> bool:
 
 
 def start_distributed(
-    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    peer_timeout: float = 60.0,
 ) -> bool:
     """Join a multi-process run (`jax.distributed.initialize`) when a coordinator is given.
 
     Flags win over the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-    JAX_PROCESS_ID. On CPU the processes talk through gloo collectives. Returns whether it did.
+    JAX_PROCESS_ID. On CPU the processes talk through gloo collectives. JAX's own heartbeat
+    timeout is set past `peer_timeout`, so that charjax's watch (`peers`) names a lost peer
+    first. Returns whether it did.
     """
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if not coordinator:
@@ -82,7 +87,12 @@ def start_distributed(
     if process_id is None:
         process_id = int(os.environ.get("JAX_PROCESS_ID", 0))
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(
+        coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        heartbeat_timeout_seconds=int(max(100, peer_timeout + 60)),
+    )
     return True
 
 

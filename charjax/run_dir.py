@@ -144,8 +144,9 @@ class RunDir:
         return self.checkpoints.partial_exists()
 
     def set_aside(self, epoch: int | None) -> Path:
-        """Move a damaged checkpoint (None: the interrupted epoch) out of the way -> where."""
-        return self.checkpoints.set_aside(epoch)
+        """Move a damaged checkpoint (None: the interrupted epoch) out of the way (process 0
+        moves it; every process forgets it) -> where."""
+        return self.checkpoints.set_aside(epoch, move=self.primary)
 
     def partial(self) -> Meta | None:
         """The record of the epoch an interruption saved, unless a later epoch superseded it."""
@@ -193,10 +194,14 @@ class RunDir:
 
     def repair_metrics(self) -> None:
         """Log the latest epoch's metrics if the run died after its checkpoint, before its log
-        line."""
+        line. Every process reads the record (orbax reads are collective in a multi-process
+        run: a read by process 0 alone would leave the others a collective behind)."""
         have = self.epochs()
-        if self.primary and have and have[-1] not in [m["epoch"] for m in self.metrics()]:
-            append_metrics(self.directory, self.meta(have[-1]).metrics)
+        if not have:
+            return
+        latest = self.meta(have[-1])
+        if self.primary and latest.epoch not in [m["epoch"] for m in self.metrics()]:
+            append_metrics(self.directory, latest.metrics)
 
     def close(self) -> None:
         self.checkpoints.close()

@@ -1,6 +1,8 @@
 """End to end: bad input gives one clear line; interrupted or killed runs lose no work and
 resume exactly."""
 
+import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import pytest
 from util import same_trees
 
 from charjax import cli, run_dir
-from charjax.checkpoint import Checkpoints
+from charjax.checkpoint import TMP_SUFFIX, Checkpoints
 from charjax.run_dir import Meta
 from charjax.step import init_state
 
@@ -247,36 +249,59 @@ def test_ctrl_c_saves_and_resume_is_exact(long_text, tmp_path):
     assert e1 == e2 == 2 and same_trees(ref, resumed)
 
 
-def test_sigkill_at_any_moment_loses_nothing(long_text, tmp_path):
+def _saving(ck) -> bool:
+    """Whether a checkpoint is being written in `ck` right now (orbax's temporary folder)."""
+    for folder in (ck, ck / "partial"):
+        try:
+            if any(TMP_SUFFIX in name for name in os.listdir(folder)):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def test_kill_fuzz_many_sigkills_some_inside_saves_lose_nothing(long_text, tmp_path):
+    """SIGKILL at 10 seeded random moments, every third one while a checkpoint is being
+    written (the run saves every 3 steps); each time the run resumes, and it ends bit-identical
+    to an uninterrupted one, with no half-written checkpoint left."""
+    flags = ("--save-every", "3")
     reference = subprocess.run(
-        _train_cmd(long_text, tmp_path / "ref", 3), capture_output=True, text=True, timeout=300
+        _train_cmd(long_text, tmp_path / "ref", 2, *flags),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert reference.returncode == 0, reference.stderr
-    ck = tmp_path / "ck"
-    kills = 0
-    for delay in (2.5, 3.4, 4.3):
+    ck, rng = tmp_path / "ck", random.Random(0)
+    kills, inside_saves = 0, 0
+    while kills < 10:
         resume = ["--resume"] if Checkpoints(ck).epochs() or (ck / "partial").exists() else []
         proc = subprocess.Popen(
-            _train_cmd(long_text, ck, 3, *resume),
+            _train_cmd(long_text, ck, 2, *flags, *resume),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        if set(Checkpoints(ck).epochs()) >= {3}:
+        deadline = time.time() + (60 if kills % 3 == 2 else rng.uniform(2.5, 7.0))
+        while time.time() < deadline and proc.poll() is None:
+            if kills % 3 == 2 and _saving(ck):
+                inside_saves += 1
+                break
+            time.sleep(0.001 if kills % 3 == 2 else 0.05)
+        if proc.poll() is not None:  # it finished before the kill: nothing left to fuzz
+            assert proc.returncode == 0, proc.stderr.read()
             break
-    assert kills >= 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills == 10 and inside_saves >= 2, (kills, inside_saves)
     resume = ["--resume"] if Checkpoints(ck).epochs() or (ck / "partial").exists() else []
     done = subprocess.run(
-        _train_cmd(long_text, ck, 3, *resume), capture_output=True, text=True, timeout=300
+        _train_cmd(long_text, ck, 2, *flags, *resume), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
     (e1, ref), (e2, resumed) = _final_params(tmp_path / "ref"), _final_params(ck)
-    assert e1 == e2 == 3 and same_trees(ref, resumed)
+    assert e1 == e2 == 2 and same_trees(ref, resumed)
     assert not [p for p in ck.iterdir() if "tmp" in p.name]  # no half-written checkpoint left
 
 

@@ -1,8 +1,11 @@
-"""Data parallelism: training on 1 or 4 (virtual CPU) devices gives the same numbers."""
+"""Data parallelism: training on 1 or 4 (virtual CPU) devices, or in two processes, gives the
+same numbers; a dead peer process stops the others in one line and the run resumes."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -88,8 +91,10 @@ def _restore_params(directory):
     return meta, ckpts.restore(like).params
 
 
-def test_two_processes_match_one(tiny_text, tmp_path):
-    """Two processes (one CPU device each, gloo collectives) train like one with two devices."""
+def test_two_processes_match_one_and_a_dead_peer_stops_the_other(tiny_text, tmp_path):
+    """Two processes (one CPU device each, gloo collectives) train like one with two devices.
+    Process 1 is killed after epoch 2: process 0 stops within --peer-timeout with one line
+    naming it, and a fresh pair resumes to the same result as the one-process run."""
     script = str(Path(charjax.__file__).parents[1] / "scripts" / "train.py")
     args = [
         sys.executable,
@@ -97,7 +102,7 @@ def test_two_processes_match_one(tiny_text, tmp_path):
         "--text",
         str(tiny_text),
         "--epochs",
-        "2",
+        "6",
         "--maxlen",
         "10",
         "--hidden",
@@ -112,27 +117,34 @@ def test_two_processes_match_one(tiny_text, tmp_path):
         "0.5",
     ]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    port = _free_port()
-    multi = [
-        subprocess.Popen(
-            [
-                *args,
-                "--checkpoint-dir",
-                str(tmp_path / "multi"),
-                "--coordinator",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**env, "CHARJAX_CPU_DEVICES": "1"},
-        )
-        for i in (0, 1)
-    ]
+
+    def pair(*extra):
+        port = _free_port()
+        return [
+            subprocess.Popen(
+                [
+                    *args,
+                    *extra,
+                    "--checkpoint-dir",
+                    str(tmp_path / "multi"),
+                    "--coordinator",
+                    f"127.0.0.1:{port}",
+                    "--num-processes",
+                    "2",
+                    "--process-id",
+                    str(i),
+                    "--peer-timeout",
+                    "5",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**env, "CHARJAX_CPU_DEVICES": "1"},
+            )
+            for i in (0, 1)
+        ]
+
+    first = pair()
     single = subprocess.Popen(  # alongside: the processes mostly wait on compilations
         [*args, "--checkpoint-dir", str(tmp_path / "single")],
         stdout=subprocess.PIPE,
@@ -140,15 +152,30 @@ def test_two_processes_match_one(tiny_text, tmp_path):
         text=True,
         env={**env, "CHARJAX_CPU_DEVICES": "2"},
     )
-    outs = [p.communicate(timeout=300) for p in multi]
-    assert [p.returncode for p in multi] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    deadline = time.time() + 240
+    while not (tmp_path / "multi" / "2").is_dir() and time.time() < deadline:
+        time.sleep(0.005)
+    assert first[1].poll() is None, "the pair finished before process 1 could be killed"
+    first[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    out0, err0 = first[0].communicate(timeout=60)
+    assert first[0].returncode == 3 and time.time() - killed < 30, err0[-2000:]
+    last = [line for line in err0.splitlines() if line.startswith("charjax-train")]
+    assert len(last) == 1 and "process 1 of 2 stopped responding" in last[0], err0[-2000:]
+    assert "--resume" in last[0]
+    first[1].communicate()
+    assert "epoch 2/6" in out0 and "epoch 6/6" not in out0
+    second = pair("--resume")
+    outs = [p.communicate(timeout=300) for p in second]
+    assert [p.returncode for p in second] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     single_out, single_err = single.communicate(timeout=300)
     assert single.returncode == 0, single_err
     assert "on 2 cpu device(s)" in outs[0][0] and "on 2 cpu device(s)" in single_out
-    assert "epoch 2/2" in outs[0][0] and "epoch" not in outs[1][0]  # only process 0 talks
+    assert "epoch 6/6" in outs[0][0] and "epoch" not in outs[1][0]  # only process 0 talks
     (meta_m, multi_p), (meta_s, single_p) = (
         _restore_params(tmp_path / d) for d in ("multi", "single")
     )
+    assert meta_m["epoch"] == meta_s["epoch"] == 6
     assert meta_m["metrics"]["loss"] == pytest.approx(meta_s["metrics"]["loss"], rel=1e-5)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), multi_p, single_p

@@ -43,6 +43,14 @@ def train_parser() -> argparse.ArgumentParser:
         type=int,
         help="multi-process run: this process's index (default: $JAX_PROCESS_ID)",
     )
+    devices.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="multi-process run: a process whose peers have not been heard from for this long "
+        "stops, naming the lost one (default: 60)",
+    )
     return p
 
 
@@ -51,15 +59,32 @@ def train(args: argparse.Namespace) -> int:
 
     parallel.request_cpu_devices()  # before jax starts its backends
     parallel.tune_host_malloc()
-    from charjax import runner
+    from charjax import peers, runner
+    from charjax.errors import CharjaxError
 
-    parallel.start_distributed(args.coordinator, args.num_processes, args.process_id)
-    given = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
-    runner.train_run(
-        Config(**given),
-        args.checkpoint_dir,
-        resume=args.resume,
-        given=given,
-        progress=False if args.quiet else None,
+    if args.peer_timeout <= 0:
+        raise CharjaxError(f"--peer-timeout must be > 0 seconds, got {args.peer_timeout:g}")
+    parallel.start_distributed(
+        args.coordinator, args.num_processes, args.process_id, peer_timeout=args.peer_timeout
     )
+    peers.watch(
+        args.peer_timeout,
+        f"charjax-train --resume --checkpoint-dir {args.checkpoint_dir} on each (same "
+        "--coordinator, --num-processes and --process-id)",
+    )
+    given = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
+    try:
+        runner.train_run(
+            Config(**given),
+            args.checkpoint_dir,
+            resume=args.resume,
+            given=given,
+            progress=False if args.quiet else None,
+        )
+    except (CharjaxError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        peers.fail(e)  # in a multi-process run: a lost peer is named, the process ends
+        raise
+    peers.stop()
     return 0
