@@ -108,7 +108,8 @@ def resolve_files(text: str, recursive: bool = False) -> list[Path]:
     path; with `recursive` those of its subfolders too), or several of these joined with
     `os.pathsep`, in the order given."""
     files = []
-    for part in text.split(os.pathsep):
+    parts = [text] if Path(text).expanduser().exists() else text.split(os.pathsep)
+    for part in parts:
         path = Path(part).expanduser()
         if part != NIETZSCHE and path.is_dir():
             found = sorted(path.rglob("*.txt") if recursive else path.glob("*.txt"))
@@ -127,7 +128,7 @@ def resolve_files(text: str, recursive: bool = False) -> list[Path]:
 
 def absolute(text: str) -> str:
     """`--text` with every path made absolute (stored so --resume works from any directory)."""
-    parts = text.split(os.pathsep)
+    parts = [text] if Path(text).expanduser().exists() else text.split(os.pathsep)
     return os.pathsep.join(
         p if p == NIETZSCHE else str(Path(p).expanduser().absolute()) for p in parts
     )
@@ -142,13 +143,13 @@ def read_text(path: Path, *, max_chars: int = 0, lower: bool = True) -> str:
     return text.lower() if lower else text
 
 
-def _blocks(path: Path, size: int = BLOCK):
+def _blocks(path: Path, size: int | None = None):
     """(raw bytes, decoded text) blocks of a UTF-8 file, cut between characters; one clear
     error for an empty, binary or non-UTF-8 file."""
     with open(path, "rb") as f:
         pending, offset, first = b"", 0, True
         while True:
-            raw = f.read(size)
+            raw = f.read(size or BLOCK)
             if first:
                 _check_start(path, raw)
                 first = False
@@ -210,9 +211,11 @@ def _texts(files: list[Path], max_chars: int, lower: bool, digests: list | None 
             h.update(raw)
             text = tail + text + (SEPARATOR if not raw and i + 1 < len(files) else "")
             at = max(text.rfind("\n") + 1, text.rfind(" ") + 1) if raw else len(text)
-            if at == 0 and len(text) < 4 * BLOCK:
-                tail = text
-                continue
+            if at == 0:  # no break to cut at: wait for one, but not forever
+                if len(text) < 4 * BLOCK:
+                    tail = text
+                    continue
+                at = len(text)
             text, tail = text[:at], text[at:]
             if budget < 0:
                 yield (text.lower() if lower else text), ""
@@ -258,12 +261,20 @@ def load(cfg: Config) -> Corpus:
     vocab = Vocab("".join(sorted(chars)))
     ids, at, encode = np.empty(n, vocab.dtype), 0, vocab.encoder()
     for used, _ in _texts(files, cfg.max_chars, cfg.lower):
+        if at + len(used) > n:
+            raise _changed(where)
         ids[at : at + len(used)] = encode(used)
         at += len(used)
         if at == n:  # the rest is beyond --max-chars
             break
+    if at != n:
+        raise _changed(where)
     left_out = "".join(sorted(beyond - chars))
     return Corpus(vocab, ids, _fingerprint(files, digests), prime, left_out)
+
+
+def _changed(where) -> CharjaxError:
+    return CharjaxError(f"{where} changed while it was being read; run again once it is written")
 
 
 def load_saved(cfg: Config, sha256: str, vocab: str, directory) -> Corpus:

@@ -3,7 +3,9 @@
 loss since the last step record. Pure bookkeeping: the runner does the work.
 
 Checks happen after each jitted chunk, so an interval of N steps fires at the first chunk
-boundary at or after each multiple of N (N rounded up to whole `--steps-per-call` chunks).
+boundary at or after each multiple of N (with N = 3 and chunks of 2 steps: after steps 4, 6,
+10, 12, ...). A step record's means cover the steps since the last record of the same epoch
+(or since the epoch's start, or the position a resumed run started from).
 """
 
 from __future__ import annotations

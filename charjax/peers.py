@@ -1,6 +1,8 @@
-"""A multi-process run's watch over its peers: when one process dies or hangs, the others stop
-within a bounded time with one line naming it, instead of waiting in an all-reduce (gloo) or
-in JAX's shutdown barrier until a long timeout ends them with a crash report.
+"""A multi-process run's watch over its peers: when one process dies (or its machine freezes or
+drops off the network), the others stop within a bounded time with one line naming it, instead
+of waiting in an all-reduce (gloo) or in JAX's shutdown barrier until a long timeout ends them
+with a crash report. (A process whose main thread hangs while the process lives still beats:
+the watch is about lost processes, not slow ones.)
 
 Each process beats through the coordination service's key-value store (a counter under its
 index, every `timeout / 10` seconds) and reads the others' beats. A peer whose beat has not
@@ -15,6 +17,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 
 KEY = "charjax/beat/{}"
@@ -72,7 +75,8 @@ class PeerWatch:
                     return peer
             self._store_down_since = None
         except Exception:  # the store lives in process 0: it stopped answering
-            self._store_down_since = self._store_down_since or now
+            if self._store_down_since is None:
+                self._store_down_since = now
             if now - self._store_down_since > self.timeout:
                 return 0
         return None
@@ -109,7 +113,7 @@ def watch(timeout: float, hint: str) -> PeerWatch | None:
     return _watch
 
 
-def fail(error: Exception) -> None:
+def fail(error: Exception, debug: bool = False) -> None:
     """This process's run failed in a way no user can fix (a collective broke: most likely
     a peer died). Give the watch time to name a lost peer (it ends the process); failing that,
     print the error in one line. Either way end the process without JAX's shutdown barrier,
@@ -117,9 +121,12 @@ def fail(error: Exception) -> None:
     if _watch is None:
         return
     _watch._thread.join(_watch.timeout + 3 * _watch.interval)
+    if debug:
+        traceback.print_exception(error)
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     print(
-        f"charjax-train: unexpected error: {type(error).__name__}: {first[:300]}",
+        f"charjax-train: unexpected error: {type(error).__name__}: {first[:300]} (rerun with "
+        "--debug for the traceback)",
         file=sys.stderr,
         flush=True,
     )

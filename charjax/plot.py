@@ -12,10 +12,10 @@ from charjax.metrics_log import METRICS_FILE, read_metrics, read_steps
 def plot_metrics(directory: str | Path, out: str | Path | None = None) -> Path:
     """Draw the run in `directory` into a PNG (default: `directory/loss.png`); return its path."""
     directory = Path(directory)
-    records = read_metrics(directory)
-    if not records:
+    records, steps = read_metrics(directory), read_steps(directory)
+    if not records and not steps:
         raise CharjaxError(
-            f"no {METRICS_FILE} with epochs in {directory}; train first (charjax-train "
+            f"no {METRICS_FILE} with epochs or steps in {directory}; train first (charjax-train "
             f"--checkpoint-dir {directory})"
         )
     try:
@@ -27,21 +27,22 @@ def plot_metrics(directory: str | Path, out: str | Path | None = None) -> Path:
     except ImportError:
         raise CharjaxError("plotting needs matplotlib: pip install 'charjax[plot]'") from None
     out = Path(out) if out else directory / "loss.png"
-    steps = read_steps(directory)
-    fig, axes = plt.subplots(1, 2 if steps else 1, figsize=(12 if steps else 7, 4.2), dpi=120)
-    axes = list(axes) if steps else [axes]
-    _curves(axes[0], records, "epoch", "held-out loss")
-    axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    panels = [p for p, have in (("epoch", records), ("step", steps)) if have]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 + 3.5 * len(panels), 4.2), dpi=120)
+    axes = dict(zip(panels, list(axes) if len(panels) > 1 else [axes], strict=True))
+    if records:  # the epoch axis: the epochs' means and whole-tail scores
+        _curves(axes["epoch"], records, "epoch", "held-out loss")
+        axes["epoch"].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axes["epoch"].set_xlabel("epoch")
     if steps:  # step records, and the epoch ends' whole-tail scores at their "steps"
         ends = [{**r, "step": r["steps"]} for r in records if "steps" in r]
-        _curves(axes[1], steps, "step", "held-out loss (--eval-chars slice)")
-        _curves(axes[1], ends, "step", "held-out loss (whole tail)", training=False)
-        axes[1].set_xlabel("optimizer step")
-    for ax in axes:
+        _curves(axes["step"], steps, "step", "held-out loss (--eval-chars slice)")
+        _curves(axes["step"], ends, "step", "held-out loss (whole tail)", training=False)
+        axes["step"].set_xlabel("optimizer step")
+    for ax in axes.values():
         ax.set_ylabel("cross-entropy (nats/char)")
         ax.grid(alpha=0.3)
         ax.legend()
-    axes[0].set_xlabel("epoch")
     fig.suptitle(f"charjax · {directory.resolve().name}")
     fig.tight_layout()
     fig.savefig(out)

@@ -92,7 +92,9 @@ def train_run(
         return this.state, history
     except SaveFailed as e:  # a full disk, a read-only or unwritable folder
         report.close()
-        raise SaveFailed(f"{e}. Free space, then continue with: {_hint(folder)}") from e
+        raise SaveFailed(
+            f"{e}. Free space (or make the folder writable), then continue with: {_hint(folder)}"
+        ) from e
     finally:
         report.close()
         if folder is not None:
@@ -125,10 +127,12 @@ def _train_epoch(this: run.Run, ids, mesh, folder: RunDir, report, stop):
         report.chunk_done(
             batches, done.batches, _trained(this, done), done.position.means(), seconds
         )
+        due = ticks.due(first_step + batches)
         if stop.requested and not done.finished:
+            if due - {intervals.SAVE} and done.position.finite:  # the record, then the save
+                _on_steps(this, folder, done, ticks, due - {intervals.SAVE}, report, stop)
             report.epoch_finished(None, this.cfg.epochs)
             _save_interrupted(this, folder, done, stop)
-        due = ticks.due(first_step + batches)
         if due and done.position.finite:
             _on_steps(this, folder, done, ticks, due, report, stop)
     return done, time.perf_counter() - t0

@@ -204,3 +204,14 @@ def test_bad_files_in_a_folder_are_named(tmp_path):
         _load(str(folder))
     with pytest.raises(CharjaxError, match=r"missing\.txt does not exist"):
         _load(os.pathsep.join([str(folder / "a.txt"), str(folder / "missing.txt")]))
+
+
+def test_a_line_without_breaks_is_still_read_in_blocks_and_paths_may_hold_colons(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(corpora, "BLOCK", 4)
+    path = tmp_path / "run:1.txt"  # one path, though it holds os.pathsep on POSIX
+    path.write_text("x" * 100)
+    pieces = [used for used, _ in corpora._texts([path], 0, True)]
+    assert "".join(pieces) == "x" * 100 and max(len(p) for p in pieces) <= 4 * 4 + 4
+    assert len(_load(str(path)).ids) == 100

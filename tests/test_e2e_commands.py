@@ -1,4 +1,5 @@
-"""End-to-end runs of scripts/*.py in subprocesses, as a user runs them."""
+"""End-to-end runs of scripts/*.py in subprocesses, as a user runs them (the many one-line
+error cases once through the script, the rest through the same command in process)."""
 
 import json
 import os
@@ -7,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from charjax import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,7 +148,7 @@ def test_sample_errors_are_one_line(tiny_run, args, needle):
     assert result.stderr.count("\n") == 1 and needle in result.stderr, result.stderr
 
 
-def test_train_errors_are_one_line(tiny_run, tmp_path):
+def test_train_errors_are_one_line(tiny_run, tmp_path, capsys):
     text, ckpt = tiny_run
     cases = [
         (["--text", text, "--batch-size", 0, "--checkpoint-dir", tmp_path / "a"], "--batch-size"),
@@ -157,12 +160,15 @@ def test_train_errors_are_one_line(tiny_run, tmp_path):
         (["--resume", "--hidden", 64, "--checkpoint-dir", ckpt], "--hidden 64"),
         (["--text", text, "--maxlen", 5000, "--checkpoint-dir", tmp_path / "c"], "--maxlen"),
     ]
-    for args, needle in cases:
-        result = run("train.py", *args)
-        assert result.returncode == 2, (args, result.stderr)
-        assert result.stderr.count("\n") == 1 and needle in result.stderr, result.stderr
-    missing = run("sample.py", "--checkpoint-dir", tmp_path / "nothing")
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    result = run("train.py", *cases[0][0])  # the script itself; the rest in process
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert cases[0][1] in result.stderr
+    for args, needle in cases[1:]:
+        assert cli.train_main([str(a) for a in args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+    assert cli.sample_main(["--checkpoint-dir", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_help_lists_flags_with_defaults():

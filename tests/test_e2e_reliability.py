@@ -282,7 +282,7 @@ def test_kill_fuzz_many_sigkills_some_inside_saves_lose_nothing(long_text, tmp_p
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.time() + (60 if kills % 3 == 2 else rng.uniform(2.5, 7.0))
+        deadline = time.time() + (60 if kills % 3 == 2 else rng.uniform(2.0, 4.5))
         while time.time() < deadline and proc.poll() is None:
             if kills % 3 == 2 and _saving(ck):
                 inside_saves += 1

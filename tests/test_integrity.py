@@ -90,13 +90,11 @@ def _limited(limit: int):
     return set_limit
 
 
-def test_a_save_that_fails_ends_in_one_line_and_the_run_resumes(tiny_text, tmp_path):
+def test_a_save_that_fails_ends_in_one_line_and_the_run_resumes(tiny_cfg, tmp_path):
     ck = tmp_path / "ck"
-    flags = ["--text", str(tiny_text), "--maxlen", "10", "--hidden", "16", "--temperatures", ""]
+    runner.train_run(tiny_cfg.replace(epochs=1, temperatures=()), ck, log=quiet)
     train = [sys.executable, "-c", "import sys; from charjax.cli import train_main; "
-             "sys.exit(train_main(sys.argv[1:]))", *flags, "--checkpoint-dir", str(ck)]  # fmt: skip
-    first = subprocess.run([*train, "--epochs", "1"], capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0, first.stderr
+             "sys.exit(train_main(sys.argv[1:]))", "--checkpoint-dir", str(ck)]  # fmt: skip
     full = subprocess.run(
         [*train, "--resume", "--epochs", "3"],
         capture_output=True,
@@ -110,11 +108,9 @@ def test_a_save_that_fails_ends_in_one_line_and_the_run_resumes(tiny_text, tmp_p
     assert "A checkpoint needs about" in full.stderr and "--resume --checkpoint-dir" in full.stderr
     assert Checkpoints(ck).epochs() == [1]
     assert not [p for p in ck.iterdir() if "tmp" in p.name]  # nothing half-written is left
-    done = subprocess.run(
-        [*train, "--resume", "--epochs", "3"], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert "resuming from epoch 1" in done.stdout and Checkpoints(ck).epochs() == [1, 2, 3]
+    lines = []
+    runner.train_run(tiny_cfg, ck, resume=True, given={"epochs": 3}, log=lines.append)
+    assert f"resuming from epoch 1 in {ck}" in lines and Checkpoints(ck).epochs() == [1, 2, 3]
 
 
 @pytest.fixture

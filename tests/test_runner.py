@@ -12,7 +12,7 @@ import pytest
 from util import quiet, same_trees
 
 from charjax import corpus as corpora
-from charjax import epoch, evaluate, inference, runner
+from charjax import epoch, evaluate, inference, integrity, runner
 from charjax.checkpoint import Checkpoints
 from charjax.config import Config
 from charjax.errors import CharjaxError
@@ -194,7 +194,9 @@ def test_a_run_of_the_older_window_order_samples_but_does_not_resume(tiny_cfg, t
     cfg = tiny_cfg.replace(epochs=1, temperatures=())
     _tiny_run(cfg, tmp_path)
     record = tmp_path / "1" / "meta" / "metadata"
-    record.write_text(json.dumps({**json.loads(record.read_text()), "format": 2}))
+    older = {**json.loads(record.read_text()), "format": 2}  # as written before digests
+    del older[integrity.DIGESTS], older[integrity.RECORD]
+    record.write_text(json.dumps(older))
     with pytest.raises(CharjaxError, match="shuffled windows in another order"):
         _tiny_run(cfg, tmp_path, resume=True, given={"epochs": 2})
     assert inference.load(tmp_path).meta.format == 2  # sampling and scoring still read it

@@ -84,7 +84,7 @@ def train(args: argparse.Namespace) -> int:
     except (CharjaxError, KeyboardInterrupt):
         raise
     except Exception as e:
-        peers.fail(e)  # in a multi-process run: a lost peer is named, the process ends
+        peers.fail(e, args.debug)  # multi-process: a lost peer is named, the process ends
         raise
     peers.stop()
     return 0
