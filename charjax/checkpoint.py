@@ -289,9 +289,6 @@ class Checkpoints:
         finally:
             manager.close()
 
-    def partial_exists(self) -> bool:
-        return (self.directory / PARTIAL).is_dir()
-
     def set_aside(self, epoch: int | None, move: bool = True) -> Path:
         """Rename a damaged checkpoint (None: the interrupted epoch's folder) to
         `<name>.damaged[-N]`, which orbax does not list (with `move`; else only forget it)

@@ -139,8 +139,6 @@ def merge_resumed(saved: Config, given: dict) -> Config:
 def resume(given: dict, folder: RunDir, log, sharding) -> Run:
     """Continue from the latest complete epoch, or from inside the epoch after it; a damaged
     checkpoint is named, moved aside, and the newest intact one before it is used."""
-    if not folder.epochs() and not folder.partial_exists():
-        raise CharjaxError(f"nothing to resume: no checkpoints in {folder.directory}")
     meta, state = _newest_intact(folder, given, log, sharding)
     partial = meta if meta.position is not None else None
     saved = meta.cfg
@@ -175,6 +173,7 @@ def _newest_intact(folder: RunDir, given: dict, log, sharding):
     """(record, state) of the newest checkpoint that reads back whole: the interrupted epoch,
     then the epochs from the latest down. Each damaged one is named in a line and moved aside
     (it would be written again); none intact is one line."""
+    damaged = 0
     for epoch in [None, *reversed(folder.epochs())]:  # None: the interrupted epoch
         try:
             meta = folder.partial() if epoch is None else folder.meta(epoch)
@@ -187,6 +186,9 @@ def _newest_intact(folder: RunDir, given: dict, log, sharding):
         except Damaged as e:
             aside = folder.set_aside(epoch)
             log(f"{e}; moved it to {aside.name} and trying the checkpoint before it")
+            damaged += 1
+    if not damaged:  # at most a save that never finished
+        raise CharjaxError(f"nothing to resume: no checkpoints in {folder.directory}")
     raise CharjaxError(
         f"no intact checkpoint left in {folder.directory} to resume from (the damaged ones "
         "were moved aside); train again in a new --checkpoint-dir"

@@ -140,9 +140,6 @@ class RunDir:
         """The record of `epoch` (default: the latest)."""
         return Meta.from_json(self.checkpoints.meta(epoch))
 
-    def partial_exists(self) -> bool:
-        return self.checkpoints.partial_exists()
-
     def set_aside(self, epoch: int | None) -> Path:
         """Move a damaged checkpoint (None: the interrupted epoch) out of the way (process 0
         moves it; every process forgets it) -> where."""

@@ -249,15 +249,25 @@ def test_ctrl_c_saves_and_resume_is_exact(long_text, tmp_path):
     assert e1 == e2 == 2 and same_trees(ref, resumed)
 
 
-def _saving(ck) -> bool:
-    """Whether a checkpoint is being written in `ck` right now (orbax's temporary folder)."""
+def _saving(ck, since: float) -> bool:
+    """Whether a checkpoint is being written in `ck` right now: an orbax temporary folder made
+    after `since` (older ones are a killed run's leftovers)."""
     for folder in (ck, ck / "partial"):
         try:
-            if any(TMP_SUFFIX in name for name in os.listdir(folder)):
-                return True
+            for entry in os.scandir(folder):
+                if TMP_SUFFIX in entry.name and entry.stat().st_mtime > since:
+                    return True
         except OSError:
             pass
     return False
+
+
+def _resume_flag(ck) -> list[str]:
+    """--resume when `ck` holds a complete checkpoint (an epoch or an interrupted one)."""
+    if not ck.is_dir():
+        return []
+    ckpts = Checkpoints(ck, create=False)  # reads only: leftovers are the program's to remove
+    return ["--resume"] if ckpts.epochs() or ckpts.partial_meta() is not None else []
 
 
 def test_kill_fuzz_many_sigkills_some_inside_saves_lose_nothing(long_text, tmp_path):
@@ -275,7 +285,7 @@ def test_kill_fuzz_many_sigkills_some_inside_saves_lose_nothing(long_text, tmp_p
     ck, rng = tmp_path / "ck", random.Random(0)
     kills, inside_saves = 0, 0
     while kills < 10:
-        resume = ["--resume"] if Checkpoints(ck).epochs() or (ck / "partial").exists() else []
+        resume, launched = _resume_flag(ck), time.time()
         proc = subprocess.Popen(
             _train_cmd(long_text, ck, 2, *flags, *resume),
             stdout=subprocess.DEVNULL,
@@ -284,7 +294,7 @@ def test_kill_fuzz_many_sigkills_some_inside_saves_lose_nothing(long_text, tmp_p
         )
         deadline = time.time() + (60 if kills % 3 == 2 else rng.uniform(2.0, 4.5))
         while time.time() < deadline and proc.poll() is None:
-            if kills % 3 == 2 and _saving(ck):
+            if kills % 3 == 2 and _saving(ck, launched):
                 inside_saves += 1
                 break
             time.sleep(0.001 if kills % 3 == 2 else 0.05)
@@ -295,7 +305,7 @@ def test_kill_fuzz_many_sigkills_some_inside_saves_lose_nothing(long_text, tmp_p
         proc.wait()
         kills += 1
     assert kills == 10 and inside_saves >= 2, (kills, inside_saves)
-    resume = ["--resume"] if Checkpoints(ck).epochs() or (ck / "partial").exists() else []
+    resume = _resume_flag(ck)
     done = subprocess.run(
         _train_cmd(long_text, ck, 2, *flags, *resume), capture_output=True, text=True, timeout=300
     )

@@ -16,7 +16,8 @@ import pytest
 from util import quiet, same_trees
 
 from charjax import cli, integrity, runner
-from charjax.checkpoint import Checkpoints, SaveFailed
+from charjax.checkpoint import TMP_SUFFIX, Checkpoints, SaveFailed
+from charjax.errors import CharjaxError
 from charjax.integrity import Damaged
 
 
@@ -146,3 +147,9 @@ def test_a_full_disk_stops_the_run_in_one_line_and_resume_goes_on(tiny_cfg, smal
     filler.unlink()
     _, history = runner.train_run(cfg, run, resume=True, given={"epochs": 2}, log=quiet)
     assert [m["epoch"] for m in history] == [2] and Checkpoints(run).epochs() == [2]
+
+
+def test_resume_with_only_an_unfinished_save_says_there_is_nothing(tiny_cfg, tmp_path):
+    (tmp_path / "partial" / f"3{TMP_SUFFIX}").mkdir(parents=True)  # a save killed midway
+    with pytest.raises(CharjaxError, match="nothing to resume: no checkpoints in"):
+        runner.train_run(tiny_cfg, tmp_path, resume=True, given={}, log=quiet)

@@ -65,7 +65,23 @@ def main(argv=None) -> int:
     p.add_argument(
         "--corpus-dir", metavar="DIR", help="keep the --corpus-chars texts here (default: temp)"
     )
+    p.add_argument(
+        "--device-check",
+        metavar="DIR",
+        help="instead: the prepared GPU check (issue 15; scripts/gpu_check.sh): device tests, "
+        "whole-epoch timings in float32 and bfloat16, sampling, recipe B, device memory, PyTorch; "
+        "all into DIR/device_check.json (with --quick: a few steps of each, no tests)",
+    )
     args = p.parse_args(argv)
+    if args.device_check:
+        parallel.request_cpu_devices()
+        parallel.tune_host_malloc()
+        from pathlib import Path
+
+        from charjax.bench import gpu
+
+        gpu.check(Path(args.device_check), quick=args.quick, tests=not args.quick)
+        return 0
     if args.corpus_chars:
         from charjax.bench import scale
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 
 from charjax.cli.common import Parser, checkpoint_dir_flag, config_flags
 from charjax.config import Config
@@ -61,6 +62,10 @@ def train(args: argparse.Namespace) -> int:
     parallel.tune_host_malloc()
     from charjax import peers, runner
     from charjax.errors import CharjaxError
+
+    # An optional persistent compilation cache that cannot be written (a full disk) is harmless:
+    # the run goes on, and the disk's own problem is reported where it matters, at a save.
+    warnings.filterwarnings("ignore", message="Error writing persistent compilation cache")
 
     if args.peer_timeout <= 0:
         raise CharjaxError(f"--peer-timeout must be > 0 seconds, got {args.peer_timeout:g}")

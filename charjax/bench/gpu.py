@@ -1,0 +1,172 @@
+"""The prepared device check (`charjax-bench --device-check DIR`, `scripts/gpu_check.sh`): one
+call on a machine with a GPU measures what issue 15 asks and writes it to DIR/device_check.json.
+
+In order, each part timed and recorded even if a later one fails: versions and device; the
+tests that matter on an accelerator (Keras parity, determinism, resume, sampling) run against
+it; the default recipe's compile time, a whole epoch's wall time and windows/s, in float32 and
+bfloat16; sampling latency (1 and 4 temperatures x 400 chars, window and stateful); recipe B's
+chars/s; peak device memory; and PyTorch `nn.LSTM` (cuDNN on a GPU) on the same batches when
+torch is importable. `--quick` cuts every part to a few steps: that is how the suite runs it on
+CPU, so the script cannot rot.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+# The tests that must hold on the device (run there as they are, on its default backend).
+DEVICE_TESTS = [
+    "tests/test_keras_parity.py",
+    "tests/test_epoch.py::test_same_seed_gives_bit_identical_params",
+    "tests/test_runner.py::test_resume_is_bit_identical_to_an_uninterrupted_run",
+    "tests/test_sample.py",
+]
+RECIPE_B = dict(
+    objective="sequence", carry_state=True, maxlen=100, step=100, batch_size=64, layers=2,
+    hidden=256, dropout=0.3, optimizer="adam", learning_rate=0.003, warmup=50,
+    schedule="cosine", clip_norm=5.0,
+)  # fmt: skip
+
+
+def run_tests(root: Path, timeout: float) -> dict:
+    """The device tests in a child pytest -> {returncode, summary, seconds}."""
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *DEVICE_TESTS],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    lines = done.stdout.strip().splitlines()
+    return {
+        "returncode": done.returncode,
+        "summary": lines[-1] if lines else done.stderr[-500:],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def train_epoch(cfg, steps: int | None) -> dict:
+    """Compile time, then a whole epoch (or its first `steps` steps) of `cfg` on Nietzsche:
+    wall time and throughput, from the training loop itself (`epoch.iterate`)."""
+    import jax
+
+    from charjax import corpus, epoch, objective, step
+
+    text = corpus.load(cfg)
+    goal = objective.of(cfg)
+    split = corpus.split(text, cfg)
+    state = step.init_state(jax.random.key(0), text.vocab.size, cfg)
+    chunks = epoch.iterate(state, text.ids, split, jax.random.key(1), 1, cfg)
+    t0 = time.perf_counter()
+    done = next(chunks)
+    jax.block_until_ready(done.state)
+    first = time.perf_counter() - t0
+    t1, first_windows = time.perf_counter(), done.position.windows
+    for done in chunks:
+        if steps and done.position.chunks * cfg.steps_per_call >= steps:
+            break
+    jax.block_until_ready(done.state)
+    seconds = time.perf_counter() - t1
+    windows = done.position.windows - first_windows
+    per_window = cfg.maxlen if goal.every_position else 1
+    rate = windows / seconds if seconds > 0 else float("nan")
+    return {
+        "compile_and_first_chunk_s": first,
+        "windows": windows,
+        "seconds": seconds,
+        "windows_per_s": rate,
+        "chars_per_s": rate * per_window,
+        "epoch_s": goal.windows(split) / rate if rate == rate and rate > 0 else None,
+        "whole_epoch": not steps,
+    }
+
+
+def peak_memory() -> dict:
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return {k: stats.get(k) for k in ("peak_bytes_in_use", "bytes_limit")}
+
+
+def torch_lstm(steps: int) -> dict:
+    """PyTorch nn.LSTM(128) + Linear on the default recipe's batches (one-hot, batch 128, 60
+    steps): windows/s, on CUDA when it has it."""
+    try:
+        import torch
+    except ImportError:
+        return {"torch": "not importable"}
+    from charjax import batching, corpus
+    from charjax.config import Config
+
+    cfg = Config()
+    text = corpus.load(cfg)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vocab = text.vocab.size
+    lstm = torch.nn.LSTM(vocab, cfg.hidden, batch_first=True).to(device)
+    dense = torch.nn.Linear(cfg.hidden, vocab).to(device)
+    params = [*lstm.parameters(), *dense.parameters()]
+    opt = torch.optim.RMSprop(params, lr=cfg.learning_rate, alpha=0.9, eps=1e-7)
+    starts = batching.window_starts(len(text.ids), cfg.maxlen, cfg.step)[: steps * cfg.batch_size]
+    eye = torch.eye(vocab, device=device)
+    ids = torch.as_tensor(text.ids.astype("int64"), device=device)
+
+    def one(i):
+        s = torch.as_tensor(starts[i * cfg.batch_size : (i + 1) * cfg.batch_size], device=device)
+        x = eye[ids[s[:, None] + torch.arange(cfg.maxlen, device=device)]]
+        out, _ = lstm(x)
+        loss = torch.nn.functional.cross_entropy(dense(out[:, -1]), ids[s + cfg.maxlen])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    one(0)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(1, steps):
+        one(i)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {"torch": torch.__version__, "device": device,
+            "windows_per_s": (steps - 1) * cfg.batch_size / seconds}  # fmt: skip
+
+
+def check(out: Path, quick: bool, tests: bool, only=None) -> dict:
+    """Run every part (or those named in `only`), each into the result and the JSON file as it
+    ends (an error is recorded, not raised)."""
+    from charjax.bench import environment, measure
+    from charjax.config import Config
+
+    out.mkdir(parents=True, exist_ok=True)
+    steps = 20 if quick else None  # None: whole epochs
+    parts = {
+        "environment": environment,
+        "tests": lambda: run_tests(Path(__file__).resolve().parents[2], 300) if tests else None,
+        "default_float32": lambda: train_epoch(Config(), steps),
+        "default_bfloat16": lambda: train_epoch(Config(dtype="bfloat16"), steps),
+        "sampling": lambda: measure.bench_sample(2 if quick else 5),
+        "recipe_b": lambda: train_epoch(Config(**RECIPE_B), 10 if quick else 200),
+        "peak_device_memory": peak_memory,
+        "pytorch": lambda: torch_lstm(5 if quick else 300),
+    }
+    result = {}
+    for name, part in parts.items():
+        if only is not None and name not in only:
+            continue
+        t0 = time.perf_counter()
+        try:
+            result[name] = part()
+        except Exception as e:  # recorded: the other parts still run
+            result[name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
+        print(f"{name} ({time.perf_counter() - t0:.1f} s): {json.dumps(result[name])[:300]}",
+              flush=True)  # fmt: skip
+        (out / "device_check.json").write_text(json.dumps(result, indent=2, default=str))
+    return result

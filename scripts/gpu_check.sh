@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The prepared device check (issue 15): one call on a machine with a GPU, ~5-8 minutes.
+#   bash scripts/gpu_check.sh [OUT_DIR]     (default: $OUT, else ./device-check)
+# Installs the project without dependencies (the image has jax with CUDA, flax, optax, orbax),
+# prints the versions, then runs `charjax-bench --device-check` (see charjax/bench/gpu.py):
+# everything lands in OUT_DIR/device_check.json and OUT_DIR/device_check.log.
+# The Nietzsche corpus must be reachable: CHARJAX_DATA_DIR, the cache, or a download.
+set -u
+out="${1:-${OUT:-device-check}}"
+mkdir -p "$out"
+pip install --no-deps -e . > "$out/install.log" 2>&1 || { echo "install failed: see $out/install.log"; exit 1; }
+python -c "import jax, flax, optax, orbax.checkpoint as o; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, jax.devices())" 2>&1 | tee "$out/versions.txt"
+python scripts/bench.py --device-check "$out" 2>&1 | tee "$out/device_check.log"
