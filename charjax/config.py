@@ -122,6 +122,12 @@ class Config:
     )
     seed: int = _field(0, "seed of every PRNG key (init, data order, samples)", "run", math=True)
     steps_per_call: int = _field(10, "optimizer steps per jitted call (speed only)", "devices")
+    unroll: int = _field(
+        0,
+        "time steps per iteration of the LSTM loops (speed only: the same numbers); 0 = by "
+        "platform: 1 on CPU, 10 on GPU/TPU",
+        "devices",
+    )
     sample_length: int = _field(400, "chars generated per temperature after each epoch", "sampling")
     temperatures: tuple[float, ...] = _field(
         (0.2, 0.5, 1.0, 1.2), "comma list of sampling temperatures; '' = no samples", "sampling"
@@ -179,6 +185,7 @@ class Config:
             if getattr(self, name) < 1:
                 raise CharjaxError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in (
+            "unroll",
             "epochs",
             "max_chars",
             "sample_length",

@@ -24,7 +24,9 @@ def zero_carry(xz: jax.Array) -> tuple:
     return zeros, zeros
 
 
-def run(params: dict, ids: jax.Array, carry=None, valid: jax.Array | None = None, dtype=None):
+def run(
+    params: dict, ids: jax.Array, carry=None, valid: jax.Array | None = None, dtype=None, unroll=1
+):
     """Scan the cell over ids int32[B, T] -> (final (h, c), hs float32[B, T, H]).
 
     `valid` bool[T] (optional) marks steps that count; at the others the carry passes through
@@ -33,20 +35,22 @@ def run(params: dict, ids: jax.Array, carry=None, valid: jax.Array | None = None
     """
     if valid is None:
         valid = jnp.ones(ids.shape[1:], bool)
-    carry, hs = layer(params, input_projection(params, ids.T), carry, valid, dtype)
+    carry, hs = layer(params, input_projection(params, ids.T), carry, valid, dtype, unroll)
     return carry, jnp.swapaxes(hs, 0, 1)
 
 
-def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None):
+def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None, unroll=1):
     """One LSTM layer over projected inputs xz float32[T, B, 4H] -> (final carry, hs [T, B, H]).
 
     Without `valid` it takes the fast-gradient `recurrence`; with it, a masked plain scan
-    (used for sampling and scoring, where no gradient is needed).
+    (used for sampling and scoring, where no gradient is needed). `unroll`: time steps per
+    loop iteration (speed only: the same numbers; a loop iteration costs microseconds of
+    control on a GPU).
     """
     if carry is None:
         carry = zero_carry(xz)
     if valid is None:
-        return recurrence(params["recurrent_kernel"], xz, carry, dtype)
+        return recurrence(params["recurrent_kernel"], xz, carry, dtype, unroll)
 
     def step(carry, inputs):
         xz_t, valid_t = inputs
@@ -54,21 +58,21 @@ def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None):
         new = jax.tree.map(lambda n, o: jnp.where(valid_t, n, o), new, carry)
         return new, new[0]
 
-    return lax.scan(step, carry, (xz, valid))
+    return lax.scan(step, carry, (xz, valid), unroll=unroll)
 
 
-def _scan_saving(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None):
+def _scan_saving(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, unroll=1):
     """Scan from `carry` over xz [T, B, 4H], keeping what the backward pass needs."""
 
     def step(carry, xz_t):
         carry, gates = cell_with_gates(recurrent, carry, xz_t, dtype)
         return carry, (*carry, gates)
 
-    carry, (hs, cs, gates) = lax.scan(step, carry, xz)
+    carry, (hs, cs, gates) = lax.scan(step, carry, xz, unroll=unroll)
     return carry, (hs, cs, gates)
 
 
-def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None):
+def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None, unroll=1):
     """Backward through time -> (d carry0, dz float32[T, B, 4H], d recurrent kernel).
 
     The loop carries only (dh, dc) (plus each step's output gradient `dhs[t]` when the outputs
@@ -99,41 +103,41 @@ def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None):
         return (matmul(dz, recurrent.T, dtype), dc * f), dz
 
     xs = (cs, c_prev, gates) if dhs is None else (cs, c_prev, gates, dhs)
-    d_carry0, dzs = lax.scan(step, tuple(cotangent), xs, reverse=True)
+    d_carry0, dzs = lax.scan(step, tuple(cotangent), xs, reverse=True, unroll=unroll)
     gates4 = dzs.shape[-1]
     d_recurrent = matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, dzs.reshape(-1, gates4), dtype)
     return d_carry0, dzs, d_recurrent
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def recurrence(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def recurrence(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, unroll=1):
     """(final (h, c), hs float32[T, B, H]) of a scan over xz [T, B, 4H] from `carry`.
 
     Same numbers as the plain scan; its gradient is the hand-written `_backward`, which also
     gives d xz (the input projection's gradient is left to autodiff: a matmul for stacked
     layers, a scatter-add for ids) and d carry (for a carry that comes from earlier chunks).
     """
-    carry, (hs, _, _) = _scan_saving(recurrent, xz, carry, dtype)
+    carry, (hs, _, _) = _scan_saving(recurrent, xz, carry, dtype, unroll)
     return carry, hs
 
 
-def _recurrence_fwd(recurrent, xz, carry, dtype):
-    final_state, saved = _scan_saving(recurrent, xz, carry, dtype)
+def _recurrence_fwd(recurrent, xz, carry, dtype, unroll):
+    final_state, saved = _scan_saving(recurrent, xz, carry, dtype, unroll)
     return (final_state, saved[0]), (recurrent, carry, saved)
 
 
-def _recurrence_bwd(dtype, res, cotangent):
+def _recurrence_bwd(dtype, unroll, res, cotangent):
     recurrent, carry0, saved = res
     d_final, dhs = cotangent
-    d_carry0, dzs, d_recurrent = _backward(recurrent, carry0, saved, d_final, dhs, dtype)
+    d_carry0, dzs, d_recurrent = _backward(recurrent, carry0, saved, d_final, dhs, dtype, unroll)
     return d_recurrent, dzs, d_carry0
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def final_carry(params: dict, ids: jax.Array, dtype=None) -> tuple:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def final_carry(params: dict, ids: jax.Array, dtype=None, unroll=1) -> tuple:
     """(h, c) after scanning ids int32[B, T] from a zero state: `run(...)[0]`, same numbers.
 
     The fastest path for the original model (one layer, loss after the last step). Its gradient
@@ -142,20 +146,20 @@ def final_carry(params: dict, ids: jax.Array, dtype=None) -> tuple:
     row scatter-add (input kernel).
     """
     xz = input_projection(params, ids.T)  # [T, B, 4H], gathered time-major
-    return _scan_saving(params["recurrent_kernel"], xz, zero_carry(xz), dtype)[0]
+    return _scan_saving(params["recurrent_kernel"], xz, zero_carry(xz), dtype, unroll)[0]
 
 
-def _final_carry_fwd(params, ids, dtype):
+def _final_carry_fwd(params, ids, dtype, unroll):
     xz = input_projection(params, ids.T)
     carry0 = zero_carry(xz)
-    carry, saved = _scan_saving(params["recurrent_kernel"], xz, carry0, dtype)
+    carry, saved = _scan_saving(params["recurrent_kernel"], xz, carry0, dtype, unroll)
     return carry, (params, ids, carry0, saved)
 
 
-def _final_carry_bwd(dtype, res, cotangent):
+def _final_carry_bwd(dtype, unroll, res, cotangent):
     params, ids, carry0, saved = res
     _, dzs, d_recurrent = _backward(
-        params["recurrent_kernel"], carry0, saved, cotangent, dtype=dtype
+        params["recurrent_kernel"], carry0, saved, cotangent, dtype=dtype, unroll=unroll
     )
     dz_rows = dzs.reshape(-1, dzs.shape[-1])  # [T*B, 4H]
     grads = {

@@ -59,7 +59,9 @@ def state_shape(vocab_size: int, cfg: Config) -> TrainState:
     return jax.eval_shape(lambda: init_state(jax.random.key(0), vocab_size, cfg))
 
 
-def nll(params, inputs, targets, weights, goal, *, dtype, dropout=0.0, key=None, carry=None):
+def nll(
+    params, inputs, targets, weights, goal, *, dtype, dropout=0.0, key=None, carry=None, unroll=0
+):
     """(weighted sum of next-char cross-entropies in nats over the predicted chars of `goal`
     (an `Objective`), final carry); weight-0 rows are padding. With `key`, dropout at `dropout`;
     `carry` is the initial state (None: zeros), a constant for the gradient (truncated BPTT).
@@ -69,7 +71,14 @@ def nll(params, inputs, targets, weights, goal, *, dtype, dropout=0.0, key=None,
     """
     carry = None if carry is None else lax.stop_gradient(carry)
     carry, logits = model.forward(
-        params, inputs, carry, dtype=dtype, all_steps=goal.every_position, dropout=dropout, key=key
+        params,
+        inputs,
+        carry,
+        dtype=dtype,
+        all_steps=goal.every_position,
+        dropout=dropout,
+        key=key,
+        unroll=unroll,
     )
     return jnp.sum(weights * goal.window_losses(logits, targets)), carry
 
@@ -78,7 +87,15 @@ def loss_sum(params: dict, inputs, targets, weights, cfg: Config, key=None) -> j
     """The run's training loss sum of a batch (`nll` with its objective), from a zero state."""
     goal = objective.of(cfg)
     return nll(
-        params, inputs, targets, weights, goal, dtype=cfg.dtype, dropout=cfg.dropout, key=key
+        params,
+        inputs,
+        targets,
+        weights,
+        goal,
+        dtype=cfg.dtype,
+        dropout=cfg.dropout,
+        key=key,
+        unroll=cfg.unroll,
     )[0]
 
 
@@ -118,6 +135,7 @@ def train_step(state, inputs, targets, weights, cfg: Config, axis_name=None, con
         dropout=cfg.dropout,
         key=key,
         carry=carry,
+        unroll=cfg.unroll,
     )
     total, count, grads = _psum_all((total, jnp.sum(weights), grads), axis_name)
     scale = 1.0 / jnp.maximum(count * goal.chars_per_window, 1.0)

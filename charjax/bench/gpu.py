@@ -3,8 +3,8 @@ call on a machine with a GPU measures what issue 15 asks and writes it to DIR/de
 
 In order, each part timed and recorded even if a later one fails: versions and device; the
 tests that matter on an accelerator (Keras parity, determinism, resume, sampling) run against
-it; the default recipe's compile time, a whole epoch's wall time and windows/s, in float32 and
-bfloat16; sampling latency (1 and 4 temperatures x 400 chars, window and stateful); recipe B's
+it; the default recipe's compile time, a whole epoch's wall time and windows/s, in float32 (at
+the platform's `--unroll`, and at 1 and 60) and bfloat16; sampling latency (1 and 4 temperatures x 400 chars, window and stateful); recipe B's
 chars/s; peak device memory; and PyTorch `nn.LSTM` (cuDNN on a GPU) on the same batches when
 torch is importable. `--quick` cuts every part to a few steps: that is how the suite runs it on
 CPU, so the script cannot rot.
@@ -150,7 +150,9 @@ def check(out: Path, quick: bool, tests: bool, only=None) -> dict:
     parts = {
         "environment": environment,
         "tests": lambda: run_tests(Path(__file__).resolve().parents[2], 300) if tests else None,
-        "default_float32": lambda: train_epoch(Config(), steps),
+        "default_float32": lambda: train_epoch(Config(), steps),  # the platform's --unroll
+        "default_float32_unroll_1": lambda: train_epoch(Config(unroll=1), steps),
+        "default_float32_unroll_60": lambda: train_epoch(Config(unroll=60), steps),
         "default_bfloat16": lambda: train_epoch(Config(dtype="bfloat16"), steps),
         "sampling": lambda: measure.bench_sample(2 if quick else 5),
         "recipe_b": lambda: train_epoch(Config(**RECIPE_B), 10 if quick else 200),
