@@ -5,9 +5,9 @@ In order, each part timed and recorded even if a later one fails: versions and d
 tests that matter on an accelerator (Keras parity, determinism, resume, sampling) run against
 it; the default recipe's compile time, a whole epoch's wall time and windows/s, in float32 (at
 the platform's `--unroll`, and at 1 and 60) and bfloat16; sampling latency (1 and 4
-temperatures x 400 chars, window and stateful); recipe B's chars/s; peak device memory; and PyTorch `nn.LSTM` (cuDNN on a GPU) on the same batches when
-torch is importable. `--quick` cuts every part to a few steps: that is how the suite runs it on
-CPU, so the script cannot rot.
+temperatures x 400 chars, window and stateful); recipe B's chars/s; peak device memory; and
+PyTorch `nn.LSTM` (cuDNN on a GPU) on the same batches when torch is importable. `--quick` cuts
+every part to a few steps: that is how the suite runs it on CPU, so the script cannot rot.
 """
 
 from __future__ import annotations
