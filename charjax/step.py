@@ -83,8 +83,8 @@ def nll(
     return jnp.sum(weights * goal.window_losses(logits, targets)), carry
 
 
-def loss_sum(params: dict, inputs, targets, weights, cfg: Config, key=None) -> jax.Array:
-    """The run's training loss sum of a batch (`nll` with its objective), from a zero state."""
+def run_nll(params: dict, inputs, targets, weights, cfg: Config, key=None, carry=None):
+    """`nll` as the run `cfg` computes it (its objective, dtype, dropout and unroll)."""
     goal = objective.of(cfg)
     return nll(
         params,
@@ -95,8 +95,14 @@ def loss_sum(params: dict, inputs, targets, weights, cfg: Config, key=None) -> j
         dtype=cfg.dtype,
         dropout=cfg.dropout,
         key=key,
+        carry=carry,
         unroll=cfg.unroll,
-    )[0]
+    )
+
+
+def loss_sum(params: dict, inputs, targets, weights, cfg: Config, key=None) -> jax.Array:
+    """The run's training loss sum of a batch (`nll` with its objective), from a zero state."""
+    return run_nll(params, inputs, targets, weights, cfg, key)[0]
 
 
 def _psum_all(tree, axis_name):
@@ -125,17 +131,8 @@ def train_step(state, inputs, targets, weights, cfg: Config, axis_name=None, con
     if axis_name is not None:  # per-device gradients differ until summed: mark them varying
         params = jax.tree.map(lambda p: lax.pcast(p, (axis_name,), to="varying"), params)
     carry = state.carry if goal.carried else None
-    (total, carry), grads = jax.value_and_grad(nll, has_aux=True)(
-        params,
-        inputs,
-        targets,
-        weights,
-        goal,
-        dtype=cfg.dtype,
-        dropout=cfg.dropout,
-        key=key,
-        carry=carry,
-        unroll=cfg.unroll,
+    (total, carry), grads = jax.value_and_grad(run_nll, has_aux=True)(
+        params, inputs, targets, weights, cfg, key, carry
     )
     total, count, grads = _psum_all((total, jnp.sum(weights), grads), axis_name)
     scale = 1.0 / jnp.maximum(count * goal.chars_per_window, 1.0)
