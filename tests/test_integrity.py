@@ -43,13 +43,14 @@ def _array_files(run, epoch):
 
 def _truncate(run):  # each array file, as a sync cut short leaves them
     for path in _array_files(run, 2):
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        path.write_bytes(path.read_bytes()[:64])
 
 
-def _flip(run):
+def _flip(run):  # bad storage: a flipped bit every 512 bytes, so that every array is hit
     for path in _array_files(run, 2):
         data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 0x10
+        for at in range(256, len(data), 512):
+            data[at] ^= 0x10
         path.write_bytes(bytes(data))
 
 
