@@ -5,6 +5,7 @@ epoch, or inside the epoch an interruption saved, with the saved config and the 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -50,7 +51,7 @@ class Run:
         """The held-out ids [n - split] (a view), or None without validation."""
         return self.corpus.ids[self.split :] if self.split < len(self.corpus.ids) else None
 
-    @property
+    @functools.cached_property
     def eval_ids(self):
         """What --eval-every scores: `eval_chars` held-out ids (at least one window), a slice
         of the tail at an offset drawn from the sample key (epoch 0's, which samples never

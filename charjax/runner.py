@@ -119,8 +119,9 @@ def _train_epoch(this: run.Run, ids, mesh, folder: RunDir, report, stop):
         this.context,
     )
     # the run's optimizer steps at the epoch's start: every chunk before the last is K steps
-    first_step = int(this.state.step) - this.position.chunks * this.cfg.steps_per_call
-    ticks = intervals.Ticks(this.cfg, int(this.state.step), this.position)
+    now = int(this.state.step)
+    first_step = now - this.position.chunks * this.cfg.steps_per_call
+    ticks = intervals.Ticks(this.cfg, now, this.position)
     for done in chunks:
         batches = min(done.position.chunks * this.cfg.steps_per_call, done.batches)
         seconds = time.perf_counter() - t0
