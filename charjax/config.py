@@ -128,6 +128,13 @@ class Config:
         "platform: 1 on CPU, 10 on GPU/TPU",
         "devices",
     )
+    lstm_kernel: str = _field(
+        "auto",
+        "training loops: xla (scans), pallas (one fused kernel per direction; GPU, interpreted "
+        "on CPU), auto = by platform (speed only: the same math)",
+        "devices",
+        choices=("auto", "xla", "pallas"),
+    )
     sample_length: int = _field(400, "chars generated per temperature after each epoch", "sampling")
     temperatures: tuple[float, ...] = _field(
         (0.2, 0.5, 1.0, 1.2), "comma list of sampling temperatures; '' = no samples", "sampling"

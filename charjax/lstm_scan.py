@@ -6,12 +6,30 @@ loop emits per-step gate gradients and the weight gradients are one matmul after
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from charjax.lstm import cell, cell_with_gates, input_projection, matmul
+from charjax import lstm_fused
+from charjax.lstm import cell, cell_with_gates, input_projection, matmul, row_sums
+
+
+class Loop(NamedTuple):
+    """How the time loops run (speed only: the same math). `unroll`: time steps per loop
+    iteration (a GPU loop iteration costs microseconds of control); `fused`: the training scans
+    as one Pallas kernel per direction (`lstm_fused`), where the shape allows."""
+
+    unroll: int = 1
+    fused: bool = False
+
+
+PLAIN = Loop()  # one time step per iteration, XLA scans
+
+
+def _fused(loop: Loop, xz: jax.Array) -> bool:
+    return loop.fused and lstm_fused.supported(xz.shape[1], xz.shape[-1] // 4)
 
 
 def zero_carry(xz: jax.Array) -> tuple:
@@ -25,7 +43,12 @@ def zero_carry(xz: jax.Array) -> tuple:
 
 
 def run(
-    params: dict, ids: jax.Array, carry=None, valid: jax.Array | None = None, dtype=None, unroll=1
+    params: dict,
+    ids: jax.Array,
+    carry=None,
+    valid: jax.Array | None = None,
+    dtype=None,
+    loop=PLAIN,
 ):
     """Scan the cell over ids int32[B, T] -> (final (h, c), hs float32[B, T, H]).
 
@@ -35,22 +58,20 @@ def run(
     """
     if valid is None:
         valid = jnp.ones(ids.shape[1:], bool)
-    carry, hs = layer(params, input_projection(params, ids.T), carry, valid, dtype, unroll)
+    carry, hs = layer(params, input_projection(params, ids.T), carry, valid, dtype, loop)
     return carry, jnp.swapaxes(hs, 0, 1)
 
 
-def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None, unroll=1):
+def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None, loop=PLAIN):
     """One LSTM layer over projected inputs xz float32[T, B, 4H] -> (final carry, hs [T, B, H]).
 
     Without `valid` it takes the fast-gradient `recurrence`; with it, a masked plain scan
-    (used for sampling and scoring, where no gradient is needed). `unroll`: time steps per
-    loop iteration (speed only: the same numbers; a loop iteration costs microseconds of
-    control on a GPU).
+    (used for sampling and scoring, where no gradient is needed). `loop`: see `Loop`.
     """
     if carry is None:
         carry = zero_carry(xz)
     if valid is None:
-        return recurrence(params["recurrent_kernel"], xz, carry, dtype, unroll)
+        return recurrence(params["recurrent_kernel"], xz, carry, dtype, loop)
 
     def step(carry, inputs):
         xz_t, valid_t = inputs
@@ -58,21 +79,24 @@ def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None, unrol
         new = jax.tree.map(lambda n, o: jnp.where(valid_t, n, o), new, carry)
         return new, new[0]
 
-    return lax.scan(step, carry, (xz, valid), unroll=unroll)
+    return lax.scan(step, carry, (xz, valid), unroll=loop.unroll)
 
 
-def _scan_saving(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, unroll=1):
-    """Scan from `carry` over xz [T, B, 4H], keeping what the backward pass needs."""
+def _scan_saving(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, loop=PLAIN):
+    """Scan from `carry` over xz [T, B, 4H], keeping what the backward pass needs:
+    (final carry, (hs, cs [T, B, H], gates [T, B, 4H]))."""
+    if _fused(loop, xz):
+        return lstm_fused.scan_saving(recurrent, xz, carry, dtype)
 
     def step(carry, xz_t):
         carry, gates = cell_with_gates(recurrent, carry, xz_t, dtype)
         return carry, (*carry, gates)
 
-    carry, (hs, cs, gates) = lax.scan(step, carry, xz, unroll=unroll)
+    carry, (hs, cs, gates) = lax.scan(step, carry, xz, unroll=loop.unroll)
     return carry, (hs, cs, gates)
 
 
-def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None, unroll=1):
+def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None, loop=PLAIN):
     """Backward through time -> (d carry0, dz float32[T, B, 4H], d recurrent kernel).
 
     The loop carries only (dh, dc) (plus each step's output gradient `dhs[t]` when the outputs
@@ -82,6 +106,9 @@ def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None, unroll=
     hs, cs, gates = saved
     h_prev = jnp.concatenate([carry0[0][None], hs[:-1]])  # h_{t-1}, [T, B, H]
     c_prev = jnp.concatenate([carry0[1][None], cs[:-1]])
+    if _fused(loop, gates):
+        d_carry0, dzs = lstm_fused.backward_loop(recurrent, c_prev, saved, cotangent, dhs, dtype)
+        return d_carry0, dzs, _recurrent_grad(h_prev, dzs, dtype)
 
     def step(grad, saved_t):
         dh, dc = grad
@@ -103,33 +130,36 @@ def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None, unroll=
         return (matmul(dz, recurrent.T, dtype), dc * f), dz
 
     xs = (cs, c_prev, gates) if dhs is None else (cs, c_prev, gates, dhs)
-    d_carry0, dzs = lax.scan(step, tuple(cotangent), xs, reverse=True, unroll=unroll)
-    gates4 = dzs.shape[-1]
-    d_recurrent = matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, dzs.reshape(-1, gates4), dtype)
-    return d_carry0, dzs, d_recurrent
+    d_carry0, dzs = lax.scan(step, tuple(cotangent), xs, reverse=True, unroll=loop.unroll)
+    return d_carry0, dzs, _recurrent_grad(h_prev, dzs, dtype)
+
+
+def _recurrent_grad(h_prev: jax.Array, dzs: jax.Array, dtype) -> jax.Array:
+    """d recurrent kernel [H, 4H]: one matmul over all T*B rows of h_{t-1} and dz."""
+    return matmul(h_prev.reshape(-1, h_prev.shape[-1]).T, dzs.reshape(-1, dzs.shape[-1]), dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def recurrence(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, unroll=1):
+def recurrence(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, loop=PLAIN):
     """(final (h, c), hs float32[T, B, H]) of a scan over xz [T, B, 4H] from `carry`.
 
     Same numbers as the plain scan; its gradient is the hand-written `_backward`, which also
     gives d xz (the input projection's gradient is left to autodiff: a matmul for stacked
     layers, a scatter-add for ids) and d carry (for a carry that comes from earlier chunks).
     """
-    carry, (hs, _, _) = _scan_saving(recurrent, xz, carry, dtype, unroll)
+    carry, (hs, _, _) = _scan_saving(recurrent, xz, carry, dtype, loop)
     return carry, hs
 
 
-def _recurrence_fwd(recurrent, xz, carry, dtype, unroll):
-    final_state, saved = _scan_saving(recurrent, xz, carry, dtype, unroll)
+def _recurrence_fwd(recurrent, xz, carry, dtype, loop):
+    final_state, saved = _scan_saving(recurrent, xz, carry, dtype, loop)
     return (final_state, saved[0]), (recurrent, carry, saved)
 
 
-def _recurrence_bwd(dtype, unroll, res, cotangent):
+def _recurrence_bwd(dtype, loop, res, cotangent):
     recurrent, carry0, saved = res
     d_final, dhs = cotangent
-    d_carry0, dzs, d_recurrent = _backward(recurrent, carry0, saved, d_final, dhs, dtype, unroll)
+    d_carry0, dzs, d_recurrent = _backward(recurrent, carry0, saved, d_final, dhs, dtype, loop)
     return d_recurrent, dzs, d_carry0
 
 
@@ -137,35 +167,33 @@ recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def final_carry(params: dict, ids: jax.Array, dtype=None, unroll=1) -> tuple:
+def final_carry(params: dict, ids: jax.Array, dtype=None, loop=PLAIN) -> tuple:
     """(h, c) after scanning ids int32[B, T] from a zero state: `run(...)[0]`, same numbers.
 
     The fastest path for the original model (one layer, loss after the last step). Its gradient
     is hand-written (as cuDNN does it): `_backward` gives the gate gradients of every step;
     the weight gradients are then one large matmul over all T*B rows (recurrent kernel) and a
-    row scatter-add (input kernel).
+    per-id row sum (input kernel, `lstm.row_sums`).
     """
     xz = input_projection(params, ids.T)  # [T, B, 4H], gathered time-major
-    return _scan_saving(params["recurrent_kernel"], xz, zero_carry(xz), dtype, unroll)[0]
+    return _scan_saving(params["recurrent_kernel"], xz, zero_carry(xz), dtype, loop)[0]
 
 
-def _final_carry_fwd(params, ids, dtype, unroll):
+def _final_carry_fwd(params, ids, dtype, loop):
     xz = input_projection(params, ids.T)
     carry0 = zero_carry(xz)
-    carry, saved = _scan_saving(params["recurrent_kernel"], xz, carry0, dtype, unroll)
+    carry, saved = _scan_saving(params["recurrent_kernel"], xz, carry0, dtype, loop)
     return carry, (params, ids, carry0, saved)
 
 
-def _final_carry_bwd(dtype, unroll, res, cotangent):
+def _final_carry_bwd(dtype, loop, res, cotangent):
     params, ids, carry0, saved = res
     _, dzs, d_recurrent = _backward(
-        params["recurrent_kernel"], carry0, saved, cotangent, dtype=dtype, unroll=unroll
+        params["recurrent_kernel"], carry0, saved, cotangent, dtype=dtype, loop=loop
     )
     dz_rows = dzs.reshape(-1, dzs.shape[-1])  # [T*B, 4H]
     grads = {
-        "kernel": jax.ops.segment_sum(
-            dz_rows, jnp.swapaxes(ids, 0, 1).reshape(-1), num_segments=params["kernel"].shape[0]
-        ),
+        "kernel": row_sums(dz_rows, ids.T.reshape(-1), params["kernel"].shape[0]),
         "recurrent_kernel": d_recurrent,
         "bias": dz_rows.sum(axis=0),
     }

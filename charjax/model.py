@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from charjax import lstm, lstm_scan
+from charjax.errors import CharjaxError
 
 
 class LSTM(nn.Module):
@@ -25,7 +26,7 @@ class LSTM(nn.Module):
     features: int  # input size: the vocabulary, or the units of the layer below
     hidden: int
     dtype: str | None = None  # matmul operand dtype; None = float32
-    unroll: int = 1  # time steps per loop iteration (speed only)
+    loop: lstm_scan.Loop = lstm_scan.PLAIN  # how the time loops run (speed only)
 
     @nn.compact
     def __call__(self, x, carry=None, valid=None, outputs=True):
@@ -39,11 +40,11 @@ class LSTM(nn.Module):
         }
         if jnp.issubdtype(x.dtype, jnp.integer):
             if not outputs and carry is None and valid is None:
-                return lstm_scan.final_carry(params, x, self.dtype, self.unroll), None
+                return lstm_scan.final_carry(params, x, self.dtype, self.loop), None
             xz = lstm.input_projection(params, x.T)
         else:
             xz = lstm.matmul(x, params["kernel"], self.dtype) + params["bias"]
-        return lstm_scan.layer(params, xz, carry, valid, self.dtype, self.unroll)
+        return lstm_scan.layer(params, xz, carry, valid, self.dtype, self.loop)
 
 
 class Dense(nn.Module):
@@ -89,7 +90,7 @@ class CharLSTM(nn.Module):
     hidden: int = 128
     layers: int = 1
     dtype: str | None = None  # "bfloat16": matmuls in bf16 (GPU/TPU); parameters stay float32
-    unroll: int = 1  # time steps per iteration of the LSTM loops (speed only)
+    loop: lstm_scan.Loop = lstm_scan.PLAIN  # how the LSTM time loops run (speed only)
 
     @nn.compact
     def __call__(self, ids, carry=None, valid=None, *, all_steps=False, dropout=0.0, key=None):
@@ -98,7 +99,7 @@ class CharLSTM(nn.Module):
         for n in range(self.layers):
             top = n == self.layers - 1
             features = self.vocab_size if n == 0 else self.hidden
-            layer = LSTM(features, self.hidden, self.dtype, self.unroll, name=layer_name(n))
+            layer = LSTM(features, self.hidden, self.dtype, self.loop, name=layer_name(n))
             layer_carry, outputs = layer(x, carries[n], valid, outputs=all_steps or not top)
             new.append(layer_carry)
             layer_key = None if key is None else jax.random.fold_in(key, n)
@@ -148,15 +149,17 @@ def forward(
     dropout: float = 0.0,
     key: jax.Array | None = None,
     unroll: int = 0,
+    kernel: str = "auto",
 ):
     """Pure forward pass: ids int[B, T] -> (carry, logits); see `CharLSTM`. Ids of any integer
     dtype (the corpus keeps them narrow) are widened to int32 here, inside the jitted caller.
-    `unroll`: time steps per LSTM loop iteration, 0 = the platform's (`default_unroll`)."""
+    `unroll`: time steps per LSTM loop iteration, 0 = the platform's (`default_unroll`);
+    `kernel`: the training loops' "xla" scans or "pallas" fused kernels, "auto" by platform."""
     dtype = None if dtype in (None, "float32") else dtype
-    unroll = unroll or default_unroll()
+    loop = lstm_scan.Loop(unroll or default_unroll(), fused_kernel(kernel))
     if jnp.issubdtype(ids.dtype, jnp.integer):
         ids = ids.astype(jnp.int32)
-    module = CharLSTM(*shape_of(params), layers_of(params), dtype, unroll)
+    module = CharLSTM(*shape_of(params), layers_of(params), dtype, loop)
     return module.apply(
         {"params": params}, ids, carry, valid, all_steps=all_steps, dropout=dropout, key=key
     )
@@ -167,6 +170,23 @@ def default_unroll() -> int:
     costs nothing there, and a longer body compiles slower), 10 on GPU and TPU, where each
     iteration costs microseconds of control (10 halved an epoch on an H200, issue 15)."""
     return 1 if jax.default_backend() == "cpu" else 10
+
+
+def fused_kernel(kernel: str) -> bool:
+    """Whether `--lstm-kernel` (auto, xla, pallas) takes the fused Pallas loops on this platform.
+    auto: the XLA scans everywhere (see `default_kernel`)."""
+    fused = (default_kernel() if kernel == "auto" else kernel) == "pallas"
+    if fused and jax.default_backend() not in ("gpu", "cpu"):
+        raise CharjaxError(
+            f"--lstm-kernel pallas runs on a GPU (and interpreted on CPU), not on "
+            f"{jax.default_backend()}; use --lstm-kernel xla"
+        )
+    return fused
+
+
+def default_kernel() -> str:
+    """The training loops' kernel where `--lstm-kernel` is auto: "xla" on every platform."""
+    return "xla"
 
 
 def num_params(params: dict) -> int:

@@ -1,7 +1,8 @@
 """Text generation in one jitted program: window (faithful) or stateful mode, batched.
 
-`generate` compiles once per (length, mode, maxlen, model shape, batch); temperatures, top-k,
-top-p, prime contents and keys are traced, so changing them never recompiles.
+`generate` compiles once per (length, mode, maxlen, model shape, batch, filtering on or off);
+temperatures, top-k and top-p values, prime contents and keys are traced, so changing them never
+recompiles.
 """
 
 from __future__ import annotations
@@ -36,24 +37,27 @@ def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.
     return jnp.where((top_p < 1.0) & (probs < cutoff), -jnp.inf, logits)
 
 
-def pick(noise: jax.Array, logits: jax.Array, temperatures, top_k, top_p) -> jax.Array:
+def pick(noise: jax.Array, logits: jax.Array, temperatures, top_k, top_p, filtered=None):
     """One char id per row of logits float32[S, V] (Gumbel noise [S, V], temperatures [S]).
 
     argmax(logits/T + Gumbel noise) is a draw from softmax(logits/T) (what
     `jax.random.categorical` does); T = 0 is the plain argmax.
 
     Dividing logits by T is the original's `exp(log(p)/T)` reweighting, done on logits so that
-    zero probabilities never reach a log. Filtering runs only when top-k or top-p is on.
+    zero probabilities never reach a log. Filtering runs only when top-k or top-p is on
+    (`filtered`: known to be on (True) or off (False), as the sampling loop decides once;
+    None: decided here).
     """
     safe_t = jnp.where(temperatures > 0, temperatures, 1.0)
     # Shifting the max logit to 0 first keeps tiny temperatures from overflowing to +inf.
     scaled = (logits - logits.max(axis=-1, keepdims=True)) / safe_t[:, None]
-    scaled = lax.cond(
-        (top_k > 0) | (top_p < 1.0),
-        lambda x: jax.vmap(filter_logits, in_axes=(0, None, None))(x, top_k, top_p),
-        lambda x: x,
-        scaled,
-    )
+    if filtered is None:
+        filtered = (top_k > 0) | (top_p < 1.0)
+    on = lambda x: jax.vmap(filter_logits, in_axes=(0, None, None))(x, top_k, top_p)  # noqa: E731
+    if isinstance(filtered, bool):
+        scaled = on(scaled) if filtered else scaled
+    else:
+        scaled = lax.cond(filtered, on, lambda x: x, scaled)
     drawn = jnp.argmax(scaled + noise, axis=-1)
     return jnp.where(temperatures > 0, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
@@ -66,13 +70,15 @@ def read_prime(params, prime, valid, samples: int, mode: str):
     return (window, valid, logits) if mode == "window" else (carry, logits)
 
 
-def advance(params, loop, keys, temperatures, top_k, top_p, mode: str):
-    """One char per key and row: keys [S, B] -> (loop state, ids int32[S, B])."""
+def advance(params, loop, keys, temperatures, top_k, top_p, mode: str, filtered: bool):
+    """One char per key and row: keys [S, B] -> (loop state, ids int32[S, B]). `filtered`
+    (static): whether top-k or top-p is on, decided once: a conditional inside the loop would
+    cost a device-to-host read of its predicate per char on a GPU."""
     if mode == "window":
         # Each step re-reads the last `len(prime)` chars from a zero state, like the original.
-        def step(loop, step_noise):
+        def step(loop, step_noise, filtered):
             window, valid, logits = loop
-            ids = pick(step_noise, logits, temperatures, top_k, top_p)
+            ids = pick(step_noise, logits, temperatures, top_k, top_p, filtered)
             window = jnp.concatenate([window[:, 1:], ids[:, None]], axis=1)
             valid = jnp.concatenate([valid[1:], jnp.ones((1,), bool)])
             _, logits = model.forward(params, window, valid=valid)
@@ -80,9 +86,9 @@ def advance(params, loop, keys, temperatures, top_k, top_p, mode: str):
 
     else:
         # Carry (h, c) across steps: O(1) work per char.
-        def step(loop, step_noise):
+        def step(loop, step_noise, filtered):
             carry, logits = loop
-            ids = pick(step_noise, logits, temperatures, top_k, top_p)
+            ids = pick(step_noise, logits, temperatures, top_k, top_p, filtered)
             carry, logits = model.forward(params, ids[:, None], carry)
             return (carry, logits), ids
 
@@ -95,15 +101,24 @@ def advance(params, loop, keys, temperatures, top_k, top_p, mode: str):
         xs, noise_of = jax.vmap(gumbel)(keys), (lambda x: x)
     else:  # long texts with large vocabularies: draw each step's noise in the loop
         xs, noise_of = keys, gumbel
-    loop, ids = lax.scan(lambda loop, x: step(loop, noise_of(x)), loop, xs)
+    # Unrolled by the platform's factor: one iteration of a GPU loop costs microseconds of
+    # control, about a char's own work in stateful mode (1 on CPU: the loop as before).
+    loop, ids = lax.scan(
+        lambda loop, x: step(loop, noise_of(x), filtered), loop, xs, unroll=model.default_unroll()
+    )
     return loop, jnp.swapaxes(ids, 0, 1)
 
 
-@functools.partial(jax.jit, static_argnames=("length", "mode"))
-def _generate(params, prime, valid, keys, temperatures, top_k, top_p, *, length, mode):
+@functools.partial(jax.jit, static_argnames=("length", "mode", "filtered"))
+def _generate(params, prime, valid, keys, temperatures, top_k, top_p, *, length, mode, filtered):
     """prime int32[P] left-padded (valid bool[P]); keys [S, length]; -> ids int32[S, length]."""
     loop = read_prime(params, prime, valid, temperatures.shape[0], mode)
-    return advance(params, loop, keys, temperatures, top_k, top_p, mode)[1]
+    return advance(params, loop, keys, temperatures, top_k, top_p, mode, filtered)[1]
+
+
+def filtering(top_k: int, top_p: float) -> bool:
+    """Whether top-k or top-p filtering is on (`advance`'s static `filtered`)."""
+    return top_k > 0 or top_p < 1.0
 
 
 def _pad_prime(prime_ids, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,6 +208,7 @@ def generate(
         jnp.float32(top_p),
         length=length,
         mode=mode,
+        filtered=filtering(top_k, top_p),
     )
     return ids.reshape(run.shape)
 

@@ -60,7 +60,18 @@ def state_shape(vocab_size: int, cfg: Config) -> TrainState:
 
 
 def nll(
-    params, inputs, targets, weights, goal, *, dtype, dropout=0.0, key=None, carry=None, unroll=0
+    params,
+    inputs,
+    targets,
+    weights,
+    goal,
+    *,
+    dtype,
+    dropout=0.0,
+    key=None,
+    carry=None,
+    unroll=0,
+    kernel="auto",
 ):
     """(weighted sum of next-char cross-entropies in nats over the predicted chars of `goal`
     (an `Objective`), final carry); weight-0 rows are padding. With `key`, dropout at `dropout`;
@@ -79,12 +90,13 @@ def nll(
         dropout=dropout,
         key=key,
         unroll=unroll,
+        kernel=kernel,
     )
     return jnp.sum(weights * goal.window_losses(logits, targets)), carry
 
 
 def run_nll(params: dict, inputs, targets, weights, cfg: Config, key=None, carry=None):
-    """`nll` as the run `cfg` computes it (its objective, dtype, dropout and unroll)."""
+    """`nll` as the run `cfg` computes it (its objective, dtype, dropout and loops)."""
     goal = objective.of(cfg)
     return nll(
         params,
@@ -97,6 +109,7 @@ def run_nll(params: dict, inputs, targets, weights, cfg: Config, key=None, carry
         key=key,
         carry=carry,
         unroll=cfg.unroll,
+        kernel=cfg.lstm_kernel,
     )
 
 
@@ -185,6 +198,7 @@ def _train_chunk(state, inputs, targets, weights, context, cfg: Config, mesh: Me
         mesh=mesh,
         in_specs=(P(), batch, batch, batch, P()),
         out_specs=(P(), P()),
+        check_vma=not model.fused_kernel(cfg.lstm_kernel),  # pallas_call tracks no mesh axes
     )
     return sharded(state, inputs, targets, weights, context)
 

@@ -15,7 +15,7 @@ from charjax import sample
 
 # The two pieces of `sample._generate`, run block by block.
 _start = jax.jit(sample.read_prime, static_argnames=("samples", "mode"))
-_block = jax.jit(sample.advance, static_argnames=("mode",), donate_argnums=1)
+_block = jax.jit(sample.advance, static_argnames=("mode", "filtered"), donate_argnums=1)
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
@@ -67,9 +67,7 @@ def stream(
     every = None
     if not _counter_based(key):  # another PRNG: all the keys up front (8 bytes a char)
         every = jax.vmap(lambda k: jax.random.split(k, length))(run.sample_keys)
-    return _blocks(
-        params, loop, run, every, length, block, (jnp.int32(top_k), jnp.float32(top_p)), mode
-    )
+    return _blocks(params, loop, run, every, length, block, (top_k, top_p), mode)
 
 
 def _blocks(params, loop, run, every, length: int, block: int, filters, mode: str):
@@ -79,5 +77,8 @@ def _blocks(params, loop, run, every, length: int, block: int, filters, mode: st
             keys = _step_keys(run.sample_keys, begin, size)
         else:
             keys = every[:, begin : begin + size]
-        loop, ids = _block(params, loop, keys, run.temperatures, *filters, mode=mode)
+        top_k, top_p = filters
+        on = sample.filtering(top_k, top_p)
+        k, p = jnp.int32(top_k), jnp.float32(top_p)
+        loop, ids = _block(params, loop, keys, run.temperatures, k, p, mode=mode, filtered=on)
         yield np.asarray(ids)

@@ -10,6 +10,10 @@ import pytest
 # programs are compiled once instead of once per process. (Set before anything imports jax.)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="charjax-xla-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+# The suite checks float32 math (Keras parity at 1e-5, modes that agree exactly): on a GPU,
+# float32 matmuls default to TF32 (10-bit mantissas), so the tests ask for full float32. No
+# effect on CPU. (The fused Pallas kernels keep TF32; their test allows for it.)
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 from util import TINY_TEXT
 

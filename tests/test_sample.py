@@ -48,21 +48,21 @@ def test_same_key_same_text_other_key_other_text(params, mode):
     assert (gen(7)[0] != gen(7)[1]).any()  # each temperature has its own key
 
 
-def test_changing_temperature_or_key_does_not_recompile(params):
-    sample.generate(params, PRIME, jax.random.key(0), [0.5, 1.0], length=9, maxlen=MAXLEN)
-    before = sample._generate._cache_size()
-    for t, k in ((0.2, 1), (1.5, 2), (0.0, 3)):
+def test_changing_temperature_key_or_filter_values_does_not_recompile(params):
+    """Values are traced; only switching top-k/top-p filtering on or off is static (so that the
+    loop holds no per-char conditional), and each way compiles once."""
+    for filters in ({}, {"top_k": 1, "top_p": 0.5}):
         sample.generate(
-            params,
-            PRIME[::-1],
-            jax.random.key(k),
-            [t, 1.0],
-            length=9,
-            maxlen=MAXLEN,
-            top_k=3,
-            top_p=0.9,
+            params, PRIME, jax.random.key(0), [0.5, 1.0], length=9, maxlen=MAXLEN, **filters
         )
-    assert sample._generate._cache_size() == before
+        before = sample._generate._cache_size()
+        for t, k in ((0.2, 1), (1.5, 2), (0.0, 3)):
+            changed = {"top_k": 3 + k, "top_p": 0.9} if filters else {}
+            sample.generate(
+                params, PRIME[::-1], jax.random.key(k), [t, 1.0], length=9, maxlen=MAXLEN,
+                **changed,
+            )  # fmt: skip
+        assert sample._generate._cache_size() == before
 
 
 def _rigged(char: int):

@@ -72,6 +72,11 @@ def main(argv=None) -> int:
         "whole-epoch timings in float32 and bfloat16, sampling, recipe B, device memory, PyTorch; "
         "all into DIR/device_check.json (with --quick: a few steps of each, no tests)",
     )
+    p.add_argument(
+        "--parts",
+        metavar="NAME,...",
+        help="with --device-check: only these parts (names as in device_check.json)",
+    )
     args = p.parse_args(argv)
     if args.device_check:
         parallel.request_cpu_devices()
@@ -80,7 +85,8 @@ def main(argv=None) -> int:
 
         from charjax.bench import gpu
 
-        gpu.check(Path(args.device_check), quick=args.quick, tests=not args.quick)
+        only = args.parts.split(",") if args.parts else None
+        gpu.check(Path(args.device_check), quick=args.quick, tests=not args.quick, only=only)
         return 0
     if args.corpus_chars:
         from charjax.bench import scale

@@ -25,6 +25,7 @@ DEVICE_TESTS = [
     "tests/test_epoch.py::test_same_seed_gives_bit_identical_params",
     "tests/test_runner.py::test_resume_is_bit_identical_to_an_uninterrupted_run",
     "tests/test_sample.py",
+    "tests/test_lstm_fused.py",
 ]
 RECIPE_B = dict(
     objective="sequence", carry_state=True, maxlen=100, step=100, batch_size=64, layers=2,
@@ -33,21 +34,27 @@ RECIPE_B = dict(
 )  # fmt: skip
 
 
-def run_tests(root: Path, timeout: float) -> dict:
-    """The device tests in a child pytest -> {returncode, summary, seconds}."""
+def run_tests(root: Path, out: Path, timeout: float) -> dict:
+    """The device tests in a child pytest (4 workers where pytest-xdist is installed, the device
+    memory shared) -> {returncode, summary, failed: [lines], seconds}; the whole output goes to
+    out/tests.log."""
+    import importlib.util
+    import os
+
+    workers = ["-n", "4"] if importlib.util.find_spec("xdist") else []
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     t0 = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *DEVICE_TESTS],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+        [sys.executable, "-m", "pytest", "-q", "-rf", "--tb=short", "-p", "no:cacheprovider",
+         *workers, *DEVICE_TESTS],
+        cwd=root, capture_output=True, text=True, timeout=timeout, check=False, env=env,
+    )  # fmt: skip
+    (out / "tests.log").write_text(done.stdout + done.stderr)
     lines = done.stdout.strip().splitlines()
     return {
         "returncode": done.returncode,
         "summary": lines[-1] if lines else done.stderr[-500:],
+        "failed": [line for line in lines if line.startswith(("FAILED", "ERROR"))],
         "seconds": time.perf_counter() - t0,
     }
 
@@ -149,11 +156,24 @@ def check(out: Path, quick: bool, tests: bool, only=None) -> dict:
     steps = 20 if quick else None  # None: whole epochs
     parts = {
         "environment": environment,
-        "tests": lambda: run_tests(Path(__file__).resolve().parents[2], 300) if tests else None,
+        "tests": lambda: (
+            run_tests(Path(__file__).resolve().parents[2], out, 300) if tests else None
+        ),
         "default_float32": lambda: train_epoch(Config(), steps),  # the platform's --unroll
         "default_float32_unroll_1": lambda: train_epoch(Config(unroll=1), steps),
+        "default_float32_unroll_20": lambda: train_epoch(Config(unroll=20), steps),
         "default_float32_unroll_60": lambda: train_epoch(Config(unroll=60), steps),
         "default_bfloat16": lambda: train_epoch(Config(dtype="bfloat16"), steps),
+        # longer jitted calls: fewer host syncs per epoch
+        "default_float32_calls_of_100": lambda: train_epoch(Config(steps_per_call=100), steps),
+        # the fused Pallas loops (lstm_fused)
+        "default_float32_pallas": lambda: train_epoch(Config(lstm_kernel="pallas"), steps),
+        "default_float32_pallas_calls_of_100": lambda: train_epoch(
+            Config(lstm_kernel="pallas", steps_per_call=100), steps
+        ),
+        "default_bfloat16_pallas": lambda: train_epoch(
+            Config(lstm_kernel="pallas", dtype="bfloat16"), steps
+        ),
         "sampling": lambda: measure.bench_sample(2 if quick else 5),
         "recipe_b": lambda: train_epoch(Config(**RECIPE_B), 10 if quick else 200),
         "peak_device_memory": peak_memory,
