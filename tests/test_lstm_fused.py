@@ -1,8 +1,8 @@
 """The fused Pallas loops (`--lstm-kernel pallas`) against the XLA scans: values and gradients of
 stacked layers with outputs at every step and a given carry, and a whole training epoch of the
-original model (its own fast path). On CPU the kernels run in Pallas' interpret mode; on a GPU (the device check runs
-this file there) they are the compiled kernels, whose float32 matmuls may use TF32 as XLA's do,
-hence the looser tolerance there."""
+original model (its own fast path). On CPU the kernels run in Pallas' interpret mode; on a GPU
+(the device check runs this file there) they are the compiled kernels, whose float32 matmuls may
+use TF32 as XLA's do, hence the looser tolerance there."""
 
 import dataclasses
 
