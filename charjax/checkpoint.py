@@ -232,11 +232,12 @@ class Checkpoints:
         where = f"epoch {epoch} in {self.directory}"
         return _restore(self._manager, epoch, like, sharding, where)[0]
 
-    def restore_params(self, like_params, epoch: int):
+    def restore_params(self, like_params, epoch: int, part: str = "params"):
         """Only the parameters of epoch `epoch`, shaped like `like_params` (for inference: the
-        optimizer state is neither built nor read), on the first local device."""
+        optimizer state is neither built nor read), on the first local device. `part`: the
+        state's "params", or "ema" (their moving average, under --ema)."""
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        item = {"params": _abstract(like_params, sharding)}
+        item = {part: _abstract(like_params, sharding)}
         restore_args = ocp.checkpoint_utils.construct_restore_args(item)
         args = ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True)
         where = f"epoch {epoch} in {self.directory}"
@@ -249,7 +250,7 @@ class Checkpoints:
             raise _unreadable(where, e) from e
         except Exception as e:
             raise _unreadable(where, e) from e
-        return integrity.check_state(state, meta, where, parts=["params"])["params"]
+        return integrity.check_state(state, meta, where, parts=[part])[part]
 
     # An epoch interrupted part-way: at most one, kept apart from the complete epochs.
     def _partial_manager(self, create: bool = False) -> ocp.CheckpointManager | None:

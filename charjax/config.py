@@ -95,6 +95,21 @@ class Config:
     dropout: float = _field(
         0.0, "dropout on each LSTM layer's outputs while training", "model", math=True
     )
+    locked_dropout: bool = _field(
+        False,
+        "--dropout masks drawn once per sequence and kept at every time step (locked, or "
+        "variational, dropout) instead of one per step",
+        "model",
+        math=True,
+    )
+    weight_drop: float = _field(
+        0.0,
+        "DropConnect on each LSTM layer's recurrent kernel while training, one mask per batch "
+        "(AWD-LSTM's weight-drop)",
+        "model",
+        math=True,
+        metavar="P",
+    )
     clip_norm: float = _field(
         0.0, "clip gradients to this global norm; 0 = off", "optimizer", math=True
     )
@@ -110,6 +125,14 @@ class Config:
     )
     warmup: int = _field(
         0, "optimizer steps of linear learning-rate warm-up", "optimizer", math=True
+    )
+    ema: float = _field(
+        0.0,
+        "also keep an exponential moving average of the parameters with this decay (e.g. "
+        "0.999): validation, samples, charjax-sample and charjax-score use it; 0 = off",
+        "optimizer",
+        math=True,
+        metavar="DECAY",
     )
     guard: float = _field(
         1.2,
@@ -140,6 +163,18 @@ class Config:
         (0.2, 0.5, 1.0, 1.2), "comma list of sampling temperatures; '' = no samples", "sampling"
     )
     keep: int = _field(5, "checkpoints to keep on disk", "run")
+    keep_best: bool = _field(
+        False,
+        "also keep the epoch with the lowest held-out loss (in the folder's best/), whatever "
+        "--keep rotates away; charjax-sample/score --best read it",
+        "run",
+    )
+    patience: int = _field(
+        0,
+        "stop the run when the held-out loss has not improved for N epochs; 0 = never",
+        "run",
+        metavar="N",
+    )
     log_every: int = _field(
         0,
         "also record the training loss in metrics.jsonl every N optimizer steps; 0 = per epoch",
@@ -198,6 +233,7 @@ class Config:
             "sample_length",
             "warmup",
             "log_every",
+            "patience",
             "eval_every",
             "save_every",
         ):
@@ -226,8 +262,14 @@ class Config:
                 "--eval-every scores the held-out tail, and --val-fraction 0 holds none out; "
                 "pass --val-fraction > 0, or drop --eval-every"
             )
-        if not 0 <= self.dropout < 1:
-            raise CharjaxError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "weight_drop", "ema"):
+            if not 0 <= getattr(self, name) < 1:
+                raise CharjaxError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if (self.keep_best or self.patience) and not self.val_fraction:
+            raise CharjaxError(
+                "--keep-best and --patience follow the held-out loss, and --val-fraction 0 holds "
+                "none out; pass --val-fraction > 0"
+            )
         if not (math.isfinite(self.clip_norm) and self.clip_norm >= 0):
             raise CharjaxError(f"--clip-norm must be >= 0 (0 = off), got {self.clip_norm}")
         if not (math.isfinite(self.guard) and (self.guard == 0 or self.guard > 1)):
@@ -252,6 +294,17 @@ class Config:
             raise CharjaxError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         return self
 
+
+# Named recipes (`charjax-train --preset NAME`): config values that explicit flags override.
+PRESETS = {
+    "original": {},  # the Keras example's settings: the defaults
+    "quality": dict(
+        objective="sequence", carry_state=True, maxlen=100, step=100, batch_size=64, layers=2,
+        hidden=256, dropout=0.3, locked_dropout=True, weight_drop=0.3, optimizer="adam",
+        learning_rate=0.003, warmup=50, schedule="cosine", clip_norm=5.0, ema=0.999,
+        keep_best=True, epochs=25,
+    ),
+}  # fmt: skip
 
 # Fields that change the trained numbers; a resumed run must agree with the checkpoint on these.
 MATH_FIELDS = tuple(f.name for f in fields(Config) if f.metadata["math"])

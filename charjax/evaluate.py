@@ -139,3 +139,67 @@ def validate(params: dict, held_out: np.ndarray, cfg: Config) -> Score:
         stride=goal.validation_stride,
         dtype=cfg.dtype,
     )
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _adapt(params, base, carry, inputs, targets, valid, rate, decay, *, dtype):
+    """Score one segment (inputs/targets int[L], valid bool[L]) from `carry`, then take one
+    gradient step on it -> (params, carry after it, summed nats scored *before* the step).
+
+    The step is SGD on the segment's mean loss, pulled back towards the trained parameters
+    `base` by `decay` (Krause et al. 2018's dynamic evaluation with decay to the global
+    parameters)."""
+
+    def nats(p):
+        after, logits = model.forward(p, inputs[None], carry, valid, dtype, all_steps=True)
+        losses = optax.softmax_cross_entropy_with_integer_labels(
+            logits[0], targets.astype(jnp.int32)
+        )
+        return jnp.sum(jnp.where(valid, losses, 0.0)), after
+
+    (total, after), grads = jax.value_and_grad(nats, has_aux=True)(params)
+    scale = rate / jnp.maximum(jnp.sum(valid), 1)
+    params = jax.tree.map(lambda p, g, b: p - scale * g + decay * (b - p), params, grads, base)
+    return params, after, total
+
+
+def dynamic_score(
+    params: dict,
+    ids,
+    *,
+    rate: float,
+    decay: float,
+    segment: int,
+    dtype: str = "float32",
+    progress=None,
+) -> Score:
+    """Dynamic evaluation of ids int[n]: read statefully, `segment` chars at a time; each
+    segment is scored, then the model takes a gradient step on it (`_adapt`), so later text is
+    predicted by a model that has adapted to the text so far. Every char from the second on is
+    scored, as in stateful `score_ids`; at rate 0 the score is the static stateful one. A
+    different protocol from the static score: report it beside that, never instead."""
+    progress = progress or (lambda done, total: None)
+    if not (math.isfinite(rate) and rate >= 0 and 0 <= decay < 1):
+        raise CharjaxError(
+            f"dynamic evaluation needs --dynamic-lr >= 0 and --dynamic-decay in [0, 1), got "
+            f"{rate} and {decay}"
+        )
+    ids = np.asarray(ids)
+    if len(ids) < 2:
+        raise CharjaxError("a text needs at least 2 chars to be scored")
+    inputs, targets = ids[:-1], ids[1:]
+    size = min(segment, len(inputs))
+    base = params
+    carry = model.zero_carry(1, model.shape_of(params)[1], model.layers_of(params))
+    rate, decay = jnp.float32(rate), jnp.float32(decay)
+    total, done = 0.0, 0
+    for (piece, valid), (target, _) in zip(
+        _batches(inputs, size), _batches(targets, size), strict=True
+    ):
+        params, carry, nats = _adapt(
+            params, base, carry, piece, target, valid > 0, rate, decay, dtype=dtype
+        )
+        total += float(nats)
+        done += int(valid.sum())
+        progress(done, len(targets))
+    return Score(total, len(targets))

@@ -12,8 +12,9 @@ from pathlib import Path
 import jax
 
 from charjax import corpus, evaluate, model, objective, sample, stream
+from charjax.checkpoint import Checkpoints
 from charjax.errors import CharjaxError
-from charjax.run_dir import Meta, RunDir
+from charjax.run_dir import BEST, Meta, RunDir
 
 
 @dataclass(frozen=True)
@@ -31,16 +32,33 @@ class SavedModel:
         return objective.of(self.meta.cfg).reading
 
 
-def load(directory, epoch: int | None = None) -> SavedModel:
-    """The model saved at `epoch` (default: the latest) in a run's folder."""
-    folder = RunDir(directory, create=False)
+def load(directory, epoch: int | None = None, best: bool = False) -> SavedModel:
+    """The model saved at `epoch` (default: the latest) in a run's folder, or with `best` the
+    epoch --keep-best kept (the lowest held-out loss). A run trained with --ema gives its
+    averaged parameters (what its validation scored)."""
+    if best:
+        if epoch is not None:
+            raise CharjaxError("--best and --epoch each name a checkpoint; pass one of them")
+        where = Path(directory).expanduser().absolute()
+        if not (where / BEST).is_dir():
+            raise CharjaxError(
+                f"{where} has no best/ checkpoint: the run was trained without --keep-best (or "
+                "before its first held-out score); drop --best, or train with --keep-best"
+            )
+        folder = Checkpoints(where / BEST, keep=1, create=False)
+        get_meta = lambda e: Meta.from_json(folder.meta(e))  # noqa: E731
+    else:
+        folder = RunDir(directory, create=False)
+        get_meta, folder = folder.meta, folder
     try:
-        meta = folder.meta(epoch)
+        meta = get_meta(epoch)
         cfg = meta.cfg
         like = jax.eval_shape(
             lambda: model.init_params(jax.random.key(0), len(meta.vocab), cfg.hidden, cfg.layers)
         )
-        return SavedModel(folder.checkpoints.restore_params(like, meta.epoch), meta)
+        checkpoints = folder if best else folder.checkpoints
+        part = "ema" if cfg.ema else "params"
+        return SavedModel(checkpoints.restore_params(like, meta.epoch, part), meta)
     finally:
         folder.close()
 
@@ -123,10 +141,13 @@ def stream_texts(
     return ([saved.vocab.decode(row) for row in ids] for ids in blocks)
 
 
-def score_text(saved: SavedModel, path, *, mode=None, stride=1, directory=None, progress=None):
+def score_text(saved: SavedModel, path, *, mode=None, stride=1, directory=None, progress=None,
+               dynamic=None):  # fmt: skip
     """-> (record, unknown chars Counter): the score of the text file `path` (None: the run's
     held-out tail, after checking that the corpus is the one trained on) in `mode`;
-    `progress(done, total)` hears how far it got (`evaluate.score_ids`)."""
+    `progress(done, total)` hears how far it got (`evaluate.score_ids`). `dynamic` (rate,
+    decay): also the dynamic evaluation of the same chars (`evaluate.dynamic_score`, segments of
+    the model's --maxlen), under "dynamic" in the record, beside the static score."""
     check_stride(stride)
     cfg, mode = saved.meta.cfg, mode or saved.reading
     if path is None:
@@ -160,4 +181,15 @@ def score_text(saved: SavedModel, path, *, mode=None, stride=1, directory=None, 
         "perplexity": result.perplexity,
         "unknown_chars": dict(unknown),
     }
+    if dynamic is not None:
+        rate, decay = dynamic
+        adapted = evaluate.dynamic_score(
+            saved.params, ids, rate=rate, decay=decay, segment=cfg.maxlen, dtype=cfg.dtype,
+            progress=progress,
+        )  # fmt: skip
+        record["dynamic"] = {
+            "lr": rate, "decay": decay, "segment": cfg.maxlen, "chars_scored": adapted.chars,
+            "nats_per_char": adapted.nats_per_char, "bits_per_char": adapted.bits_per_char,
+            "perplexity": adapted.perplexity,
+        }  # fmt: skip
     return record, unknown

@@ -29,7 +29,7 @@ class LSTM(nn.Module):
     loop: lstm_scan.Loop = lstm_scan.PLAIN  # how the time loops run (speed only)
 
     @nn.compact
-    def __call__(self, x, carry=None, valid=None, outputs=True):
+    def __call__(self, x, carry=None, valid=None, outputs=True, weight_drop=0.0, key=None):
         gates = 4 * self.hidden
         params = {
             "kernel": self.param("kernel", lstm.kernel_init, (self.features, gates)),
@@ -38,6 +38,10 @@ class LSTM(nn.Module):
             ),
             "bias": self.param("bias", lstm.bias_init, (gates,)),
         }
+        # Weight-drop: the recurrent kernel masked (one mask per call, i.e. per batch); the
+        # scans take it as any kernel, autodiff carries the mask into its gradient.
+        recurrent = apply_dropout(params["recurrent_kernel"], weight_drop, key)
+        params = {**params, "recurrent_kernel": recurrent}
         if jnp.issubdtype(x.dtype, jnp.integer):
             if not outputs and carry is None and valid is None:
                 return lstm_scan.final_carry(params, x, self.dtype, self.loop), None
@@ -62,12 +66,14 @@ class Dense(nn.Module):
         return lstm.matmul(h, kernel, self.dtype) + bias
 
 
-def apply_dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+def apply_dropout(x: jax.Array, rate: float, key: jax.Array | None, locked=False) -> jax.Array:
     """Inverted dropout: zero each value with probability `rate`, scale the rest by 1/(1-rate).
-    No key (evaluation, sampling) or rate 0: `x` unchanged."""
+    `locked` on time-major x [T, B, F]: one mask per sequence, the same at every step. No key
+    (evaluation, sampling) or rate 0: `x` unchanged."""
     if key is None or rate == 0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    shape = (1, *x.shape[1:]) if locked and x.ndim == 3 else x.shape
+    keep = jax.random.bernoulli(key, 1.0 - rate, shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
@@ -83,7 +89,10 @@ class CharLSTM(nn.Module):
     `carry` is a tuple with one (h, c) float32[B, H] per layer. Logits are float32[B, V] after
     the last step (the original model), or float32[B, T, V] after every step with `all_steps`.
     With `dropout` > 0 and a `key`, each layer's outputs are dropped out (the stacked layers'
-    inputs and the Dense input), with the key folded with the layer index.
+    inputs and the Dense input), with the key folded with the layer index; `locked`: one mask
+    per sequence. With `weight_drop` > 0 and a `weight_key` each layer's recurrent kernel is
+    masked, the key folded with the layer index (a separate key: in data-parallel training
+    every device draws the same weight masks, but its own dropout masks).
     """
 
     vocab_size: int
@@ -93,18 +102,21 @@ class CharLSTM(nn.Module):
     loop: lstm_scan.Loop = lstm_scan.PLAIN  # how the LSTM time loops run (speed only)
 
     @nn.compact
-    def __call__(self, ids, carry=None, valid=None, *, all_steps=False, dropout=0.0, key=None):
+    def __call__(self, ids, carry=None, valid=None, *, all_steps=False, dropout=0.0, key=None,
+                 locked=False, weight_drop=0.0, weight_key=None):  # fmt: skip
         carries = carry if carry is not None else (None,) * self.layers
+        fold = lambda k, n: None if k is None else jax.random.fold_in(k, n)  # noqa: E731
         x, new = ids, []
         for n in range(self.layers):
             top = n == self.layers - 1
             features = self.vocab_size if n == 0 else self.hidden
             layer = LSTM(features, self.hidden, self.dtype, self.loop, name=layer_name(n))
-            layer_carry, outputs = layer(x, carries[n], valid, outputs=all_steps or not top)
+            layer_carry, outputs = layer(
+                x, carries[n], valid, all_steps or not top, weight_drop, fold(weight_key, n)
+            )
             new.append(layer_carry)
-            layer_key = None if key is None else jax.random.fold_in(key, n)
             x = layer_carry[0] if top and not all_steps else outputs
-            x = apply_dropout(x, dropout, layer_key)
+            x = apply_dropout(x, dropout, fold(key, n), locked)
         logits = Dense(self.vocab_size, self.dtype, name="dense")(x)
         if all_steps:
             logits = jnp.swapaxes(logits, 0, 1)  # [T, B, V] -> [B, T, V]
@@ -150,6 +162,9 @@ def forward(
     key: jax.Array | None = None,
     unroll: int = 0,
     kernel: str = "auto",
+    locked: bool = False,
+    weight_drop: float = 0.0,
+    weight_key: jax.Array | None = None,
 ):
     """Pure forward pass: ids int[B, T] -> (carry, logits); see `CharLSTM`. Ids of any integer
     dtype (the corpus keeps them narrow) are widened to int32 here, inside the jitted caller.
@@ -161,8 +176,9 @@ def forward(
         ids = ids.astype(jnp.int32)
     module = CharLSTM(*shape_of(params), layers_of(params), dtype, loop)
     return module.apply(
-        {"params": params}, ids, carry, valid, all_steps=all_steps, dropout=dropout, key=key
-    )
+        {"params": params}, ids, carry, valid, all_steps=all_steps, dropout=dropout, key=key,
+        locked=locked, weight_drop=weight_drop, weight_key=weight_key,
+    )  # fmt: skip
 
 
 def default_unroll() -> int:

@@ -23,6 +23,7 @@ __all__ = ["METRICS_FILE", "Meta", "RunDir", "append_metrics", "lock_directory",
 
 FORMAT = 3  # 2: TrainState has lr_scale and carry; 3: windows shuffled by `batching.shuffle`
 LOCK_FILE = ".lock"
+BEST = "best"  # --keep-best: the epoch with the lowest held-out loss, one checkpoint
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,15 @@ class RunDir:
                     f"saved epoch {meta.epoch} but could not append it to {METRICS_FILE} in "
                     f"{self.directory}: {e.strerror or e}"
                 ) from e
+
+    def save_best(self, state, meta: Meta) -> None:
+        """Keep this epoch as the run's best (--keep-best): one checkpoint in best/, apart from
+        the rotation of --keep."""
+        best = Checkpoints(self.directory / BEST, keep=1)
+        try:
+            best.save(meta.epoch, state, meta.to_json())
+        finally:
+            best.close()
 
     def save_partial(self, state, meta: Meta) -> None:
         """Save an interrupted epoch (under its optimizer step: a later interruption of the

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from charjax import epoch, evaluate, guard, intervals, parallel, run, sample
+from charjax import epoch, evaluate, guard, intervals, parallel, run, sample, step
 from charjax.checkpoint import SaveFailed
 from charjax.config import Config
 from charjax.errors import CharjaxError, Interrupted
@@ -60,6 +60,8 @@ def train_run(
         best, cuts, history = min(earlier, default=math.inf), 0, []
         with StopRequest(report.log) as stop:
             while this.epoch <= cfg.epochs:
+                if cfg.patience and _stalled(folder.metrics(), cfg.patience, report):
+                    break
                 done, seconds = _train_epoch(this, ids, mesh, folder, report, stop)
                 means, state = done.position.means(), done.state
                 loss = means["loss"]
@@ -145,7 +147,7 @@ def _on_steps(this: run.Run, folder: RunDir, done, ticks, due: set, report, stop
     if intervals.LOG in due or intervals.EVAL in due:
         record = ticks.record(this.epoch, done.position)
         if intervals.EVAL in due and this.held_out is not None:
-            params = parallel.local(done.state.params)
+            params = parallel.local(step.eval_params(done.state))
             score = evaluate.validate(params, this.eval_ids, this.cfg)
             record["val_loss"] = score.nats_per_char
             report.log(
@@ -204,11 +206,15 @@ def _retry(this: run.Run, folder: RunDir, state, verdict, report, sharding) -> N
 
 
 def _finish_epoch(this: run.Run, folder: RunDir, state, metrics: dict, report, stop) -> None:
-    """Validate, sample, show, save and log a kept epoch (`metrics` gains the results)."""
-    params = parallel.local(state.params)
+    """Validate, sample, show, save and log a kept epoch (`metrics` gains the results); under
+    --keep-best an epoch that beats every earlier held-out loss is also kept as the best."""
+    params = parallel.local(step.eval_params(state))
+    improved = False
     if this.held_out is not None:
         val = evaluate.validate(params, this.held_out, this.cfg)
         metrics["val_loss"], metrics["val_bits"] = val.nats_per_char, val.bits_per_char
+        earlier = [r["val_loss"] for r in folder.metrics() if "val_loss" in r]
+        improved = val.nats_per_char < min(earlier, default=math.inf)
     if this.cfg.temperatures and this.cfg.sample_length:
         metrics["samples"] = sample.epoch_samples(
             params, this.corpus, this.keys.sample, this.epoch, this.cfg
@@ -216,3 +222,22 @@ def _finish_epoch(this: run.Run, folder: RunDir, state, metrics: dict, report, s
     report.epoch_finished(metrics, this.cfg.epochs)
     with stop.protect():
         folder.save_epoch(state, this.meta(this.epoch, metrics))
+        if this.cfg.keep_best and improved:
+            folder.save_best(state, this.meta(this.epoch, metrics))
+
+
+def _stalled(records: list[dict], patience: int, report) -> bool:
+    """--patience: whether the held-out loss has not improved for `patience` epochs (then
+    says so)."""
+    held = [r for r in records if "val_loss" in r]
+    if not held:
+        return False
+    best = min(held, key=lambda r: r["val_loss"])
+    if held[-1]["epoch"] - best["epoch"] < patience:
+        return False
+    report.log(
+        f"stopping after epoch {held[-1]['epoch']}: the held-out loss has not improved for "
+        f"{patience} epochs (--patience); the best was {best['val_loss']:.4f} nats/char at "
+        f"epoch {best['epoch']}"
+    )
+    return True

@@ -28,6 +28,7 @@ class TrainState(NamedTuple):
     step: jax.Array  # int32 scalar: optimizer steps taken
     lr_scale: jax.Array  # float32 scalar: 1, halved by the divergence guard after each blow-up
     carry: tuple = ()  # --carry-state: per layer (h, c) float32[batch_size, H] of each stream
+    ema: dict | tuple = ()  # --ema: the parameters' moving average (a params tree), else ()
 
 
 class StepContext(NamedTuple):
@@ -38,6 +39,8 @@ class StepContext(NamedTuple):
 
 
 NO_CONTEXT = StepContext()
+# fold_in data of the weight-drop key of a step (a device index, folded for dropout, never is)
+WEIGHT_MASKS = 2**31 - 1
 
 
 def zero_streams(cfg: Config) -> tuple:
@@ -51,7 +54,14 @@ def init_state(key: jax.Array, vocab_size: int, cfg: Config) -> TrainState:
     params = model.init_params(key, vocab_size, cfg.hidden, cfg.layers)
     opt_state = optim.make_optimizer(cfg).init(params)
     one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.int32)
-    return TrainState(params, opt_state, zero, one, zero_streams(cfg))
+    ema = jax.tree.map(jnp.copy, params) if cfg.ema else ()
+    return TrainState(params, opt_state, zero, one, zero_streams(cfg), ema)
+
+
+def eval_params(state: TrainState) -> dict:
+    """The parameters a run validates, samples and scores with: the moving average under
+    --ema, else the trained ones."""
+    return state.ema if isinstance(state.ema, dict) else state.params
 
 
 def state_shape(vocab_size: int, cfg: Config) -> TrainState:
@@ -72,9 +82,13 @@ def nll(
     carry=None,
     unroll=0,
     kernel="auto",
+    locked=False,
+    weight_drop=0.0,
+    weight_key=None,
 ):
     """(weighted sum of next-char cross-entropies in nats over the predicted chars of `goal`
-    (an `Objective`), final carry); weight-0 rows are padding. With `key`, dropout at `dropout`;
+    (an `Objective`), final carry); weight-0 rows are padding. With `key`, dropout at `dropout`
+    (`locked`: one mask per sequence); with `weight_key`, weight-drop at `weight_drop`;
     `carry` is the initial state (None: zeros), a constant for the gradient (truncated BPTT).
 
     Keras computes it from clipped softmax probabilities; on logits it is the same value except
@@ -91,11 +105,16 @@ def nll(
         key=key,
         unroll=unroll,
         kernel=kernel,
+        locked=locked,
+        weight_drop=weight_drop,
+        weight_key=weight_key,
     )
     return jnp.sum(weights * goal.window_losses(logits, targets)), carry
 
 
-def run_nll(params: dict, inputs, targets, weights, cfg: Config, key=None, carry=None):
+def run_nll(
+    params: dict, inputs, targets, weights, cfg: Config, key=None, carry=None, weight_key=None
+):
     """`nll` as the run `cfg` computes it (its objective, dtype, dropout and loops)."""
     goal = objective.of(cfg)
     return nll(
@@ -110,6 +129,9 @@ def run_nll(params: dict, inputs, targets, weights, cfg: Config, key=None, carry
         carry=carry,
         unroll=cfg.unroll,
         kernel=cfg.lstm_kernel,
+        locked=cfg.locked_dropout,
+        weight_drop=cfg.weight_drop,
+        weight_key=weight_key,
     )
 
 
@@ -137,15 +159,20 @@ def train_step(state, inputs, targets, weights, cfg: Config, axis_name=None, con
     """
     goal = objective.of(cfg)
     params, key = state.params, None
-    if cfg.dropout > 0 and context.dropout_key is not None:
-        key = jax.random.fold_in(context.dropout_key, state.step)
-        if axis_name is not None:
-            key = jax.random.fold_in(key, lax.axis_index(axis_name))
+    weight_key = None
+    if context.dropout_key is not None:
+        step_key = jax.random.fold_in(context.dropout_key, state.step)
+        if cfg.dropout > 0:  # each device its own masks, as for its own rows
+            key = step_key
+            if axis_name is not None:
+                key = jax.random.fold_in(key, lax.axis_index(axis_name))
+        if cfg.weight_drop > 0:  # the same weight masks on every device: one per batch
+            weight_key = jax.random.fold_in(step_key, WEIGHT_MASKS)
     if axis_name is not None:  # per-device gradients differ until summed: mark them varying
         params = jax.tree.map(lambda p: lax.pcast(p, (axis_name,), to="varying"), params)
     carry = state.carry if goal.carried else None
     (total, carry), grads = jax.value_and_grad(run_nll, has_aux=True)(
-        params, inputs, targets, weights, cfg, key, carry
+        params, inputs, targets, weights, cfg, key, carry, weight_key
     )
     total, count, grads = _psum_all((total, jnp.sum(weights), grads), axis_name)
     scale = 1.0 / jnp.maximum(count * goal.chars_per_window, 1.0)
@@ -157,7 +184,10 @@ def train_step(state, inputs, targets, weights, cfg: Config, axis_name=None, con
     updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
     params = optax.apply_updates(state.params, updates)
     carry = carry if goal.carried else state.carry
-    new = TrainState(params, opt_state, state.step + 1, state.lr_scale, carry)
+    ema = state.ema
+    if cfg.ema:  # the average follows the new parameters
+        ema = jax.tree.map(lambda e, p: cfg.ema * e + (1 - cfg.ema) * p, state.ema, params)
+    new = TrainState(params, opt_state, state.step + 1, state.lr_scale, carry, ema)
     state = jax.tree.map(lambda n, o: jnp.where(count > 0, n, o), new, state)
     return state, {"loss": total * scale}
 

@@ -114,3 +114,35 @@ def test_text_takes_folders_and_several_paths_and_resume_checks_them_all(
     assert cli.train_main(["--resume", "--epochs", "2", "--checkpoint-dir", ck]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not the one the checkpoint" in err
+
+
+def test_presets_are_recipes_that_flags_override():
+    from charjax.cli.train import config_of, train_parser
+    from charjax.config import PRESETS
+    from charjax.errors import CharjaxError
+
+    parse = train_parser().parse_args
+    assert config_of(parse([]))[0] == Config() == config_of(parse(["--preset", "original"]))[0]
+    quality, given = config_of(parse(["--preset", "quality", "--hidden", "64"]))
+    assert given == {"hidden": 64} and quality.hidden == 64
+    assert all(getattr(quality, k) == v for k, v in PRESETS["quality"].items() if k != "hidden")
+    quality.check()
+    try:
+        config_of(parse(["--preset", "quality", "--resume"]))
+    except CharjaxError as e:
+        assert "keeps its own recipe" in str(e)
+    else:
+        raise AssertionError("--preset with --resume was accepted")
+
+
+def test_score_dynamic_prints_beside_the_static_figure(tiny_cfg, tmp_path, capsys):
+    cfg = tiny_cfg.replace(epochs=1, temperatures=())
+    _tiny_run(cfg, tmp_path / "run")
+    ck = str(tmp_path / "run")
+    assert cli.score_main(["--checkpoint-dir", ck, "--dynamic", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["dynamic"]["chars_scored"] > 0 and record["dynamic"]["lr"] > 0
+    assert record["dynamic"]["nats_per_char"] != record["nats_per_char"]
+    assert cli.score_main(["--checkpoint-dir", ck, "--dynamic", "--dynamic-lr", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "dynamic evaluation:" in out and "bits/char" in out.splitlines()[0]

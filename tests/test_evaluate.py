@@ -63,3 +63,17 @@ def test_scoring_reports_its_progress(mode):
     )  # fmt: skip
     assert len(heard) == 4 if mode == "stateful" else len(heard) == 6
     assert heard[-1] == (got.chars, got.chars) and sorted(heard) == heard
+
+
+def test_dynamic_evaluation_adapts_to_a_repeating_text_and_is_static_at_rate_0():
+    params = _params(vocab=9, hidden=16)
+    phrase = np.asarray(jax.random.randint(jax.random.key(4), (13,), 0, 9), np.int32)
+    ids = np.tile(phrase, 12)
+    static = evaluate.score_ids(params, ids, mode="stateful")
+    still = evaluate.dynamic_score(params, ids, rate=0.0, decay=0.0, segment=10)
+    assert still.chars == static.chars
+    np.testing.assert_allclose(still.nats_per_char, static.nats_per_char, rtol=1e-5)
+    adapted = evaluate.dynamic_score(params, ids, rate=3.0, decay=0.0, segment=10)
+    assert adapted.nats_per_char < static.nats_per_char - 0.2  # 2.20 -> 1.94 nats/char
+    with pytest.raises(evaluate.CharjaxError, match="--dynamic-decay"):
+        evaluate.dynamic_score(params, ids, rate=1.0, decay=1.0, segment=10)

@@ -134,3 +134,26 @@ def test_the_model_asks_the_cell_for_its_state_and_shape():
     _, from_zero = model.forward(params, jnp.array([[1, 2], [3, 4]]), model.zero_carry(2, 5, 3))
     _, default = model.forward(params, jnp.array([[1, 2], [3, 4]]))
     np.testing.assert_allclose(from_zero, default, atol=1e-6)
+
+
+def test_locked_dropout_keeps_one_mask_per_sequence_and_weight_drop_masks_the_kernel():
+    x = jnp.ones((6, 40, 30))  # time-major [T, B, F]
+    locked = np.asarray(model.apply_dropout(x, 0.5, jax.random.key(0), locked=True))
+    assert (locked == locked[0]).all() and 0.3 < (locked[0] == 0).mean() < 0.7
+    assert not (np.asarray(model.apply_dropout(x, 0.5, jax.random.key(0)))[1:] == locked[0]).all()
+    params = _params(layers=2)
+    ids = jnp.array([[1, 2, 3, 4], [4, 3, 2, 1]])
+    plain = model.forward(params, ids)[1]
+    key = jax.random.key(3)
+    dropped = model.forward(params, ids, weight_drop=0.5, weight_key=key)[1]
+    assert not jnp.array_equal(dropped, plain)
+    assert jnp.array_equal(dropped, model.forward(params, ids, weight_drop=0.5, weight_key=key)[1])
+    assert jnp.array_equal(model.forward(params, ids, weight_drop=0.5)[1], plain)  # no key
+    # a kernel masked by hand gives the same numbers (layer n's mask: fold_in(key, n))
+    masked = dict(params)
+    for n, name in enumerate(("lstm", "lstm_1")):
+        kernel = model.apply_dropout(
+            params[name]["recurrent_kernel"], 0.5, jax.random.fold_in(key, n)
+        )
+        masked[name] = {**params[name], "recurrent_kernel": kernel}
+    np.testing.assert_allclose(model.forward(masked, ids)[1], dropped, rtol=1e-6)

@@ -23,9 +23,12 @@ from charjax.run import run_keys
 from charjax.run_dir import Meta, RunDir, read_metrics
 from charjax.step import init_state
 
+REGULARISED = dict(dropout=0.2, locked_dropout=True, weight_drop=0.3, ema=0.9)
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_cfg, tmp_path):
-    cfg = dataclasses.replace(tiny_cfg, epochs=3)
+
+@pytest.mark.parametrize("extra", [{}, REGULARISED], ids=["plain", "regularised"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_cfg, tmp_path, extra):
+    cfg = dataclasses.replace(tiny_cfg, epochs=3, **extra)
     whole, _ = runner.train_run(cfg, tmp_path / "whole", log=quiet)
     runner.train_run(dataclasses.replace(cfg, epochs=1), tmp_path / "split", log=quiet)
     resumed, history = runner.train_run(
@@ -330,3 +333,45 @@ def test_step_records_evaluations_and_saves_inside_epochs(tiny_cfg, tmp_path, mo
     monkeypatch.setattr(epoch, "iterate", real)
     resumed, _ = runner.train_run(Config(), tmp_path / "crashed", resume=True, given={}, log=quiet)
     assert same_trees(resumed, whole)
+
+
+def test_keep_best_outlives_rotation_and_patience_stops_a_stalled_run(
+    tiny_cfg, tmp_path, monkeypatch, capsys
+):
+    """Held-out losses 3, 2, 2.5, 2.6, ... (a fake validation): epoch 2 is the best, kept in
+    best/ though --keep 1 rotates it away; --patience 2 stops after epoch 4; sample and score
+    --best read epoch 2, the averaged parameters of an --ema run."""
+    from charjax import cli
+
+    losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    monkeypatch.setattr(
+        evaluate, "validate", lambda params, ids, cfg: evaluate.Score(next(losses) * 10, 10)
+    )
+    cfg = tiny_cfg.replace(epochs=6, keep=1, keep_best=True, patience=2, ema=0.5)
+    lines = []
+    _, history = runner.train_run(cfg, tmp_path, log=lines.append)
+    assert [m["epoch"] for m in history] == [1, 2, 3, 4]
+    assert any("not improved for 2 epochs" in line and "epoch 2" in line for line in lines)
+    assert Checkpoints(tmp_path).epochs() == [4]
+    best = inference.load(tmp_path, best=True)
+    assert best.meta.epoch == 2 and best.meta.metrics["val_loss"] == 2.0
+    state = Checkpoints(tmp_path / "best").restore(jax.eval_shape(lambda: _state_like(cfg)))
+    assert same_trees(best.params, state.ema) and not same_trees(best.params, state.params)
+    assert cli.sample_main(["--checkpoint-dir", str(tmp_path), "--best", "--length", "5"]) == 0
+    assert "epoch 2" in capsys.readouterr().err
+    _, again = runner.train_run(cfg, tmp_path, resume=True, log=lines.append)
+    assert again == [] and "not improved" in lines[-2]  # a resumed stalled run stops at once
+
+
+def _state_like(cfg):
+    vocab = corpora.load(cfg).vocab.size
+    return init_state(jax.random.key(0), vocab, cfg)
+
+
+def test_best_without_keep_best_is_one_line(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(epochs=1, temperatures=())
+    runner.train_run(cfg, tmp_path, log=quiet)
+    with pytest.raises(CharjaxError, match="without --keep-best"):
+        inference.load(tmp_path, best=True)
+    with pytest.raises(CharjaxError, match="--val-fraction > 0"):
+        cfg.replace(val_fraction=0.0, keep_best=True).check()

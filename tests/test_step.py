@@ -144,3 +144,26 @@ def test_bfloat16_matmuls_keep_float32_parameters(tiny_cfg):
     assert leaves and all(x.dtype == jnp.float32 for x in leaves)
     assert bf16_loss != results["float32"][1]  # the matmuls really ran in bfloat16
     assert bf16_loss == pytest.approx(results["float32"][1], abs=0.05)
+
+
+def test_ema_follows_the_parameters_and_weight_drop_is_keyed_per_step(tiny_cfg):
+    from charjax.step import eval_params
+
+    cfg = tiny_cfg.replace(ema=0.75, weight_drop=0.4)
+    corpus = corpora.load(cfg)
+    inputs, targets = objective.of(cfg).batch(corpus.ids, np.arange(8))
+    weights = jnp.ones(8)
+    state = init_state(jax.random.key(0), corpus.vocab.size, cfg)
+    assert same_trees(state.ema, state.params) and eval_params(state) is state.ema
+    step = jax.jit(train_step, static_argnames="cfg")
+    context = StepContext(jax.random.key(5), 100)
+    new, _ = step(state, inputs, targets, weights, cfg, None, context)
+    expected = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, state.ema, new.params)
+    for a, b in zip(jax.tree.leaves(new.ema), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
+    assert not same_trees(new.ema, new.params)
+    again, _ = step(state, inputs, targets, weights, cfg, None, context)
+    assert same_trees(again, new)  # the same step, the same masks
+    no_drop, _ = step(state, inputs, targets, weights, cfg.replace(weight_drop=0.0), None, context)
+    assert not same_trees(no_drop.params, new.params)
+    assert init_state(jax.random.key(0), corpus.vocab.size, tiny_cfg).ema == ()

@@ -92,6 +92,11 @@ def checkpoint_dir_flag(parser, *, epoch: bool = False) -> None:
         parser.add_argument(
             "--epoch", type=int, default=None, help="epoch to load (default: latest)"
         )
+        parser.add_argument(
+            "--best",
+            action="store_true",
+            help="load the epoch with the lowest held-out loss (a run trained with --keep-best)",
+        )
 
 
 def run(main: Callable[[argparse.Namespace], int], parser, argv) -> int:

@@ -71,7 +71,7 @@ def sample_parser() -> argparse.ArgumentParser:
 def sample(args: argparse.Namespace) -> int:
     from charjax import inference
 
-    saved = inference.load(args.checkpoint_dir, args.epoch)
+    saved = inference.load(args.checkpoint_dir, args.epoch, args.best)
     inference.check_temperatures(args.temperature)  # before the prime, as always
     prime_ids, prime, skipped = inference.encode_prime(saved, args.prime, args.unknown)
     if skipped:
