@@ -301,7 +301,7 @@ PRESETS = {
     "quality": dict(
         objective="sequence", carry_state=True, maxlen=100, step=100, batch_size=64, layers=2,
         hidden=256, dropout=0.3, locked_dropout=True, weight_drop=0.3, optimizer="adam",
-        learning_rate=0.003, warmup=50, schedule="cosine", clip_norm=5.0, ema=0.999,
+        learning_rate=0.003, warmup=50, schedule="cosine", clip_norm=5.0, ema=0.995,
         keep_best=True, epochs=25,
     ),
 }  # fmt: skip

@@ -215,6 +215,9 @@ def _finish_epoch(this: run.Run, folder: RunDir, state, metrics: dict, report, s
         metrics["val_loss"], metrics["val_bits"] = val.nats_per_char, val.bits_per_char
         earlier = [r["val_loss"] for r in folder.metrics() if "val_loss" in r]
         improved = val.nats_per_char < min(earlier, default=math.inf)
+        if this.cfg.ema:  # what the average buys: the trained parameters' score beside it
+            raw = evaluate.validate(parallel.local(state.params), this.held_out, this.cfg)
+            metrics["val_loss_raw"] = raw.nats_per_char
     if this.cfg.temperatures and this.cfg.sample_length:
         metrics["samples"] = sample.epoch_samples(
             params, this.corpus, this.keys.sample, this.epoch, this.cfg

@@ -66,8 +66,8 @@ def config_flags(parser: argparse.ArgumentParser) -> dict[str, argparse._Argumen
         if not meta.get("cli", True):
             continue
         kw = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"]}
-        if f.type == "bool":
-            kw["action"] = "store_true"
+        if f.type == "bool":  # --x / --no-x: a preset's True can be turned off
+            kw["action"] = argparse.BooleanOptionalAction
         else:
             default = getattr(defaults, f.name)
             shown = ",".join(f"{t:g}" for t in default) if isinstance(default, tuple) else default
