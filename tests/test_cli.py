@@ -5,6 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 from util import quiet
 
 from charjax import cli, guard, runner
@@ -38,6 +39,16 @@ def test_score_command(tiny_cfg, tmp_path, capsys):
     out = capsys.readouterr()
     assert "bits/char" in out.out and "perplexity" in out.out
     assert "skipped" in out.err and "'—' x3" in out.err and "'ï' x3" in out.err
+    # dynamic evaluation: beside the static figure, the same chars
+    assert cli.score_main(["--checkpoint-dir", ck, "--dynamic", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["dynamic"]["chars_scored"] == record["chars_scored"] + cfg.maxlen - 1
+    assert record["dynamic"]["lr"] > 0 and record["dynamic"]["nats_per_char"] > 0
+    assert cli.score_main(["--checkpoint-dir", ck, "--dynamic", "--dynamic-lr", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "bits/char" in lines[0] and lines[1].startswith("  dynamic evaluation:")
+    static, dynamic = (float(line.split(" nats/char")[0].split()[-1]) for line in lines[:2])
+    assert dynamic == pytest.approx(static, rel=1e-4)  # rate 0: the static stateful score
     assert cli.score_main(["--checkpoint-dir", ck, "--stride", "0"]) == 2
     assert "--stride must be >= 1" in capsys.readouterr().err
     short = tmp_path / "short.txt"
@@ -133,16 +144,3 @@ def test_presets_are_recipes_that_flags_override():
         assert "keeps its own recipe" in str(e)
     else:
         raise AssertionError("--preset with --resume was accepted")
-
-
-def test_score_dynamic_prints_beside_the_static_figure(tiny_cfg, tmp_path, capsys):
-    cfg = tiny_cfg.replace(epochs=1, temperatures=())
-    _tiny_run(cfg, tmp_path / "run")
-    ck = str(tmp_path / "run")
-    assert cli.score_main(["--checkpoint-dir", ck, "--dynamic", "--json"]) == 0
-    record = json.loads(capsys.readouterr().out)
-    assert record["dynamic"]["chars_scored"] > 0 and record["dynamic"]["lr"] > 0
-    assert record["dynamic"]["nats_per_char"] != record["nats_per_char"]
-    assert cli.score_main(["--checkpoint-dir", ck, "--dynamic", "--dynamic-lr", "0"]) == 0
-    out = capsys.readouterr().out
-    assert "dynamic evaluation:" in out and "bits/char" in out.splitlines()[0]

@@ -83,14 +83,24 @@ def test_sequence_loss_counts_every_predicted_char(tiny_cfg):
     np.testing.assert_allclose(total, per_char[:2].sum(), rtol=1e-5)
 
 
-def test_dropout_steps_are_deterministic_per_step_and_differ_from_no_dropout(tiny_cfg):
-    cfg = tiny_cfg.replace(dropout=0.3, layers=2)
+def _first_windows(cfg):
+    """(initial state, its 8 first windows as one batch (inputs, targets, weights)), a step
+    context with a dropout key, and the jitted step."""
     corpus = corpora.load(cfg)
     inputs, targets = objective.of(cfg).batch(corpus.ids, np.arange(8))
-    weights = jnp.ones(8)
     state = init_state(jax.random.key(0), corpus.vocab.size, cfg)
-    context = StepContext(jax.random.key(5), 100)
-    step = jax.jit(train_step, static_argnames="cfg")
+    batch = (inputs, targets, jnp.ones(8))
+    return (
+        state,
+        batch,
+        StepContext(jax.random.key(5), 100),
+        jax.jit(train_step, static_argnames="cfg"),
+    )
+
+
+def test_dropout_steps_are_deterministic_per_step_and_differ_from_no_dropout(tiny_cfg):
+    cfg = tiny_cfg.replace(dropout=0.3, layers=2)
+    state, (inputs, targets, weights), context, step = _first_windows(cfg)
     a, loss_a = loss_of(step(state, inputs, targets, weights, cfg, None, context))
     b, loss_b = loss_of(step(state, inputs, targets, weights, cfg, None, context))
     c, loss_c = loss_of(
@@ -150,13 +160,8 @@ def test_ema_follows_the_parameters_and_weight_drop_is_keyed_per_step(tiny_cfg):
     from charjax.step import eval_params
 
     cfg = tiny_cfg.replace(ema=0.75, weight_drop=0.4)
-    corpus = corpora.load(cfg)
-    inputs, targets = objective.of(cfg).batch(corpus.ids, np.arange(8))
-    weights = jnp.ones(8)
-    state = init_state(jax.random.key(0), corpus.vocab.size, cfg)
+    state, (inputs, targets, weights), context, step = _first_windows(cfg)
     assert same_trees(state.ema, state.params) and eval_params(state) is state.ema
-    step = jax.jit(train_step, static_argnames="cfg")
-    context = StepContext(jax.random.key(5), 100)
     new, _ = step(state, inputs, targets, weights, cfg, None, context)
     expected = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, state.ema, new.params)
     for a, b in zip(jax.tree.leaves(new.ema), jax.tree.leaves(expected), strict=True):
@@ -166,4 +171,4 @@ def test_ema_follows_the_parameters_and_weight_drop_is_keyed_per_step(tiny_cfg):
     assert same_trees(again, new)  # the same step, the same masks
     no_drop, _ = step(state, inputs, targets, weights, cfg.replace(weight_drop=0.0), None, context)
     assert not same_trees(no_drop.params, new.params)
-    assert init_state(jax.random.key(0), corpus.vocab.size, tiny_cfg).ema == ()
+    assert _first_windows(tiny_cfg)[0].ema == ()
