@@ -12,7 +12,7 @@ from charjax.cli.common import Parser, checkpoint_dir_flag, finite
 from charjax.config import READINGS
 
 # Dynamic evaluation's defaults, tuned on a slice of the training text (not the scored tail).
-DYNAMIC_LR, DYNAMIC_DECAY = 0.1, 0.0
+DYNAMIC_LR, DYNAMIC_DECAY = 0.03, 0.0
 
 
 def score_parser() -> argparse.ArgumentParser:

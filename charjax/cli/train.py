@@ -27,9 +27,9 @@ def train_parser() -> argparse.ArgumentParser:
         choices=tuple(PRESETS),
         default=None,
         help="a named recipe; flags given beside it override its values. original: the Keras "
-        "example (the defaults); quality: the best held-out loss found in 20 CPU minutes "
-        "(2x256 LSTM on carried streams, dropout, weight-drop, Adam with cosine decay, EMA, "
-        "--keep-best)",
+        "example (the defaults); quality: the lowest held-out loss measured in ~20 CPU minutes "
+        "(2x256 LSTM on carried streams of 100 chars, dropout 0.3, Adam 3e-3 with warm-up and "
+        "cosine decay, clip 5, 45 epochs, --keep-best)",
     )
     run.add_argument(
         "--quiet",
