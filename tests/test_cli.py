@@ -44,11 +44,12 @@ def test_score_command(tiny_cfg, tmp_path, capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["dynamic"]["chars_scored"] == record["chars_scored"] + cfg.maxlen - 1
     assert record["dynamic"]["lr"] > 0 and record["dynamic"]["nats_per_char"] > 0
-    assert cli.score_main(["--checkpoint-dir", ck, "--dynamic", "--dynamic-lr", "0"]) == 0
+    stateful = ["--mode", "stateful", "--dynamic", "--dynamic-lr", "0"]
+    assert cli.score_main(["--checkpoint-dir", ck, *stateful]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "bits/char" in lines[0] and lines[1].startswith("  dynamic evaluation:")
     static, dynamic = (float(line.split(" nats/char")[0].split()[-1]) for line in lines[:2])
-    assert dynamic == pytest.approx(static, rel=1e-4)  # rate 0: the static stateful score
+    assert dynamic == pytest.approx(static, rel=1e-4)  # at rate 0, the static stateful score
     assert cli.score_main(["--checkpoint-dir", ck, "--stride", "0"]) == 2
     assert "--stride must be >= 1" in capsys.readouterr().err
     short = tmp_path / "short.txt"

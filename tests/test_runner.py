@@ -343,7 +343,7 @@ def test_keep_best_outlives_rotation_and_patience_stops_a_stalled_run(
     --best read epoch 2, the averaged parameters of an --ema run."""
     from charjax import cli
 
-    losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    losses = iter(np.repeat([3.0, 2.0, 2.5, 2.6, 2.7, 2.8], 2))  # the average's, then the raw
     monkeypatch.setattr(
         evaluate, "validate", lambda params, ids, cfg: evaluate.Score(next(losses) * 10, 10)
     )
