@@ -50,15 +50,16 @@ def _gate(ref, t, k, hidden):
     return ref[t, :, pl.ds(k * hidden, hidden)]
 
 
-def _forward_kernel(w_ref, xz_ref, h0_ref, c0_ref, hs_ref, cs_ref, gates_ref, *, dtype):
+def _forward_kernel(w_ref, xz_ref, h0_ref, c0_ref, hs_ref, cs_ref, gates_ref, *, dtype, hoist):
     steps, hidden = xz_ref.shape[0], h0_ref.shape[-1]
+    weight = lambda k: w_ref[:, pl.ds(k * hidden, hidden)]  # noqa: E731
+    if hoist:  # the kernel's gate blocks read once, before the loop (in `dtype` if given)
+        held = [weight(k).astype(dtype or jnp.float32) for k in range(4)]
+        weight = held.__getitem__
 
     def step(t, carry):
         h, c = carry
-        z = [
-            _gate(xz_ref, t, k, hidden) + _dot(h, w_ref[:, pl.ds(k * hidden, hidden)], dtype)
-            for k in range(4)
-        ]
+        z = [_gate(xz_ref, t, k, hidden) + _dot(h, weight(k), dtype) for k in range(4)]
         i, f, g, o = (
             jax.nn.sigmoid(z[0]),
             jax.nn.sigmoid(z[1]),
@@ -117,15 +118,16 @@ def _specs(steps: int, hidden: int):
     return seq, state
 
 
-@functools.partial(jax.jit, static_argnames=("dtype", "interpret"))
-def scan_saving(recurrent, xz, carry, dtype=None, interpret=None):
+@functools.partial(jax.jit, static_argnames=("dtype", "interpret", "warps", "hoist"))
+def scan_saving(recurrent, xz, carry, dtype=None, interpret=None, warps=WARPS, hoist=False):
     """Fused `lstm_scan._scan_saving`: xz float32[T, B, 4H] from carry (h, c) float32[B, H] ->
-    (final (h, c), (hs [T, B, H], cs [T, B, H], gates [T, B, 4H]))."""
+    (final (h, c), (hs [T, B, H], cs [T, B, H], gates [T, B, 4H])). `warps` and `hoist` (read
+    the recurrent kernel once, not every step) are variants the device check times."""
     steps, batch, gates4 = xz.shape
     hidden = gates4 // 4
     seq, state = _specs(steps, hidden)
     hs, cs, gates = pl.pallas_call(
-        functools.partial(_forward_kernel, dtype=dtype),
+        functools.partial(_forward_kernel, dtype=dtype, hoist=hoist),
         grid=(batch // ROWS,),
         in_specs=[pl.BlockSpec((hidden, gates4), lambda b: (0, 0)), seq(gates4), state, state],
         out_specs=[seq(hidden), seq(hidden), seq(gates4)],
@@ -135,7 +137,7 @@ def scan_saving(recurrent, xz, carry, dtype=None, interpret=None):
             _f32(steps, batch, gates4),
         ],
         interpret=_interpret(interpret),
-        compiler_params=plt.CompilerParams(num_warps=WARPS, num_stages=1),  # Triton, not Mosaic
+        compiler_params=plt.CompilerParams(num_warps=warps, num_stages=1),  # Triton, not Mosaic
         name="lstm_forward",
     )(recurrent, xz, carry[0], carry[1])
     return (hs[-1], cs[-1]), (hs, cs, gates)

@@ -12,6 +12,7 @@ every part to a few steps: that is how the suite runs it on CPU, so the script c
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -95,6 +96,43 @@ def train_epoch(cfg, steps: int | None) -> dict:
     }
 
 
+def kernel_variants(repeats: int) -> dict:
+    """Milliseconds of one forward time loop of the default recipe's shape (60 steps, batch 128,
+    LSTM 128), median of `repeats` after compile: the XLA scan (unroll 10) against variants of
+    the fused kernel (warps per program; the recurrent kernel read once before the loop, in
+    float32 or bfloat16). Only on a GPU (on CPU the kernel is interpreted: nothing to time)."""
+    import jax
+    import jax.numpy as jnp
+
+    from charjax import lstm_fused, lstm_scan
+    from charjax.bench.measure import median_time
+
+    if jax.default_backend() != "gpu":
+        return {"skipped": f"no GPU ({jax.default_backend()})"}
+    k = jax.random.split(jax.random.key(0), 3)
+    w = jax.random.normal(k[0], (128, 512)) * 0.1
+    xz = jax.random.normal(k[1], (60, 128, 512))
+    carry = (jnp.zeros((128, 128)), jnp.zeros((128, 128)))
+    xla = jax.jit(lambda w, xz, c: lstm_scan._scan_saving(w, xz, c, None, lstm_scan.Loop(10)))
+    variants = {"xla_unroll_10": xla}
+    for warps in (4, 8, 16):
+        for hoist, dtype in ((False, None), (True, None), (True, "bfloat16")):
+            name = f"fused_w{warps}" + ("_hoisted" if hoist else "") + ("_bf16" if dtype else "")
+            variants[name] = functools.partial(
+                lstm_fused.scan_saving, dtype=dtype, warps=warps, hoist=hoist, interpret=False
+            )
+    out, reference = {}, xla(w, xz, carry)
+    for name, f in variants.items():
+        try:
+            got = f(w, xz, carry)
+            error = float(jnp.max(jnp.abs(got[1][0] - reference[1][0])))
+            ms = 1000 * median_time(lambda f=f: jax.block_until_ready(f(w, xz, carry)), repeats)[0]
+            out[name] = {"ms": ms, "max_abs_diff_hs": error}
+        except Exception as e:  # a variant that does not compile is a result too
+            out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    return out
+
+
 def peak_memory() -> dict:
     import jax
 
@@ -176,6 +214,7 @@ def check(out: Path, quick: bool, tests: bool, only=None) -> dict:
         ),
         "sampling": lambda: measure.bench_sample(2 if quick else 5),
         "recipe_b": lambda: train_epoch(Config(**RECIPE_B), 10 if quick else 200),
+        "kernel_variants": lambda: kernel_variants(3 if quick else 20),
         "peak_device_memory": peak_memory,
         "pytorch": lambda: torch_lstm(5 if quick else 300),
     }
