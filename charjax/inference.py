@@ -49,7 +49,7 @@ def load(directory, epoch: int | None = None, best: bool = False) -> SavedModel:
         get_meta = lambda e: Meta.from_json(folder.meta(e))  # noqa: E731
     else:
         folder = RunDir(directory, create=False)
-        get_meta, folder = folder.meta, folder
+        get_meta = folder.meta
     try:
         meta = get_meta(epoch)
         cfg = meta.cfg
