@@ -189,20 +189,15 @@ def default_unroll() -> int:
 
 
 def fused_kernel(kernel: str) -> bool:
-    """Whether `--lstm-kernel` (auto, xla, pallas) takes the fused Pallas loops on this platform.
-    auto: the XLA scans everywhere (see `default_kernel`)."""
-    fused = (default_kernel() if kernel == "auto" else kernel) == "pallas"
+    """Whether `--lstm-kernel` (auto, xla, pallas) takes the fused Pallas loops. auto: the XLA
+    scans on every platform (the fused kernels measured slower on an H200, BENCHMARKS.md)."""
+    fused = kernel == "pallas"
     if fused and jax.default_backend() not in ("gpu", "cpu"):
         raise CharjaxError(
             f"--lstm-kernel pallas runs on a GPU (and interpreted on CPU), not on "
             f"{jax.default_backend()}; use --lstm-kernel xla"
         )
     return fused
-
-
-def default_kernel() -> str:
-    """The training loops' kernel where `--lstm-kernel` is auto: "xla" on every platform."""
-    return "xla"
 
 
 def num_params(params: dict) -> int:

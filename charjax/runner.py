@@ -223,10 +223,11 @@ def _finish_epoch(this: run.Run, folder: RunDir, state, metrics: dict, report, s
             params, this.corpus, this.keys.sample, this.epoch, this.cfg
         )
     report.epoch_finished(metrics, this.cfg.epochs)
+    meta = this.meta(this.epoch, metrics)
     with stop.protect():
-        folder.save_epoch(state, this.meta(this.epoch, metrics))
+        folder.save_epoch(state, meta)
         if this.cfg.keep_best and improved:
-            folder.save_best(state, this.meta(this.epoch, metrics))
+            folder.save_best(state, meta)
 
 
 def _stalled(records: list[dict], patience: int, report) -> bool:

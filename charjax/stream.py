@@ -67,7 +67,8 @@ def stream(
     every = None
     if not _counter_based(key):  # another PRNG: all the keys up front (8 bytes a char)
         every = jax.vmap(lambda k: jax.random.split(k, length))(run.sample_keys)
-    return _blocks(params, loop, run, every, length, block, (top_k, top_p), mode)
+    filters = (jnp.int32(top_k), jnp.float32(top_p), sample.filtering(top_k, top_p))
+    return _blocks(params, loop, run, every, length, block, filters, mode)
 
 
 def _blocks(params, loop, run, every, length: int, block: int, filters, mode: str):
@@ -77,8 +78,7 @@ def _blocks(params, loop, run, every, length: int, block: int, filters, mode: st
             keys = _step_keys(run.sample_keys, begin, size)
         else:
             keys = every[:, begin : begin + size]
-        top_k, top_p = filters
-        on = sample.filtering(top_k, top_p)
-        k, p = jnp.int32(top_k), jnp.float32(top_p)
-        loop, ids = _block(params, loop, keys, run.temperatures, k, p, mode=mode, filtered=on)
+        top_k, top_p, on = filters
+        loop, ids = _block(params, loop, keys, run.temperatures, top_k, top_p, mode=mode,
+                           filtered=on)  # fmt: skip
         yield np.asarray(ids)
