@@ -47,7 +47,7 @@ def run_tests(root: Path, out: Path, timeout: float) -> dict:
     t0 = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rf", "--tb=short", "-p", "no:cacheprovider",
-         *workers, *DEVICE_TESTS],
+         "-o", "addopts=", *workers, *DEVICE_TESTS],  # addopts' -n 2: only where xdist is
         cwd=root, capture_output=True, text=True, timeout=timeout, check=False, env=env,
     )  # fmt: skip
     (out / "tests.log").write_text(done.stdout + done.stderr)

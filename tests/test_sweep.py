@@ -1,0 +1,51 @@
+"""charjax-sweep: recipes file parsing, runs side by side, the table and sweep.json."""
+
+import json
+
+import pytest
+
+from charjax.bench import sweep
+
+
+def test_parse_recipes_skips_comments_and_refuses_repeated_names():
+    text = "# budget\nsmall --hidden 8   # comment\n\nbig --hidden 16 --text 'a b.txt'\n"
+    assert sweep.parse_recipes(text) == [
+        sweep.Recipe("small", ("--hidden", "8")),
+        sweep.Recipe("big", ("--hidden", "16", "--text", "a b.txt")),
+    ]
+    with pytest.raises(ValueError, match="line 2: 'small' is not a new recipe name"):
+        sweep.parse_recipes("small --hidden 8\nsmall --hidden 16")
+    with pytest.raises(ValueError, match="line 1"):
+        sweep.parse_recipes("--hidden 8")
+
+
+def test_sweep_runs_each_recipe_and_tabulates_best_first(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    recipes = tmp_path / "recipes.txt"
+    recipes.write_text("wide --hidden 16 --epochs 2\nbroken --hidden -3\n")
+    out = tmp_path / "out"
+    common = ["--text", str(text), "--maxlen", "10", "--step", "5", "--batch-size", "32",
+              "--temperatures", "", "--val-fraction", "0.2"]  # fmt: skip
+    rc = sweep.main([str(recipes), "--out", str(out), "--jobs", "2", "--", *common])
+    assert rc == 1  # one run failed
+    results = json.loads((out / "sweep.json").read_text())
+    wide, broken = results["wide"], results["broken"]
+    assert wide["returncode"] == 0 and wide["epochs"] == 2
+    assert [c["epoch"] for c in wide["curve"]] == [1, 2]
+    assert wide["best"] == min(c["val_loss"] for c in wide["curve"])
+    assert wide["last"] == wide["curve"][-1]["val_loss"]
+    assert broken["returncode"] != 0 and broken["best"] is None
+    assert "--hidden" in (out / "broken.log").read_text()
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith("| wide") or line.startswith("| broken")]
+    assert rows[0].startswith("| wide") and rows[1].startswith("| broken")
+    assert "failed" in rows[1]
+
+
+def test_only_names_unknown_recipes(tmp_path, capsys):
+    recipes = tmp_path / "recipes.txt"
+    recipes.write_text("a --hidden 8\n")
+    with pytest.raises(SystemExit):
+        sweep.main([str(recipes), "--only", "a,zz"])
+    assert "no recipe named zz" in capsys.readouterr().err
