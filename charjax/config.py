@@ -110,6 +110,14 @@ class Config:
         math=True,
         metavar="P",
     )
+    recurrent_dropout: float = _field(
+        0.0,
+        "dropout on the h each LSTM layer feeds back into itself, one mask per sequence for "
+        "all its steps (variational recurrent dropout, Gal & Ghahramani 2016)",
+        "model",
+        math=True,
+        metavar="P",
+    )
     clip_norm: float = _field(
         0.0, "clip gradients to this global norm; 0 = off", "optimizer", math=True
     )
@@ -262,7 +270,7 @@ class Config:
                 "--eval-every scores the held-out tail, and --val-fraction 0 holds none out; "
                 "pass --val-fraction > 0, or drop --eval-every"
             )
-        for name in ("dropout", "weight_drop", "ema"):
+        for name in ("dropout", "weight_drop", "recurrent_dropout", "ema"):
             if not 0 <= getattr(self, name) < 1:
                 raise CharjaxError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if (self.keep_best or self.patience) and not self.val_fraction:

@@ -75,13 +75,17 @@ def matmul(a: jax.Array, b: jax.Array, dtype=None) -> jax.Array:
     return jnp.dot(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
 
 
-def cell_with_gates(recurrent_kernel: jax.Array, carry: tuple, xz: jax.Array, dtype=None):
+def cell_with_gates(
+    recurrent_kernel: jax.Array, carry: tuple, xz: jax.Array, dtype=None, hmask=None
+):
     """One step: (h, c) and the projected input xz float32[B, 4H] -> ((h, c), gates [B, 4H]).
 
     The gates (i, f, g, o after their activations) are what the hand-written backward needs.
+    `hmask` float32[B, H] (optional) scales h where it enters the recurrent matmul (variational
+    recurrent dropout: one mask per sequence, the same at every step).
     """
     h, c = carry
-    z = xz + matmul(h, recurrent_kernel, dtype)
+    z = xz + matmul(h if hmask is None else h * hmask, recurrent_kernel, dtype)
     i, f, g, o = jnp.split(z, 4, axis=-1)
     i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
     c = f * c + i * g

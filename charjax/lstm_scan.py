@@ -28,8 +28,9 @@ class Loop(NamedTuple):
 PLAIN = Loop()  # one time step per iteration, XLA scans
 
 
-def _fused(loop: Loop, xz: jax.Array) -> bool:
-    return loop.fused and lstm_fused.supported(xz.shape[1], xz.shape[-1] // 4)
+def _fused(loop: Loop, xz: jax.Array, hmask=None) -> bool:
+    """Whether the fused kernels take this loop (they have no recurrent dropout mask)."""
+    return loop.fused and hmask is None and lstm_fused.supported(xz.shape[1], xz.shape[-1] // 4)
 
 
 def zero_carry(xz: jax.Array) -> tuple:
@@ -62,16 +63,17 @@ def run(
     return carry, jnp.swapaxes(hs, 0, 1)
 
 
-def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None, loop=PLAIN):
+def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None, loop=PLAIN, hmask=None):
     """One LSTM layer over projected inputs xz float32[T, B, 4H] -> (final carry, hs [T, B, H]).
 
-    Without `valid` it takes the fast-gradient `recurrence`; with it, a masked plain scan
-    (used for sampling and scoring, where no gradient is needed). `loop`: see `Loop`.
+    Without `valid` it takes the fast-gradient `recurrence` (with `hmask` float32[B, H], the
+    recurrent dropout mask, if given); with it, a masked plain scan (used for sampling and
+    scoring, where no gradient is needed and no mask applies). `loop`: see `Loop`.
     """
     if carry is None:
         carry = zero_carry(xz)
     if valid is None:
-        return recurrence(params["recurrent_kernel"], xz, carry, dtype, loop)
+        return recurrence(params["recurrent_kernel"], xz, carry, dtype, loop, hmask)
 
     def step(carry, inputs):
         xz_t, valid_t = inputs
@@ -82,31 +84,36 @@ def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None, loop=
     return lax.scan(step, carry, (xz, valid), unroll=loop.unroll)
 
 
-def _scan_saving(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, loop=PLAIN):
+def _scan_saving(
+    recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, loop=PLAIN, hmask=None
+):
     """Scan from `carry` over xz [T, B, 4H], keeping what the backward pass needs:
     (final carry, (hs, cs [T, B, H], gates [T, B, 4H]))."""
-    if _fused(loop, xz):
+    if _fused(loop, xz, hmask):
         return lstm_fused.scan_saving(recurrent, xz, carry, dtype)
 
     def step(carry, xz_t):
-        carry, gates = cell_with_gates(recurrent, carry, xz_t, dtype)
+        carry, gates = cell_with_gates(recurrent, carry, xz_t, dtype, hmask)
         return carry, (*carry, gates)
 
     carry, (hs, cs, gates) = lax.scan(step, carry, xz, unroll=loop.unroll)
     return carry, (hs, cs, gates)
 
 
-def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None, loop=PLAIN):
+def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None, loop=PLAIN, hmask=None):
     """Backward through time -> (d carry0, dz float32[T, B, 4H], d recurrent kernel).
 
     The loop carries only (dh, dc) (plus each step's output gradient `dhs[t]` when the outputs
     were used) and emits the pre-activation gate gradients dz; the recurrent-kernel gradient is
-    then one matmul over all T*B rows instead of T small accumulations inside the loop.
+    then one matmul over all T*B rows instead of T small accumulations inside the loop. With
+    `hmask`, h_{t-1} entered the recurrent matmul masked: so do its gradient and the kernel's.
     """
     hs, cs, gates = saved
     h_prev = jnp.concatenate([carry0[0][None], hs[:-1]])  # h_{t-1}, [T, B, H]
     c_prev = jnp.concatenate([carry0[1][None], cs[:-1]])
-    if _fused(loop, gates):
+    if hmask is not None:
+        h_prev = h_prev * hmask
+    if _fused(loop, gates, hmask):
         d_carry0, dzs = lstm_fused.backward_loop(recurrent, c_prev, saved, cotangent, dhs, dtype)
         return d_carry0, dzs, _recurrent_grad(h_prev, dzs, dtype)
 
@@ -127,7 +134,8 @@ def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None, loop=PL
             ],
             axis=-1,
         )
-        return (matmul(dz, recurrent.T, dtype), dc * f), dz
+        dh_prev = matmul(dz, recurrent.T, dtype)
+        return (dh_prev if hmask is None else dh_prev * hmask, dc * f), dz
 
     xs = (cs, c_prev, gates) if dhs is None else (cs, c_prev, gates, dhs)
     d_carry0, dzs = lax.scan(step, tuple(cotangent), xs, reverse=True, unroll=loop.unroll)
@@ -140,27 +148,33 @@ def _recurrent_grad(h_prev: jax.Array, dzs: jax.Array, dtype) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def recurrence(recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, loop=PLAIN):
+def recurrence(
+    recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, loop=PLAIN, hmask=None
+):
     """(final (h, c), hs float32[T, B, H]) of a scan over xz [T, B, 4H] from `carry`.
 
     Same numbers as the plain scan; its gradient is the hand-written `_backward`, which also
     gives d xz (the input projection's gradient is left to autodiff: a matmul for stacked
     layers, a scatter-add for ids) and d carry (for a carry that comes from earlier chunks).
+    `hmask` float32[B, H]: recurrent dropout (see `lstm.cell_with_gates`), a constant.
     """
-    carry, (hs, _, _) = _scan_saving(recurrent, xz, carry, dtype, loop)
+    carry, (hs, _, _) = _scan_saving(recurrent, xz, carry, dtype, loop, hmask)
     return carry, hs
 
 
-def _recurrence_fwd(recurrent, xz, carry, dtype, loop):
-    final_state, saved = _scan_saving(recurrent, xz, carry, dtype, loop)
-    return (final_state, saved[0]), (recurrent, carry, saved)
+def _recurrence_fwd(recurrent, xz, carry, dtype, loop, hmask):
+    final_state, saved = _scan_saving(recurrent, xz, carry, dtype, loop, hmask)
+    return (final_state, saved[0]), (recurrent, carry, saved, hmask)
 
 
 def _recurrence_bwd(dtype, loop, res, cotangent):
-    recurrent, carry0, saved = res
+    recurrent, carry0, saved, hmask = res
     d_final, dhs = cotangent
-    d_carry0, dzs, d_recurrent = _backward(recurrent, carry0, saved, d_final, dhs, dtype, loop)
-    return d_recurrent, dzs, d_carry0
+    d_carry0, dzs, d_recurrent = _backward(
+        recurrent, carry0, saved, d_final, dhs, dtype, loop, hmask
+    )
+    d_hmask = None if hmask is None else jnp.zeros_like(hmask)
+    return d_recurrent, dzs, d_carry0, d_hmask
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)

@@ -29,7 +29,10 @@ class LSTM(nn.Module):
     loop: lstm_scan.Loop = lstm_scan.PLAIN  # how the time loops run (speed only)
 
     @nn.compact
-    def __call__(self, x, carry=None, valid=None, outputs=True, weight_drop=0.0, key=None):
+    def __call__(
+        self, x, carry=None, valid=None, outputs=True, weight_drop=0.0, key=None,
+        recurrent_dropout=0.0, recurrent_key=None, first_row=0,
+    ):  # fmt: skip
         gates = 4 * self.hidden
         params = {
             "kernel": self.param("kernel", lstm.kernel_init, (self.features, gates)),
@@ -42,13 +45,19 @@ class LSTM(nn.Module):
         # scans take it as any kernel, autodiff carries the mask into its gradient.
         recurrent = apply_dropout(params["recurrent_kernel"], weight_drop, key)
         params = {**params, "recurrent_kernel": recurrent}
+        # Recurrent dropout: h masked where it enters the recurrent matmul, one mask per row
+        # (sequence) for all its steps, drawn only while training (with a key, no `valid`).
+        hmask = None
+        if recurrent_key is not None and recurrent_dropout > 0 and valid is None:
+            rows = x.shape[0] if jnp.issubdtype(x.dtype, jnp.integer) else x.shape[1]
+            hmask = row_masks(recurrent_key, first_row, rows, self.hidden, recurrent_dropout)
         if jnp.issubdtype(x.dtype, jnp.integer):
-            if not outputs and carry is None and valid is None:
+            if not outputs and carry is None and valid is None and hmask is None:
                 return lstm_scan.final_carry(params, x, self.dtype, self.loop), None
             xz = lstm.input_projection(params, x.T)
         else:
             xz = lstm.matmul(x, params["kernel"], self.dtype) + params["bias"]
-        return lstm_scan.layer(params, xz, carry, valid, self.dtype, self.loop)
+        return lstm_scan.layer(params, xz, carry, valid, self.dtype, self.loop, hmask)
 
 
 class Dense(nn.Module):
@@ -64,6 +73,15 @@ class Dense(nn.Module):
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         return lstm.matmul(h, kernel, self.dtype) + bias
+
+
+def row_masks(key: jax.Array, first_row, rows: int, size: int, rate: float) -> jax.Array:
+    """Inverted-dropout masks float32[rows, size] (0 or 1/(1-rate)), row r's drawn from
+    fold_in(key, first_row + r): a row's mask depends on its index in the whole batch, not on
+    which device holds it, so a data-parallel run draws the masks of a one-device run."""
+    index = jnp.asarray(first_row, jnp.uint32) + jnp.arange(rows, dtype=jnp.uint32)
+    keep = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i), 1 - rate, (size,)))
+    return jnp.where(keep(index), 1.0 / (1.0 - rate), 0.0)
 
 
 def apply_dropout(x: jax.Array, rate: float, key: jax.Array | None, locked=False) -> jax.Array:
@@ -92,7 +110,11 @@ class CharLSTM(nn.Module):
     inputs and the Dense input), with the key folded with the layer index; `locked`: one mask
     per sequence. With `weight_drop` > 0 and a `weight_key` each layer's recurrent kernel is
     masked, the key folded with the layer index (a separate key: in data-parallel training
-    every device draws the same weight masks, but its own dropout masks).
+    every device draws the same weight masks, but its own dropout masks). With
+    `recurrent_dropout` > 0 and a `recurrent_key`, each layer's h is masked where it enters its
+    recurrent matmul, one mask per sequence (Gal & Ghahramani's variational recurrent dropout),
+    drawn by `row_masks` from the key folded with the layer index; `first_row` is the index of
+    this batch's first row in the whole batch (a device's shard of it).
     """
 
     vocab_size: int
@@ -103,7 +125,8 @@ class CharLSTM(nn.Module):
 
     @nn.compact
     def __call__(self, ids, carry=None, valid=None, *, all_steps=False, dropout=0.0, key=None,
-                 locked=False, weight_drop=0.0, weight_key=None):  # fmt: skip
+                 locked=False, weight_drop=0.0, weight_key=None,
+                 recurrent_dropout=0.0, recurrent_key=None, first_row=0):  # fmt: skip
         carries = carry if carry is not None else (None,) * self.layers
         fold = lambda k, n: None if k is None else jax.random.fold_in(k, n)  # noqa: E731
         x, new = ids, []
@@ -112,8 +135,9 @@ class CharLSTM(nn.Module):
             features = self.vocab_size if n == 0 else self.hidden
             layer = LSTM(features, self.hidden, self.dtype, self.loop, name=layer_name(n))
             layer_carry, outputs = layer(
-                x, carries[n], valid, all_steps or not top, weight_drop, fold(weight_key, n)
-            )
+                x, carries[n], valid, all_steps or not top, weight_drop, fold(weight_key, n),
+                recurrent_dropout, fold(recurrent_key, n), first_row,
+            )  # fmt: skip
             new.append(layer_carry)
             x = layer_carry[0] if top and not all_steps else outputs
             x = apply_dropout(x, dropout, fold(key, n), locked)
@@ -165,6 +189,9 @@ def forward(
     locked: bool = False,
     weight_drop: float = 0.0,
     weight_key: jax.Array | None = None,
+    recurrent_dropout: float = 0.0,
+    recurrent_key: jax.Array | None = None,
+    first_row=0,
 ):
     """Pure forward pass: ids int[B, T] -> (carry, logits); see `CharLSTM`. Ids of any integer
     dtype (the corpus keeps them narrow) are widened to int32 here, inside the jitted caller.
@@ -178,6 +205,7 @@ def forward(
     return module.apply(
         {"params": params}, ids, carry, valid, all_steps=all_steps, dropout=dropout, key=key,
         locked=locked, weight_drop=weight_drop, weight_key=weight_key,
+        recurrent_dropout=recurrent_dropout, recurrent_key=recurrent_key, first_row=first_row,
     )  # fmt: skip
 
 

@@ -41,6 +41,7 @@ class StepContext(NamedTuple):
 NO_CONTEXT = StepContext()
 # fold_in data of the weight-drop key of a step (a device index, folded for dropout, never is)
 WEIGHT_MASKS = 2**31 - 1
+RECURRENT_MASKS = 2**31 - 2
 
 
 def zero_streams(cfg: Config) -> tuple:
@@ -85,10 +86,14 @@ def nll(
     locked=False,
     weight_drop=0.0,
     weight_key=None,
+    recurrent_dropout=0.0,
+    recurrent_key=None,
+    first_row=0,
 ):
     """(weighted sum of next-char cross-entropies in nats over the predicted chars of `goal`
     (an `Objective`), final carry); weight-0 rows are padding. With `key`, dropout at `dropout`
-    (`locked`: one mask per sequence); with `weight_key`, weight-drop at `weight_drop`;
+    (`locked`: one mask per sequence); with `weight_key`, weight-drop at `weight_drop`; with
+    `recurrent_key`, recurrent dropout at `recurrent_dropout` (`first_row`: see `CharLSTM`);
     `carry` is the initial state (None: zeros), a constant for the gradient (truncated BPTT).
 
     Keras computes it from clipped softmax probabilities; on logits it is the same value except
@@ -108,13 +113,17 @@ def nll(
         locked=locked,
         weight_drop=weight_drop,
         weight_key=weight_key,
+        recurrent_dropout=recurrent_dropout,
+        recurrent_key=recurrent_key,
+        first_row=first_row,
     )
     return jnp.sum(weights * goal.window_losses(logits, targets)), carry
 
 
 def run_nll(
-    params: dict, inputs, targets, weights, cfg: Config, key=None, carry=None, weight_key=None
-):
+    params: dict, inputs, targets, weights, cfg: Config, key=None, carry=None, weight_key=None,
+    recurrent_key=None, first_row=0,
+):  # fmt: skip
     """`nll` as the run `cfg` computes it (its objective, dtype, dropout and loops)."""
     goal = objective.of(cfg)
     return nll(
@@ -132,6 +141,9 @@ def run_nll(
         locked=cfg.locked_dropout,
         weight_drop=cfg.weight_drop,
         weight_key=weight_key,
+        recurrent_dropout=cfg.recurrent_dropout,
+        recurrent_key=recurrent_key,
+        first_row=first_row,
     )
 
 
@@ -159,7 +171,8 @@ def train_step(state, inputs, targets, weights, cfg: Config, axis_name=None, con
     """
     goal = objective.of(cfg)
     params, key = state.params, None
-    weight_key = None
+    weight_key = recurrent_key = None
+    first_row = 0
     if context.dropout_key is not None:
         step_key = jax.random.fold_in(context.dropout_key, state.step)
         if cfg.dropout > 0:  # each device its own masks, as for its own rows
@@ -168,11 +181,15 @@ def train_step(state, inputs, targets, weights, cfg: Config, axis_name=None, con
                 key = jax.random.fold_in(key, lax.axis_index(axis_name))
         if cfg.weight_drop > 0:  # the same weight masks on every device: one per batch
             weight_key = jax.random.fold_in(step_key, WEIGHT_MASKS)
+        if cfg.recurrent_dropout > 0:  # one per row, by its index in the whole batch
+            recurrent_key = jax.random.fold_in(step_key, RECURRENT_MASKS)
+            if axis_name is not None:
+                first_row = lax.axis_index(axis_name) * inputs.shape[0]
     if axis_name is not None:  # per-device gradients differ until summed: mark them varying
         params = jax.tree.map(lambda p: lax.pcast(p, (axis_name,), to="varying"), params)
     carry = state.carry if goal.carried else None
     (total, carry), grads = jax.value_and_grad(run_nll, has_aux=True)(
-        params, inputs, targets, weights, cfg, key, carry, weight_key
+        params, inputs, targets, weights, cfg, key, carry, weight_key, recurrent_key, first_row
     )
     total, count, grads = _psum_all((total, jnp.sum(weights), grads), axis_name)
     scale = 1.0 / jnp.maximum(count * goal.chars_per_window, 1.0)

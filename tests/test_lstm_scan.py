@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from charjax import lstm_scan, model
+from charjax import lstm, lstm_scan, model
 
 
 def test_fast_gradient_equals_autodiff_of_the_plain_scan():
@@ -101,3 +101,36 @@ def test_unrolled_loops_give_the_same_numbers():
         for a, b in zip(jax.tree.leaves(g4), jax.tree.leaves(g1), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert model.default_unroll() == 1  # on CPU: the loops as they were
+
+
+def test_recurrent_dropout_gradient_equals_autodiff_of_the_masked_scan():
+    """With a recurrent mask (h scaled where it re-enters the matmul), the hand-written backward
+    still equals autodiff of a plain scan of the masked cell, for every input it differentiates."""
+    recurrent = jax.random.normal(jax.random.key(0), (4, 16)) * 0.3
+    xz = jax.random.normal(jax.random.key(1), (5, 3, 16))
+    carry = tuple(jax.random.normal(jax.random.key(2), (2, 3, 4)))
+    hmask = jax.random.bernoulli(jax.random.key(3), 0.6, (3, 4)) / 0.6
+
+    def loss(recurrent, xz, carry, fast):
+        if fast:
+            final, hs = lstm_scan.recurrence(recurrent, xz, carry, None, lstm_scan.PLAIN, hmask)
+        else:
+
+            def step(c, x):
+                c = lstm.cell_with_gates(recurrent, c, x, hmask=hmask)[0]
+                return c, c[0]
+
+            final, hs = jax.lax.scan(step, carry, xz)
+        return jnp.sum(jnp.sin(hs)) + jnp.sum(final[1] ** 2)
+
+    fast = jax.grad(loss, argnums=(0, 1, 2))(recurrent, xz, carry, True)
+    plain = jax.grad(loss, argnums=(0, 1, 2))(recurrent, xz, carry, False)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    unmasked = lstm_scan.recurrence(recurrent, xz, carry)[1]
+    assert not np.allclose(lstm_scan.recurrence(recurrent, xz, carry, None, lstm_scan.PLAIN,
+                                                hmask)[1], unmasked)  # fmt: skip
+    ones = jnp.ones((3, 4))
+    np.testing.assert_array_equal(
+        lstm_scan.recurrence(recurrent, xz, carry, None, lstm_scan.PLAIN, ones)[1], unmasked
+    )

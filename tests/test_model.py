@@ -157,3 +157,33 @@ def test_locked_dropout_keeps_one_mask_per_sequence_and_weight_drop_masks_the_ke
         )
         masked[name] = {**params[name], "recurrent_kernel": kernel}
     np.testing.assert_allclose(model.forward(masked, ids)[1], dropped, rtol=1e-6)
+
+
+def test_recurrent_dropout_masks_h_per_sequence_only_while_training():
+    """A key and a rate change the outputs, the same key gives the same numbers, no key (or
+    rate 0, or a masked scan as in sampling) gives the plain model; the original one-layer path
+    (loss after the last step) takes the mask too."""
+    params = _params(layers=2)
+    ids = jnp.array([[1, 2, 3, 4], [4, 3, 2, 1]])
+    plain = model.forward(params, ids, all_steps=True)[1]
+    key = jax.random.key(4)
+    kw = dict(all_steps=True, recurrent_dropout=0.5)
+    dropped = model.forward(params, ids, **kw, recurrent_key=key)[1]
+    assert not jnp.array_equal(dropped, plain)
+    again = model.forward(params, ids, **kw, recurrent_key=key)[1]
+    assert jnp.array_equal(dropped, again)
+    assert jnp.array_equal(model.forward(params, ids, all_steps=True, recurrent_dropout=0.5)[1],
+                           plain)  # fmt: skip
+    assert jnp.array_equal(model.forward(params, ids, all_steps=True, key=key)[1], plain)
+    # a row's mask follows its index in the whole batch: the second row alone, as row 1
+    second = model.forward(params, ids[1:], all_steps=True, recurrent_dropout=0.5,
+                           recurrent_key=key, first_row=1)[1]  # fmt: skip
+    np.testing.assert_allclose(second[0], dropped[1], rtol=1e-6)
+    masked_scan = model.forward(params, ids, valid=jnp.ones(4, bool), **kw, recurrent_key=key)[1]
+    np.testing.assert_allclose(masked_scan, plain, rtol=1e-6)
+    # the first step sees h = 0, so its outputs cannot change; later steps do
+    np.testing.assert_allclose(dropped[:, 0], plain[:, 0], rtol=1e-6)
+    one = {"lstm": params["lstm"], "dense": params["dense"]}
+    last = model.forward(one, ids)[1]
+    dropped_last = model.forward(one, ids, recurrent_dropout=0.5, recurrent_key=key)[1]
+    assert not jnp.array_equal(dropped_last, last)

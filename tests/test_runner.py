@@ -23,7 +23,9 @@ from charjax.run import run_keys
 from charjax.run_dir import Meta, RunDir, read_metrics
 from charjax.step import init_state
 
-REGULARISED = dict(dropout=0.2, locked_dropout=True, weight_drop=0.3, ema=0.9)
+REGULARISED = dict(
+    dropout=0.2, locked_dropout=True, weight_drop=0.3, recurrent_dropout=0.2, ema=0.9
+)
 
 
 @pytest.mark.parametrize("extra", [{}, REGULARISED], ids=["plain", "regularised"])
