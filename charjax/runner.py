@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 
 from charjax import epoch, evaluate, guard, intervals, parallel, run, sample, step
@@ -148,7 +149,7 @@ def _on_steps(this: run.Run, folder: RunDir, done, ticks, due: set, report, stop
         record = ticks.record(this.epoch, done.position)
         if intervals.EVAL in due and this.held_out is not None:
             params = parallel.local(step.eval_params(done.state))
-            score = evaluate.validate(params, this.eval_ids, this.cfg)
+            score = _held_out_score(params, this.eval_ids, this.cfg)
             record["val_loss"] = score.nats_per_char
             report.log(
                 f"step {record['step']:,} (epoch {this.epoch}): loss {record['loss']:.4f}, "
@@ -211,12 +212,12 @@ def _finish_epoch(this: run.Run, folder: RunDir, state, metrics: dict, report, s
     params = parallel.local(step.eval_params(state))
     improved = False
     if this.held_out is not None:
-        val = evaluate.validate(params, this.held_out, this.cfg)
+        val = _held_out_score(params, this.held_out, this.cfg)
         metrics["val_loss"], metrics["val_bits"] = val.nats_per_char, val.bits_per_char
         earlier = [r["val_loss"] for r in folder.metrics() if "val_loss" in r]
         improved = val.nats_per_char < min(earlier, default=math.inf)
         if this.cfg.ema:  # what the average buys: the trained parameters' score beside it
-            raw = evaluate.validate(parallel.local(state.params), this.held_out, this.cfg)
+            raw = _held_out_score(parallel.local(state.params), this.held_out, this.cfg)
             metrics["val_loss_raw"] = raw.nats_per_char
     if this.cfg.temperatures and this.cfg.sample_length:
         metrics["samples"] = sample.epoch_samples(
@@ -228,6 +229,13 @@ def _finish_epoch(this: run.Run, folder: RunDir, state, metrics: dict, report, s
         folder.save_epoch(state, meta)
         if this.cfg.keep_best and improved:
             folder.save_best(state, meta)
+
+
+def _held_out_score(params, ids, cfg) -> evaluate.Score:
+    """`evaluate.validate` over this host's training devices (their cores share the held-out
+    windows), on one device in a multi-process run (each process scores its own copy)."""
+    devices = parallel.data_mesh().devices.flat if jax.process_count() == 1 else None
+    return evaluate.validate(params, ids, cfg, devices=devices)
 
 
 def _stalled(records: list[dict], patience: int, report) -> bool:

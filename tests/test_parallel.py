@@ -28,14 +28,22 @@ cfg = Config(text=sys.argv[2], maxlen=10, hidden=16, batch_size=int(sys.argv[3])
              steps_per_call=3, temperatures=())
 streams = cfg.replace(objective="sequence", carry_state=True, step=10, layers=2, batch_size=6,
                       epochs=1, weight_drop=0.3, ema=0.9,  # weight masks alike on every device
-                      recurrent_dropout=0.2)  # recurrent masks: each device its own rows
+                      recurrent_dropout=0.2)  # recurrent masks by row index: alike too
 out = {}
 for name, c in (("windows", cfg), ("streams", streams)):
     state, history = runner.train_run(c, sys.argv[4] + name, log=lambda *a: None)
     out[name + ":losses"] = [m["loss"] for m in history]
+    out[name + ":val"] = [m["val_loss"] for m in history]  # windows: split over the devices
     for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
         out[name + ":" + "/".join(str(k.key) for k in path)] = np.asarray(leaf)
 assert len(jax.devices()) == int(sys.argv[1])
+from charjax import evaluate  # window scoring split over the devices, or on one
+held = np.arange(300, dtype=np.int32) % 5
+for where, devices in (("split", jax.devices()), ("one", None)):
+    out["score:" + where] = evaluate.score_ids(state.params, held, maxlen=10, stride=3,
+                                               batch_size=8, devices=devices).nats
+spread = evaluate._spread(state.params, jax.devices(), 8)[0]
+out["score:devices"] = len(jax.tree.leaves(spread)[0].sharding.device_set)
 np.savez(sys.argv[5], **out)
 """
 
@@ -64,16 +72,19 @@ def _results(started) -> dict:
 
 def test_four_devices_match_one(tiny_text, tmp_path):
     """Both the original windows (batch 30) and carried streams (6 streams, each device carrying
-    its rows; with weight-drop and EMA) are padded to 32 / 8 rows over 4 devices and give the
-    1-device numbers. (The two
-    runs go side by side: each waits on its own compilations most of the time.)"""
+    its rows; with weight-drop, recurrent dropout and EMA) are padded to 32 / 8 rows over 4
+    devices and give the 1-device numbers, held-out losses (windows scored over the 4 devices)
+    included. (The two runs go side by side: each waits on its own compilations most of the
+    time.)"""
     batch_size = 30  # does not split over 4 devices: padded to 32 with zero-weight rows
     started = [_start_training(n, tiny_text, batch_size, tmp_path) for n in (1, 4)]
     one, four = (_results(s) for s in started)
     assert set(one) == set(four)
-    for name in one:
+    for name in set(one) - {"score:devices"}:
         np.testing.assert_allclose(four[name], one[name], rtol=1e-4, atol=1e-5, err_msg=name)
     assert not np.allclose(one["windows:dense/kernel"], 0)
+    assert int(four["score:devices"]) == 4 and int(one["score:devices"]) == 1
+    np.testing.assert_allclose(four["score:split"], four["score:one"], rtol=1e-6)
     assert "streams:lstm_1/kernel" in one
 
 

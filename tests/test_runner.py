@@ -347,7 +347,7 @@ def test_keep_best_outlives_rotation_and_patience_stops_a_stalled_run(
 
     losses = iter(np.repeat([3.0, 2.0, 2.5, 2.6, 2.7, 2.8], 2))  # the average's, then the raw
     monkeypatch.setattr(
-        evaluate, "validate", lambda params, ids, cfg: evaluate.Score(next(losses) * 10, 10)
+        evaluate, "validate", lambda params, ids, cfg, **_: evaluate.Score(next(losses) * 10, 10)
     )
     cfg = tiny_cfg.replace(epochs=6, keep=1, keep_best=True, patience=2, ema=0.5)
     lines = []
