@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from charjax import batching, model, objective, step
+from charjax import batching, model, objective, parallel, step
 from charjax.config import READINGS, Config
 from charjax.errors import CharjaxError
 
@@ -85,12 +85,12 @@ def score_ids(
     chunk: int = 1024,
     dtype: str = "float32",
     progress=None,
-    devices=None,
+    mesh: Mesh | None = None,
 ) -> Score:
     """Score the id sequence `ids` (int32[n]) under `params`; see the module docstring.
     `progress(done, total)`, if given, hears after each piece how many chars are scored.
-    `devices` (window mode): split each batch of windows over these local devices (a run's
-    mesh), the sum taken across them; the same score up to float rounding."""
+    `mesh` (window mode; this process's devices, e.g. a run's): split each batch of windows
+    over its devices, the sum taken across them; the same score up to float rounding."""
     progress = progress or (lambda done, total: None)
     if mode not in MODES:
         raise CharjaxError(f"score mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -103,7 +103,7 @@ def score_ids(
                 f"than --maxlen = {maxlen} chars); use a longer text or --mode stateful"
             )
         size, total, done = min(batch_size, windows), 0.0, 0
-        params, place = _spread(params, devices, size)
+        params, place = _spread(params, mesh, size)
         for begin in range(0, windows, size):
             index = begin + np.arange(size)
             weights = (index < windows).astype(np.float32)
@@ -131,23 +131,22 @@ def score_ids(
     return Score(total, len(targets))
 
 
-def _spread(params: dict, devices, size: int):
-    """(params, place): with several `devices` that split a batch of `size` evenly, params
-    replicated on them and `place` putting a batch's arrays split along their first axis;
+def _spread(params: dict, mesh: Mesh | None, size: int):
+    """(params, place): on a `mesh` of several devices that split a batch of `size` evenly,
+    params replicated on it and `place` putting a batch's arrays split along their first axis;
     otherwise both unchanged (one device)."""
-    devices = list(devices or [])
-    if len(devices) < 2 or size % len(devices):
+    if mesh is None or mesh.size < 2 or size % mesh.size:
         return params, lambda arrays: arrays
-    mesh = Mesh(np.array(devices), ("data",))
-    rows = NamedSharding(mesh, PartitionSpec("data"))
-    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-    return params, lambda arrays: tuple(jax.device_put(a, rows) for a in arrays)
+    rows = NamedSharding(mesh, PartitionSpec(parallel.AXIS))
+    return parallel.put(params, parallel.replicated(mesh)), lambda arrays: parallel.put(
+        arrays, rows
+    )
 
 
-def validate(params: dict, held_out: np.ndarray, cfg: Config, devices=None) -> Score:
+def validate(params: dict, held_out: np.ndarray, cfg: Config, mesh: Mesh | None = None) -> Score:
     """The per-epoch validation score of the held-out ids, read the way the run trains: in
     window mode at the training stride (the training loss on held-out windows, split over
-    `devices`: ~20k windows of 60 steps are seconds of compute), statefully for a `sequence`
+    `mesh`: ~20k windows of 60 steps are seconds of compute), statefully for a `sequence`
     model (one stream: it cannot be split)."""
     goal = objective.of(cfg)
     return score_ids(
@@ -157,7 +156,7 @@ def validate(params: dict, held_out: np.ndarray, cfg: Config, devices=None) -> S
         maxlen=cfg.maxlen,
         stride=goal.validation_stride,
         dtype=cfg.dtype,
-        devices=devices,
+        mesh=mesh,
     )
 
 

@@ -234,8 +234,8 @@ def _finish_epoch(this: run.Run, folder: RunDir, state, metrics: dict, report, s
 def _held_out_score(params, ids, cfg) -> evaluate.Score:
     """`evaluate.validate` over this host's training devices (their cores share the held-out
     windows), on one device in a multi-process run (each process scores its own copy)."""
-    devices = parallel.data_mesh().devices.flat if jax.process_count() == 1 else None
-    return evaluate.validate(params, ids, cfg, devices=devices)
+    mesh = parallel.data_mesh() if jax.process_count() == 1 else None
+    return evaluate.validate(params, ids, cfg, mesh=mesh)
 
 
 def _stalled(records: list[dict], patience: int, report) -> bool:
