@@ -49,6 +49,20 @@ def _quiet_closed_loops(previous, get_error):
 sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook, lambda a: a.exc_value)
 threading.excepthook = _quiet_closed_loops(threading.excepthook, lambda a: a.exc_value)
 
+
+class _DropUnretrievedWriteErrors(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for orbax's write tasks that
+    failed on an OS error (a full or read-only disk): `SaveFailed` already said so in one
+    line, and asyncio would log the same error again for each task when it is collected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        unretrieved = str(record.msg).startswith("Task exception was never retrieved")
+        return not (unretrieved and error is not None and _os_error(error) is not None)
+
+
+logging.getLogger("asyncio").addFilter(_DropUnretrievedWriteErrors())
+
 PARTIAL = "partial"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint still being written
 

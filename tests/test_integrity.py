@@ -3,7 +3,10 @@ in one, a broken record) are named in one line, resume falls back to the newest 
 sampling refuses; a save that hits an OS error (a real one: the file-size limit of the process)
 ends in one line, leaves nothing half-written and the run resumes once the error is gone."""
 
+import asyncio
+import gc
 import json
+import logging
 import os
 import resource
 import shutil
@@ -113,6 +116,33 @@ def test_a_save_that_fails_ends_in_one_line_and_the_run_resumes(tiny_cfg, tmp_pa
     lines = []
     runner.train_run(tiny_cfg, ck, resume=True, given={"epochs": 3}, log=lines.append)
     assert f"resuming from epoch 1 in {ck}" in lines and Checkpoints(ck).epochs() == [1, 2, 3]
+
+
+def _unretrieved_task_log(error: Exception, caplog) -> list[str]:
+    """What asyncio logs when a task that raised `error` is collected unretrieved (as orbax's
+    write tasks are when a save fails)."""
+
+    async def write():
+        raise error
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(write())
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        del task
+        gc.collect()
+    return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+
+
+def test_failed_write_tasks_are_not_logged_again_other_task_errors_are(caplog):
+    disk = ValueError(
+        "OUT_OF_RANGE: Failed to write 5864 bytes: File too large [os_error_code='27']"
+    )
+    assert _unretrieved_task_log(disk, caplog) == []  # SaveFailed already said it, once
+    caplog.clear()
+    logged = _unretrieved_task_log(ValueError("a bug"), caplog)
+    assert len(logged) == 1 and logged[0].startswith("Task exception was never retrieved")
 
 
 @pytest.fixture
