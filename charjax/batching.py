@@ -5,7 +5,8 @@ An epoch plan (`EpochPlan`) is a pure function of `(key, epoch)` and computes an
 window starts on demand, so it takes no memory however long the epoch, and a resumed run needs
 no iterator state. Shuffled windows are ordered by a keyed bijection of [0, windows) (a Feistel
 network with cycle walking, `shuffle`), not a stored permutation; contiguous streams
-(`--carry-state`) are read in order, shifted by a random offset each epoch.
+(`--carry-state`) are read in order, shifted by a random offset each epoch (and with
+`--vary-length`, each window boundary moved by its own random shift).
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ def window_starts(n: int, maxlen: int, step: int) -> np.ndarray:
     return np.arange(0, max(n - maxlen, 0), step, dtype=np.int32)
 
 
-def stream_layout(n: int, streams: int, maxlen: int) -> tuple[int, int]:
+def stream_layout(n: int, streams: int, maxlen: int, shift: int = 0) -> tuple[int, int]:
     """Ids [0, n) cut into `streams` contiguous streams read `maxlen` chars a step -> (stream
     length L, steps). Step j of stream b starts at b*L + j*maxlen; L leaves room for an offset
-    of up to maxlen-1 (`stream_plan`) with every target still inside [0, n)."""
-    length = max(n - 1 - maxlen, 0) // streams
+    of up to maxlen-1 and boundary shifts of up to `shift` (`stream_plan`, which reads windows
+    maxlen + 2*shift long) with every target still inside [0, n)."""
+    length = max(n - 1 - maxlen - 3 * shift, 0) // streams
     return length, length // maxlen
 
 
@@ -101,6 +103,7 @@ class EpochPlan:
     steps_per_call: int
     width: int
     start_of: Callable[[np.ndarray], np.ndarray]  # slots int64[...] -> window starts
+    length_of: Callable[[np.ndarray], np.ndarray] | None = None  # batches -> their lengths
 
     @property
     def batches(self) -> int:
@@ -126,6 +129,14 @@ class EpochPlan:
         weights[:, : self.batch_size] = real
         return starts, weights
 
+    def lengths(self, chunk: int) -> np.ndarray | None:
+        """Chunk `chunk`'s window length of each batch int32[steps_per_call] where they vary
+        (`--vary-length`), else None (every window is the objective's maxlen)."""
+        if self.length_of is None:
+            return None
+        rows = chunk * self.steps_per_call + np.arange(self.steps_per_call)
+        return self.length_of(rows).astype(np.int32)
+
 
 def window_plan(key, epoch: int, windows: int, step: int, **shape) -> EpochPlan:
     """Every window once, in the order `shuffle(shuffle_keys(key, epoch))`; window i starts
@@ -134,18 +145,48 @@ def window_plan(key, epoch: int, windows: int, step: int, **shape) -> EpochPlan:
     return EpochPlan(windows, start_of=lambda p: shuffle(p, windows, keys) * step, **shape)
 
 
-def stream_plan(key, epoch: int, n: int, maxlen: int, *, batch_size: int, **shape) -> EpochPlan:
+def stream_plan(
+    key, epoch: int, n: int, maxlen: int, *, batch_size: int, shift: int = 0, **shape
+) -> EpochPlan:
     """The contiguous streams of ids [0, n) (`stream_layout`, batch_size = streams) step by
     step, each stream in its own batch row, all shifted by one offset in [0, maxlen) drawn
-    from `fold_in(key, epoch)`, so window boundaries move from epoch to epoch."""
-    length, steps = stream_layout(n, batch_size, maxlen)
-    offset = int(jax.random.randint(jax.random.fold_in(key, epoch), (), 0, maxlen, jnp.int32))
+    from `fold_in(key, epoch)`, so window boundaries move from epoch to epoch.
+
+    With `shift` > 0 (`--vary-length`), the boundary before step j >= 1 also moves by its own
+    shift in [-shift, shift] (`boundary_shifts`), the same for every stream: step j's windows
+    run from boundary j to boundary j+1, so they are maxlen +- 2*shift long, abut, and cover
+    the streams as the fixed ones do, in the same number of steps (`length_of`)."""
+    epoch_key = jax.random.fold_in(key, epoch)
+    length, steps = stream_layout(n, batch_size, maxlen, shift)
+    offset = int(jax.random.randint(epoch_key, (), 0, maxlen, jnp.int32))
+    moved = boundary_shifts(jax.random.fold_in(epoch_key, 1), shift)
+
+    def boundary(step):
+        return step * maxlen + offset + moved(step)
 
     def start_of(slots):
         step, stream = np.divmod(slots, batch_size)
-        return stream * length + step * maxlen + offset
+        return stream * length + boundary(step)
 
-    return EpochPlan(steps * batch_size, batch_size, start_of=start_of, **shape)
+    def length_of(steps):
+        return boundary(steps + 1) - boundary(steps)
+
+    return EpochPlan(steps * batch_size, batch_size, start_of=start_of,
+                     length_of=length_of if shift else None, **shape)  # fmt: skip
+
+
+def boundary_shifts(key: jax.Array, shift: int) -> Callable[[np.ndarray], np.ndarray]:
+    """steps int64[...] -> each boundary's shift in [-shift, shift], 0 for the first (the
+    epoch's offset places it): a keyed hash of the step index, so any step's is computed on
+    demand, in no memory however long the epoch."""
+    k = np.asarray(jax.random.bits(key, (), jnp.uint32))
+
+    def moved(steps):
+        with np.errstate(over="ignore"):
+            drawn = _mix(np.asarray(steps, np.uint32), k) % np.uint32(2 * shift + 1)
+        return np.where(steps == 0, 0, drawn.astype(np.int64) - shift)
+
+    return moved
 
 
 def slices(ids: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:

@@ -91,6 +91,16 @@ class Config:
         "objective",
         math=True,
     )
+    vary_length: int = _field(
+        0,
+        "with --carry-state: move each window boundary of the streams by a random shift of up "
+        "to D chars, so windows run --maxlen +- 2D chars and are cut at other places each "
+        "step (AWD-LSTM's variable BPTT length: the steps per epoch stay, and each step's "
+        "learning rate is scaled by its length / --maxlen); 0 = fixed windows",
+        "objective",
+        math=True,
+        metavar="D",
+    )
     layers: int = _field(1, "stacked LSTM layers", "model", math=True)
     dropout: float = _field(
         0.0, "dropout on each LSTM layer's outputs while training", "model", math=True
@@ -244,6 +254,7 @@ class Config:
             "patience",
             "eval_every",
             "save_every",
+            "vary_length",
         ):
             if getattr(self, name) < 0:
                 raise CharjaxError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
@@ -297,6 +308,16 @@ class Config:
                 "--carry-state reads the text as contiguous streams: it needs --objective "
                 f"sequence and --step equal to --maxlen (got {self.objective}, step {self.step}, "
                 f"maxlen {self.maxlen})"
+            )
+        if self.vary_length and not self.carry_state:
+            raise CharjaxError(
+                "--vary-length moves the window boundaries of carried streams: it needs "
+                "--carry-state (with --objective sequence and --step equal to --maxlen)"
+            )
+        if 2 * self.vary_length >= self.maxlen:
+            raise CharjaxError(
+                f"--vary-length {self.vary_length} would make windows of {self.maxlen} chars "
+                f"empty (each is --maxlen +- 2D long): use a D below {-(-self.maxlen // 2)}"
             )
         if self.dtype not in ("float32", "bfloat16"):
             raise CharjaxError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")

@@ -102,7 +102,8 @@ def iterate(
 
     def chunk_batch(chunk):
         starts, weights = plan.chunk(chunk)
-        return parallel.put((*goal.batch(ids, starts), weights), parallel.batch_sharded(mesh))
+        batch = parallel.put((*goal.batch(ids, starts), weights), parallel.batch_sharded(mesh))
+        return *batch, parallel.put(plan.lengths(chunk), parallel.replicated(mesh))
 
     position, upcoming = start, chunk_batch(start.chunks) if start.chunks < plan.chunks else None
     for chunk in range(start.chunks, plan.chunks):

@@ -28,9 +28,11 @@ class Loop(NamedTuple):
 PLAIN = Loop()  # one time step per iteration, XLA scans
 
 
-def _fused(loop: Loop, xz: jax.Array, hmask=None) -> bool:
-    """Whether the fused kernels take this loop (they have no recurrent dropout mask)."""
-    return loop.fused and hmask is None and lstm_fused.supported(xz.shape[1], xz.shape[-1] // 4)
+def _fused(loop: Loop, xz: jax.Array, hmask=None, length=None) -> bool:
+    """Whether the fused kernels take this loop (they have no recurrent dropout mask and end
+    at the last step)."""
+    plain = hmask is None and length is None
+    return loop.fused and plain and lstm_fused.supported(xz.shape[1], xz.shape[-1] // 4)
 
 
 def zero_carry(xz: jax.Array) -> tuple:
@@ -63,17 +65,21 @@ def run(
     return carry, jnp.swapaxes(hs, 0, 1)
 
 
-def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None, loop=PLAIN, hmask=None):
+def layer(
+    params: dict, xz: jax.Array, carry=None, valid=None, dtype=None, loop=PLAIN, hmask=None,
+    length=None,
+):  # fmt: skip
     """One LSTM layer over projected inputs xz float32[T, B, 4H] -> (final carry, hs [T, B, H]).
 
     Without `valid` it takes the fast-gradient `recurrence` (with `hmask` float32[B, H], the
-    recurrent dropout mask, if given); with it, a masked plain scan (used for sampling and
-    scoring, where no gradient is needed and no mask applies). `loop`: see `Loop`.
+    recurrent dropout mask, and `length`, the step whose state is the final carry, if given);
+    with it, a masked plain scan (used for sampling and scoring, where no gradient is needed
+    and no mask applies). `loop`: see `Loop`.
     """
     if carry is None:
         carry = zero_carry(xz)
     if valid is None:
-        return recurrence(params["recurrent_kernel"], xz, carry, dtype, loop, hmask)
+        return recurrence(params["recurrent_kernel"], xz, carry, dtype, loop, hmask, length)
 
     def step(carry, inputs):
         xz_t, valid_t = inputs
@@ -85,11 +91,13 @@ def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None, loop=
 
 
 def _scan_saving(
-    recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, loop=PLAIN, hmask=None
-):
+    recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, loop=PLAIN, hmask=None,
+    length=None,
+):  # fmt: skip
     """Scan from `carry` over xz [T, B, 4H], keeping what the backward pass needs:
-    (final carry, (hs, cs [T, B, H], gates [T, B, 4H]))."""
-    if _fused(loop, xz, hmask):
+    (final carry, (hs, cs [T, B, H], gates [T, B, 4H])). With `length` (an int32 scalar in
+    [1, T]) the final carry is the state after step `length` (hs, cs at length - 1)."""
+    if _fused(loop, xz, hmask, length):
         return lstm_fused.scan_saving(recurrent, xz, carry, dtype)
 
     def step(carry, xz_t):
@@ -97,31 +105,45 @@ def _scan_saving(
         return carry, (*carry, gates)
 
     carry, (hs, cs, gates) = lax.scan(step, carry, xz, unroll=loop.unroll)
+    if length is not None:
+        carry = tuple(lax.dynamic_index_in_dim(x, length - 1, keepdims=False) for x in (hs, cs))
     return carry, (hs, cs, gates)
 
 
-def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None, loop=PLAIN, hmask=None):
+def _backward(
+    recurrent, carry0, saved, cotangent, dhs=None, dtype=None, loop=PLAIN, hmask=None,
+    length=None,
+):  # fmt: skip
     """Backward through time -> (d carry0, dz float32[T, B, 4H], d recurrent kernel).
 
     The loop carries only (dh, dc) (plus each step's output gradient `dhs[t]` when the outputs
     were used) and emits the pre-activation gate gradients dz; the recurrent-kernel gradient is
     then one matmul over all T*B rows instead of T small accumulations inside the loop. With
     `hmask`, h_{t-1} entered the recurrent matmul masked: so do its gradient and the kernel's.
+    With `length`, the final carry was the state at step length - 1: its gradient enters there.
     """
     hs, cs, gates = saved
     h_prev = jnp.concatenate([carry0[0][None], hs[:-1]])  # h_{t-1}, [T, B, H]
     c_prev = jnp.concatenate([carry0[1][None], cs[:-1]])
     if hmask is not None:
         h_prev = h_prev * hmask
-    if _fused(loop, gates, hmask):
+    if _fused(loop, gates, hmask, length):
         d_carry0, dzs = lstm_fused.backward_loop(recurrent, c_prev, saved, cotangent, dhs, dtype)
         return d_carry0, dzs, _recurrent_grad(h_prev, dzs, dtype)
+    dcs = None
+    if length is not None:  # the final carry's gradient, placed at its step
+        at = (jnp.arange(hs.shape[0]) == length - 1)[:, None, None]
+        dhs = jnp.where(at, cotangent[0], 0.0) + (0.0 if dhs is None else dhs)
+        dcs = jnp.where(at, cotangent[1], 0.0)
+        cotangent = (jnp.zeros_like(cotangent[0]), jnp.zeros_like(cotangent[1]))
 
     def step(grad, saved_t):
         dh, dc = grad
         c, c_before, gate = saved_t[:3]
         if dhs is not None:
             dh = dh + saved_t[3]
+        if dcs is not None:
+            dc = dc + saved_t[4]
         i, f, g, o = jnp.split(gate, 4, axis=-1)
         tanh_c = jnp.tanh(c)
         dc = dc + dh * o * (1 - tanh_c**2)
@@ -138,6 +160,8 @@ def _backward(recurrent, carry0, saved, cotangent, dhs=None, dtype=None, loop=PL
         return (dh_prev if hmask is None else dh_prev * hmask, dc * f), dz
 
     xs = (cs, c_prev, gates) if dhs is None else (cs, c_prev, gates, dhs)
+    if dcs is not None:
+        xs = (*xs, dcs)
     d_carry0, dzs = lax.scan(step, tuple(cotangent), xs, reverse=True, unroll=loop.unroll)
     return d_carry0, dzs, _recurrent_grad(h_prev, dzs, dtype)
 
@@ -149,32 +173,35 @@ def _recurrent_grad(h_prev: jax.Array, dzs: jax.Array, dtype) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def recurrence(
-    recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, loop=PLAIN, hmask=None
-):
+    recurrent: jax.Array, xz: jax.Array, carry: tuple, dtype=None, loop=PLAIN, hmask=None,
+    length=None,
+):  # fmt: skip
     """(final (h, c), hs float32[T, B, H]) of a scan over xz [T, B, 4H] from `carry`.
 
     Same numbers as the plain scan; its gradient is the hand-written `_backward`, which also
     gives d xz (the input projection's gradient is left to autodiff: a matmul for stacked
     layers, a scatter-add for ids) and d carry (for a carry that comes from earlier chunks).
     `hmask` float32[B, H]: recurrent dropout (see `lstm.cell_with_gates`), a constant.
+    `length` int32 scalar in [1, T]: the final carry is the state after that many steps (a
+    window shorter than the T steps computed; the steps after it change nothing before it).
     """
-    carry, (hs, _, _) = _scan_saving(recurrent, xz, carry, dtype, loop, hmask)
+    carry, (hs, _, _) = _scan_saving(recurrent, xz, carry, dtype, loop, hmask, length)
     return carry, hs
 
 
-def _recurrence_fwd(recurrent, xz, carry, dtype, loop, hmask):
-    final_state, saved = _scan_saving(recurrent, xz, carry, dtype, loop, hmask)
-    return (final_state, saved[0]), (recurrent, carry, saved, hmask)
+def _recurrence_fwd(recurrent, xz, carry, dtype, loop, hmask, length):
+    final_state, saved = _scan_saving(recurrent, xz, carry, dtype, loop, hmask, length)
+    return (final_state, saved[0]), (recurrent, carry, saved, hmask, length)
 
 
 def _recurrence_bwd(dtype, loop, res, cotangent):
-    recurrent, carry0, saved, hmask = res
+    recurrent, carry0, saved, hmask, length = res
     d_final, dhs = cotangent
     d_carry0, dzs, d_recurrent = _backward(
-        recurrent, carry0, saved, d_final, dhs, dtype, loop, hmask
+        recurrent, carry0, saved, d_final, dhs, dtype, loop, hmask, length
     )
     d_hmask = None if hmask is None else jnp.zeros_like(hmask)
-    return d_recurrent, dzs, d_carry0, d_hmask
+    return d_recurrent, dzs, d_carry0, d_hmask, None
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)

@@ -31,7 +31,7 @@ class LSTM(nn.Module):
     @nn.compact
     def __call__(
         self, x, carry=None, valid=None, outputs=True, weight_drop=0.0, key=None,
-        recurrent_dropout=0.0, recurrent_key=None, first_row=0,
+        recurrent_dropout=0.0, recurrent_key=None, first_row=0, length=None,
     ):  # fmt: skip
         gates = 4 * self.hidden
         params = {
@@ -52,12 +52,13 @@ class LSTM(nn.Module):
             rows = x.shape[0] if jnp.issubdtype(x.dtype, jnp.integer) else x.shape[1]
             hmask = row_masks(recurrent_key, first_row, rows, self.hidden, recurrent_dropout)
         if jnp.issubdtype(x.dtype, jnp.integer):
-            if not outputs and carry is None and valid is None and hmask is None:
+            fastest = carry is None and valid is None and hmask is None and length is None
+            if not outputs and fastest:
                 return lstm_scan.final_carry(params, x, self.dtype, self.loop), None
             xz = lstm.input_projection(params, x.T)
         else:
             xz = lstm.matmul(x, params["kernel"], self.dtype) + params["bias"]
-        return lstm_scan.layer(params, xz, carry, valid, self.dtype, self.loop, hmask)
+        return lstm_scan.layer(params, xz, carry, valid, self.dtype, self.loop, hmask, length)
 
 
 class Dense(nn.Module):
@@ -114,7 +115,9 @@ class CharLSTM(nn.Module):
     `recurrent_dropout` > 0 and a `recurrent_key`, each layer's h is masked where it enters its
     recurrent matmul, one mask per sequence (Gal & Ghahramani's variational recurrent dropout),
     drawn by `row_masks` from the key folded with the layer index; `first_row` is the index of
-    this batch's first row in the whole batch (a device's shard of it).
+    this batch's first row in the whole batch (a device's shard of it). With `length` (an int32
+    scalar in [1, T]) the returned carry is the state after that many steps: the window is
+    that long, the steps after it are padding (their logits are computed and change nothing).
     """
 
     vocab_size: int
@@ -126,7 +129,8 @@ class CharLSTM(nn.Module):
     @nn.compact
     def __call__(self, ids, carry=None, valid=None, *, all_steps=False, dropout=0.0, key=None,
                  locked=False, weight_drop=0.0, weight_key=None,
-                 recurrent_dropout=0.0, recurrent_key=None, first_row=0):  # fmt: skip
+                 recurrent_dropout=0.0, recurrent_key=None, first_row=0,
+                 length=None):  # fmt: skip
         carries = carry if carry is not None else (None,) * self.layers
         fold = lambda k, n: None if k is None else jax.random.fold_in(k, n)  # noqa: E731
         x, new = ids, []
@@ -136,7 +140,7 @@ class CharLSTM(nn.Module):
             layer = LSTM(features, self.hidden, self.dtype, self.loop, name=layer_name(n))
             layer_carry, outputs = layer(
                 x, carries[n], valid, all_steps or not top, weight_drop, fold(weight_key, n),
-                recurrent_dropout, fold(recurrent_key, n), first_row,
+                recurrent_dropout, fold(recurrent_key, n), first_row, length,
             )  # fmt: skip
             new.append(layer_carry)
             x = layer_carry[0] if top and not all_steps else outputs
@@ -192,6 +196,7 @@ def forward(
     recurrent_dropout: float = 0.0,
     recurrent_key: jax.Array | None = None,
     first_row=0,
+    length=None,
 ):
     """Pure forward pass: ids int[B, T] -> (carry, logits); see `CharLSTM`. Ids of any integer
     dtype (the corpus keeps them narrow) are widened to int32 here, inside the jitted caller.
@@ -206,6 +211,7 @@ def forward(
         {"params": params}, ids, carry, valid, all_steps=all_steps, dropout=dropout, key=key,
         locked=locked, weight_drop=weight_drop, weight_key=weight_key,
         recurrent_dropout=recurrent_dropout, recurrent_key=recurrent_key, first_row=first_row,
+        length=length,
     )  # fmt: skip
 
 

@@ -89,12 +89,15 @@ def nll(
     recurrent_dropout=0.0,
     recurrent_key=None,
     first_row=0,
+    length=None,
 ):
     """(weighted sum of next-char cross-entropies in nats over the predicted chars of `goal`
     (an `Objective`), final carry); weight-0 rows are padding. With `key`, dropout at `dropout`
     (`locked`: one mask per sequence); with `weight_key`, weight-drop at `weight_drop`; with
     `recurrent_key`, recurrent dropout at `recurrent_dropout` (`first_row`: see `CharLSTM`);
     `carry` is the initial state (None: zeros), a constant for the gradient (truncated BPTT).
+    `length` (int32 scalar, --vary-length): the windows are that long, the final carry is the
+    state there and later positions are padding.
 
     Keras computes it from clipped softmax probabilities; on logits it is the same value except
     where a target's probability is below 1e-7, where Keras' clip zeroes the gradient.
@@ -116,13 +119,14 @@ def nll(
         recurrent_dropout=recurrent_dropout,
         recurrent_key=recurrent_key,
         first_row=first_row,
+        length=length,
     )
-    return jnp.sum(weights * goal.window_losses(logits, targets)), carry
+    return jnp.sum(weights * goal.window_losses(logits, targets, length)), carry
 
 
 def run_nll(
     params: dict, inputs, targets, weights, cfg: Config, key=None, carry=None, weight_key=None,
-    recurrent_key=None, first_row=0,
+    recurrent_key=None, first_row=0, length=None,
 ):  # fmt: skip
     """`nll` as the run `cfg` computes it (its objective, dtype, dropout and loops)."""
     goal = objective.of(cfg)
@@ -144,6 +148,7 @@ def run_nll(
         recurrent_dropout=cfg.recurrent_dropout,
         recurrent_key=recurrent_key,
         first_row=first_row,
+        length=length,
     )
 
 
@@ -161,9 +166,13 @@ def _psum_all(tree, axis_name):
     return unravel(lax.psum(flat, axis_name))
 
 
-def train_step(state, inputs, targets, weights, cfg: Config, axis_name=None, context=NO_CONTEXT):
+def train_step(
+    state, inputs, targets, weights, cfg: Config, axis_name=None, context=NO_CONTEXT, length=None
+):
     """One optimizer step on a batch -> (new state, metrics {"loss": mean nats per predicted
-    char}). An all-padding batch changes nothing.
+    char}). An all-padding batch changes nothing. `length` (int32 scalar, --vary-length): the
+    batch's windows are that long (see `nll`), and the step's size is scaled by length / maxlen
+    (AWD-LSTM's rule: a longer window, a larger step).
 
     Inside `shard_map`, `axis_name` names the mesh axis the batch is split over: loss sums,
     gradient sums and window counts are added across devices, so the step equals the
@@ -189,16 +198,21 @@ def train_step(state, inputs, targets, weights, cfg: Config, axis_name=None, con
         params = jax.tree.map(lambda p: lax.pcast(p, (axis_name,), to="varying"), params)
     carry = state.carry if goal.carried else None
     (total, carry), grads = jax.value_and_grad(run_nll, has_aux=True)(
-        params, inputs, targets, weights, cfg, key, carry, weight_key, recurrent_key, first_row
-    )
+        params, inputs, targets, weights, cfg, key, carry, weight_key, recurrent_key, first_row,
+        length,
+    )  # fmt: skip
     total, count, grads = _psum_all((total, jnp.sum(weights), grads), axis_name)
-    scale = 1.0 / jnp.maximum(count * goal.chars_per_window, 1.0)
+    chars = goal.chars_per_window if length is None else length
+    scale = 1.0 / jnp.maximum(count * chars, 1.0)
     grads = jax.tree.map(lambda g: g * scale, grads)
     updates, opt_state = optim.make_optimizer(cfg).update(grads, state.opt_state, state.params)
     if optim.scheduled(cfg):
         factor = optim.lr_factor(cfg, state.step, context.total_steps)
         updates = jax.tree.map(lambda u: u * factor, updates)
-    updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
+    step_size = state.lr_scale
+    if length is not None:
+        step_size = step_size * length / goal.maxlen
+    updates = jax.tree.map(lambda u: u * step_size, updates)
     params = optax.apply_updates(state.params, updates)
     carry = carry if goal.carried else state.carry
     ema = state.ema
@@ -209,18 +223,20 @@ def train_step(state, inputs, targets, weights, cfg: Config, axis_name=None, con
     return state, {"loss": total * scale}
 
 
-def _train_chunk(state, inputs, targets, weights, context, cfg: Config, mesh: Mesh):
-    """Scan `train_step` over a chunk's batches (inputs [K, width, maxlen], targets, weights
-    [K, width], each batch split over the mesh) -> (state, metrics with one value per step
-    [K])."""
+def _train_chunk(state, inputs, targets, weights, lengths, context, cfg: Config, mesh: Mesh):
+    """Scan `train_step` over a chunk's batches (inputs [K, width, span], targets, weights
+    [K, width], each batch split over the mesh; lengths int32[K] with --vary-length, else None)
+    -> (state, metrics with one value per step [K])."""
     goal = objective.of(cfg)
 
-    def per_device(state, inputs, targets, weights, context):
+    def per_device(state, inputs, targets, weights, lengths, context):
         def body(state, batch):
-            return train_step(state, *batch, cfg, parallel.AXIS, context)
+            inputs, targets, weights, length = batch
+            return train_step(state, inputs, targets, weights, cfg, parallel.AXIS, context,
+                              length)  # fmt: skip
 
         if not goal.carried:
-            return lax.scan(body, state, (inputs, targets, weights))
+            return lax.scan(body, state, (inputs, targets, weights, lengths))
         # Streams are split over the devices like the batch: each device carries its rows.
         rows = weights.shape[-1]
         index = lax.axis_index(parallel.AXIS)
@@ -236,18 +252,18 @@ def _train_chunk(state, inputs, targets, weights, context, cfg: Config, mesh: Me
             return lax.psum(x, parallel.AXIS)[: cfg.batch_size]
 
         state = state._replace(carry=jax.tree.map(mine, state.carry))
-        state, metrics = lax.scan(body, state, (inputs, targets, weights))
+        state, metrics = lax.scan(body, state, (inputs, targets, weights, lengths))
         return state._replace(carry=jax.tree.map(whole, state.carry)), metrics
 
     batch = P(None, parallel.AXIS)
     sharded = jax.shard_map(
         per_device,
         mesh=mesh,
-        in_specs=(P(), batch, batch, batch, P()),
+        in_specs=(P(), batch, batch, batch, P(), P()),
         out_specs=(P(), P()),
         check_vma=not model.fused_kernel(cfg.lstm_kernel),  # pallas_call tracks no mesh axes
     )
-    return sharded(state, inputs, targets, weights, context)
+    return sharded(state, inputs, targets, weights, lengths, context)
 
 
 train_chunk = jax.jit(_train_chunk, static_argnames=("cfg", "mesh"), donate_argnums=0)

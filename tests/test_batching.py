@@ -121,3 +121,29 @@ def test_stream_plan_reads_contiguous_streams():
         assert rows.max() + 10 < 1000  # the last target is inside the text
         offsets.add(int(offset))
     assert len(offsets) > 1  # window boundaries move between epochs
+
+
+def test_varied_lengths_move_every_boundary_and_cover_the_streams_in_the_same_steps():
+    n, streams, maxlen, shift = 2000, 4, 10, 3
+    length, steps = batching.stream_layout(n, streams, maxlen, shift)
+    assert (length, steps) == ((2000 - 1 - 10 - 9) // 4, 49)
+    assert batching.stream_layout(n, streams, maxlen) == ((2000 - 11) // 4, 49)  # same steps
+    shape = dict(batch_size=streams, steps_per_call=5, width=streams)
+    seen = []
+    for epoch in (1, 2):
+        plan = batching.stream_plan(jax.random.key(0), epoch, n, maxlen, shift=shift, **shape)
+        starts, _ = _whole(plan)
+        rows = starts.reshape(-1, streams)[:steps]
+        sizes = np.concatenate([plan.lengths(c) for c in range(plan.chunks)])[:steps]
+        assert sizes.dtype == np.int32 and plan.windows == steps * streams
+        assert sizes.min() >= maxlen - 2 * shift and sizes.max() <= maxlen + 2 * shift
+        assert len(set(sizes.tolist())) > 3  # they do vary
+        np.testing.assert_array_equal(np.diff(rows, axis=0), sizes[:-1, None] * np.ones(streams))
+        assert abs(int(rows[-1, 0] + sizes[-1] - rows[0, 0]) - steps * maxlen) <= shift
+        assert rows.max() + maxlen + 2 * shift < n  # the longest window's targets: inside
+        again = batching.stream_plan(jax.random.key(0), epoch, n, maxlen, shift=shift, **shape)
+        np.testing.assert_array_equal(_whole(again)[0], starts)  # a function of (key, epoch)
+        seen.append(sizes)
+    assert not np.array_equal(*seen)  # other cuts each epoch
+    fixed = batching.stream_plan(jax.random.key(0), 1, n, maxlen, **shape)
+    assert fixed.lengths(0) is None

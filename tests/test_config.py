@@ -16,6 +16,12 @@ from charjax.errors import CharjaxError
         ({"step": -1}, "--step"),
         ({"epochs": -1}, "--epochs"),
         ({"learning_rate": float("nan")}, "--learning-rate"),
+        ({"vary_length": 2}, "--vary-length .* needs --carry-state"),
+        (
+            dict(objective="sequence", carry_state=True, maxlen=10, step=10, vary_length=5),
+            "--vary-length 5 would make windows of 10 chars empty .* below 5",
+        ),
+        ({"vary_length": -1}, "--vary-length must be >= 0"),
     ],
 )
 def test_nonsense_config_is_refused(change, flag):

@@ -59,6 +59,16 @@ def test_shapes_the_kernels_cannot_tile_take_the_xla_loops():
     np.testing.assert_array_equal(fused, model.forward(params, ids, kernel="xla")[1])
 
 
+def test_a_varied_window_length_takes_the_xla_loops_and_ends_its_carry_there():
+    """--vary-length: the fused kernels end at the last step, so a `length` steps aside."""
+    params = model.init_params(jax.random.key(4), 9, 16)
+    ids = jax.random.randint(jax.random.key(5), (16, 6), 0, 9)
+    kw = dict(all_steps=True, length=jnp.int32(4))
+    fused = model.forward(params, ids, kernel="pallas", **kw)
+    _assert_close(fused, model.forward(params, ids, kernel="xla", **kw))
+    _assert_close(fused[0], model.forward(params, ids[:, :4], kernel="xla", all_steps=True)[0])
+
+
 def test_a_training_epoch_matches(tiny_cfg):
     cfg = dataclasses.replace(tiny_cfg, steps_per_call=2, max_chars=3000)
     from charjax import corpus as corpora

@@ -134,3 +134,39 @@ def test_recurrent_dropout_gradient_equals_autodiff_of_the_masked_scan():
     np.testing.assert_array_equal(
         lstm_scan.recurrence(recurrent, xz, carry, None, lstm_scan.PLAIN, ones)[1], unmasked
     )
+
+
+def test_a_shorter_length_ends_the_carry_there_and_its_gradient_equals_autodiff():
+    """`length`: the final carry is the state after that many steps (the rest of the T steps
+    are padding); the hand-written backward equals autodiff of a plain scan read there."""
+    recurrent = jax.random.normal(jax.random.key(0), (4, 16)) * 0.3
+    xz = jax.random.normal(jax.random.key(1), (7, 3, 16))
+    carry = tuple(jax.random.normal(jax.random.key(2), (2, 3, 4)))
+
+    def loss(recurrent, xz, carry, length, fast):
+        if fast:
+            final, hs = lstm_scan.recurrence(recurrent, xz, carry, None, lstm_scan.PLAIN, None,
+                                             length)  # fmt: skip
+        else:
+
+            def step(c, x):
+                c = lstm.cell_with_gates(recurrent, c, x)[0]
+                return c, c
+
+            _, (hs, cs) = jax.lax.scan(step, carry, xz)
+            final = (hs[length - 1], cs[length - 1])
+        weights = jnp.arange(7.0)[:, None, None]
+        return jnp.sum(jnp.sin(hs) * weights) + jnp.sum(final[1] ** 2) + jnp.sum(jnp.cos(final[0]))
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=4)
+    for length in (1, 4, 7):
+        length = jnp.int32(length)
+        fast = jax.tree.leaves(grad(recurrent, xz, carry, length, True))
+        plain = jax.tree.leaves(grad(recurrent, xz, carry, length, False))
+        for a, b in zip(fast, plain, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    short = lstm_scan.recurrence(recurrent, xz[:4], carry)
+    padded = lstm_scan.recurrence(recurrent, xz, carry, None, lstm_scan.PLAIN, None, jnp.int32(4))
+    for a, b in zip(jax.tree.leaves(short), jax.tree.leaves((padded[0], padded[1][:4])),
+                    strict=True):  # fmt: skip
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -28,7 +28,8 @@ cfg = Config(text=sys.argv[2], maxlen=10, hidden=16, batch_size=int(sys.argv[3])
              steps_per_call=3, temperatures=())
 streams = cfg.replace(objective="sequence", carry_state=True, step=10, layers=2, batch_size=6,
                       epochs=1, weight_drop=0.3, ema=0.9,  # weight masks alike on every device
-                      recurrent_dropout=0.2)  # recurrent masks by row index: alike too
+                      recurrent_dropout=0.2,  # recurrent masks by row index: alike too
+                      vary_length=2)  # the lengths replicated, the padding masked alike
 out = {}
 for name, c in (("windows", cfg), ("streams", streams)):
     state, history = runner.train_run(c, sys.argv[4] + name, log=lambda *a: None)

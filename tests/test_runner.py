@@ -26,9 +26,14 @@ from charjax.step import init_state
 REGULARISED = dict(
     dropout=0.2, locked_dropout=True, weight_drop=0.3, recurrent_dropout=0.2, ema=0.9
 )
+VARIED = dict(
+    objective="sequence", carry_state=True, step=10, batch_size=4, vary_length=3, dropout=0.2
+)
 
 
-@pytest.mark.parametrize("extra", [{}, REGULARISED], ids=["plain", "regularised"])
+@pytest.mark.parametrize(
+    "extra", [{}, REGULARISED, VARIED], ids=["plain", "regularised", "varied-streams"]
+)
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_cfg, tmp_path, extra):
     cfg = dataclasses.replace(tiny_cfg, epochs=3, **extra)
     whole, _ = runner.train_run(cfg, tmp_path / "whole", log=quiet)

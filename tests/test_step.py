@@ -137,6 +137,30 @@ def test_carried_state_goes_from_each_window_to_the_next(tiny_cfg):
         cfg.replace(step=5).check()
 
 
+def test_a_varied_window_is_the_window_of_its_length_with_a_step_scaled_by_it(tiny_cfg):
+    """--vary-length: a batch of windows `length` long, padded to the longest, trains as the
+    same windows unpadded (loss, carry, gradient direction), the step scaled by
+    length / maxlen (rmsprop's first step is sign-like, so the update shows the factor)."""
+    streams = tiny_cfg.replace(objective="sequence", carry_state=True, step=10, batch_size=3,
+                               val_fraction=0.0)  # fmt: skip
+    varied = streams.replace(vary_length=3)
+    corpus = corpora.load(varied)
+    state = init_state(jax.random.key(0), corpus.vocab.size, varied)
+    starts, ones, length = np.array([0, 300, 600]), jnp.ones(3), 7
+    x, y = objective.of(varied).batch(corpus.ids, starts)
+    assert x.shape == y.shape == (3, 16)  # maxlen + 2 * 3: the longest window
+    step = jax.jit(train_step, static_argnames="cfg")
+    padded, loss_v = loss_of(step(state, x, y, ones, varied, length=jnp.int32(length)))
+    exact = streams.replace(maxlen=length, step=length)
+    short, loss_s = loss_of(step(state, x[:, :length], y[:, :length], ones, exact))
+    np.testing.assert_allclose(loss_v, loss_s, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(padded.carry), jax.tree.leaves(short.carry), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    moved = lambda s: jax.tree.map(lambda p, q: p - q, s.params, state.params)  # noqa: E731
+    for a, b in zip(jax.tree.leaves(moved(padded)), jax.tree.leaves(moved(short)), strict=True):
+        np.testing.assert_allclose(a, b * length / varied.maxlen, rtol=1e-4, atol=1e-7)
+
+
 def test_bfloat16_matmuls_keep_float32_parameters(tiny_cfg):
     corpus = corpora.load(tiny_cfg)
     starts = batching.window_starts(len(corpus.ids), tiny_cfg.maxlen, tiny_cfg.step)
