@@ -159,7 +159,7 @@ def stream_plan(
     epoch_key = jax.random.fold_in(key, epoch)
     length, steps = stream_layout(n, batch_size, maxlen, shift)
     offset = int(jax.random.randint(epoch_key, (), 0, maxlen, jnp.int32))
-    moved = boundary_shifts(jax.random.fold_in(epoch_key, 1), shift)
+    moved = boundary_shifts(jax.random.fold_in(epoch_key, 1), shift) if shift else np.zeros_like
 
     def boundary(step):
         return step * maxlen + offset + moved(step)
