@@ -328,7 +328,7 @@ class Config:
 # quality: the lowest held-out loss measured within 20 minutes on this project's slowest 2-core
 # host (23 epochs there; README "Results"): recipe B with streams of 25 chars (four times the
 # updates for the same compute), Adam at 5e-3 and weight-drop 0.2, plus --keep-best. Recurrent
-# and locked dropout and EMA measured no better within that budget, so they stay off.
+# and locked dropout, EMA and --vary-length measured no better within that budget: they stay off.
 PRESETS = {
     "original": {},  # the Keras example's settings: the defaults
     "quality": dict(
