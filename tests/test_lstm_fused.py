@@ -92,7 +92,8 @@ def test_row_sums_by_one_hot_matmul_equal_the_scatter_add():
     scattered = lstm.row_sums(values, ids, 7, scatter=True)
     np.testing.assert_allclose(lstm.row_sums(values, ids, 7, scatter=False), scattered, atol=1e-6)
     np.testing.assert_array_equal(scattered[6], 0.0)  # an id never seen
-    np.testing.assert_allclose(scattered[ids[0]], values[ids == ids[0]].sum(0), rtol=1e-6)
+    # numpy adds in another order than the device: float32 rounding apart (~1 ulp of the sum)
+    np.testing.assert_allclose(scattered[ids[0]], values[ids == ids[0]].sum(0), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [None, "bfloat16"])

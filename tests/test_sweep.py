@@ -49,3 +49,38 @@ def test_only_names_unknown_recipes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep.main([str(recipes), "--only", "a,zz"])
     assert "no recipe named zz" in capsys.readouterr().err
+
+
+# A stand-in for charjax-train: one epoch at once, then it waits; SIGINT saves a second and ends.
+_SLOW_TRAIN = """
+import json, pathlib, signal, sys, time
+out = pathlib.Path(sys.argv[sys.argv.index("--checkpoint-dir") + 1])
+out.mkdir(parents=True)
+def epoch(n):
+    with open(out / "metrics.jsonl", "a") as f:
+        record = {"epoch": n, "loss": 2.0, "val_loss": 3.0 - n / 10, "seconds": 1}
+        f.write(json.dumps(record) + "\\n")
+signal.signal(signal.SIGINT, lambda *_: (epoch(2), sys.exit(130)))
+epoch(1)
+while True:
+    time.sleep(0.02)
+"""
+
+
+def test_a_time_limit_stops_the_runs_each_saving_and_tabulates_them_as_cut(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(sweep, "TRAIN", _SLOW_TRAIN)
+    recipes = tmp_path / "recipes.txt"
+    recipes.write_text("slow --epochs 99\nlater --epochs 99\n")
+    out = tmp_path / "out"
+    argv = [str(recipes), "--out", str(out), "--jobs", "1", "--time-limit", "1.5"]
+    assert sweep.main(argv) == 0  # a cut run is not a failed one
+    results = json.loads((out / "sweep.json").read_text())
+    assert list(results) == ["slow"]  # "later" never started
+    slow = results["slow"]
+    assert slow["cut"] and slow["returncode"] == 130 and slow["epochs"] == 2
+    assert slow["best"] == pytest.approx(2.8) and slow["best_epoch"] == 2
+    printed = capsys.readouterr().out
+    assert "1 not started (later)" in printed
+    assert "| slow | `--epochs 99` | 2.8000 (2), cut at epoch 2 |" in printed

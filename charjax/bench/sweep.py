@@ -6,15 +6,18 @@ after `--` on the command line go to every run. Runs are `charjax-train` child p
 `--jobs` at a time (on one GPU they share it; on a CPU give them one job per core or less),
 each in `OUT/<name>/` with its log in `OUT/<name>.log`. `OUT/sweep.json` gets every run's
 per-epoch curve, best and last held-out loss and wall time as they finish, and the table is
-printed at the end, best first.
+printed at the end, best first. `--time-limit` (or Ctrl-C) stops the runs still going, each
+saving its epoch in progress, and tabulates how far they got.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charjax.metrics_log import read_metrics
+
+STOP_WAIT_S = 120  # for a stopped child to save its epoch in progress, then it is killed
 
 # A child process: charjax-train with the given argv.
 TRAIN = "import sys; from charjax.cli import train_main; sys.exit(train_main(sys.argv[1:]))"
@@ -79,40 +84,71 @@ def table(results: dict) -> str:
     order = sorted(results.items(), key=lambda kv: (kv[1]["best"] is None, kv[1]["best"] or 0))
     for name, r in order:
         best = f"{r['best']:.4f} ({r['best_epoch']})" if r["best"] is not None else "failed"
+        if r.get("cut"):
+            best += f", cut at epoch {r['epochs']}"
         last = f"{r['last']:.4f}" if r["last"] is not None else ""
         train = f"{r['train_last']:.4f}" if r["train_last"] is not None else ""
         rows.append(f"| {name} | `{r['flags']}` | {best} | {last} | {train} | {r['wall_s']} |")
     return "\n".join(rows)
 
 
-def sweep(recipes: list[Recipe], out: Path, common: list[str], jobs: int, log=print) -> dict:
-    """Run every recipe (`jobs` at once) into `out`; -> {name: summary} (also in sweep.json)."""
+def sweep(
+    recipes: list[Recipe], out: Path, common: list[str], jobs: int, time_limit=None, log=print
+) -> dict:
+    """Run every recipe (`jobs` at once) into `out`; -> {name: summary} (also in sweep.json).
+
+    After `time_limit` seconds (or on Ctrl-C) the running children are asked to stop (SIGINT:
+    each saves its epoch in progress and ends) and summed up marked `cut`; recipes not yet
+    started are left out. So a sweep on a lent machine ends with its table, whatever the time."""
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several runs share one GPU
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
     pending, running, results = list(recipes), {}, {}
-    while pending or running:
-        while pending and len(running) < jobs:
-            recipe = pending.pop(0)
-            directory = out / recipe.name
-            argv = [*recipe.flags, *common, "--quiet", "--checkpoint-dir", str(directory)]
-            with open(out / f"{recipe.name}.log", "w") as f:
-                child = subprocess.Popen(
-                    [sys.executable, "-c", TRAIN, *argv], stdout=f, stderr=subprocess.STDOUT,
-                    env=env,
-                )  # fmt: skip
-            running[recipe.name] = (recipe, child, time.perf_counter())
-            log(f"started {recipe.name}: {' '.join(recipe.flags)}")
-        time.sleep(0.2)
-        for name, (recipe, child, t0) in list(running.items()):
-            if child.poll() is None:
-                continue
-            del running[name]
-            results[name] = summary(recipe, out / name, time.perf_counter() - t0, child.returncode)
-            r = results[name]
-            log(f"finished {name} (exit {r['returncode']}, {r['wall_s']} s): best {r['best']} "
-                f"at epoch {r['best_epoch']}, last {r['last']}")  # fmt: skip
-            (out / "sweep.json").write_text(json.dumps(results, indent=1))
+
+    def finish(name, cut=False):
+        recipe, child, t0 = running.pop(name)
+        results[name] = summary(recipe, out / name, time.perf_counter() - t0, child.returncode)
+        results[name]["cut"] = cut
+        r = results[name]
+        log(f"{'cut' if cut else 'finished'} {name} (exit {r['returncode']}, {r['wall_s']} s): "
+            f"best {r['best']} at epoch {r['best_epoch']}, last {r['last']}")  # fmt: skip
+        (out / "sweep.json").write_text(json.dumps(results, indent=1))
+
+    try:
+        while pending or running:
+            if deadline is not None and time.perf_counter() > deadline:
+                raise TimeoutError
+            while pending and len(running) < jobs:
+                recipe = pending.pop(0)
+                directory = out / recipe.name
+                argv = [*recipe.flags, *common, "--quiet", "--checkpoint-dir", str(directory)]
+                with open(out / f"{recipe.name}.log", "w") as f:
+                    child = subprocess.Popen(
+                        [sys.executable, "-c", TRAIN, *argv], stdout=f, stderr=subprocess.STDOUT,
+                        env=env,
+                    )  # fmt: skip
+                running[recipe.name] = (recipe, child, time.perf_counter())
+                log(f"started {recipe.name}: {' '.join(recipe.flags)}")
+            time.sleep(0.2)
+            for name, (_, child, _) in list(running.items()):
+                if child.poll() is not None:
+                    finish(name)
+    except (TimeoutError, KeyboardInterrupt) as stop:
+        why = "the time limit" if isinstance(stop, TimeoutError) else "Ctrl-C"
+        unstarted = ", ".join(r.name for r in pending) or "none"
+        log(f"stopping at {why}: {len(running)} runs asked to save and stop, "
+            f"{len(pending)} not started ({unstarted})")  # fmt: skip
+        for _, child, _ in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGINT)
+        for name, (_, child, _) in list(running.items()):
+            try:
+                child.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            finish(name, cut=True)
     return results
 
 
@@ -127,6 +163,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("sweep"), help="folder for the runs")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (default: 1)")
     p.add_argument("--only", help="comma list of recipe names to run (default: all)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="after this many seconds, stop the running runs (each saves its epoch in progress) "
+        "and tabulate what they reached, marked cut; recipes not started are left out "
+        "(default: none)",
+    )
     args = p.parse_args(own)
     try:
         recipes = parse_recipes(args.recipes.read_text(encoding="utf-8"))
@@ -138,6 +183,6 @@ def main(argv=None) -> int:
         if unknown:
             p.error(f"--only: no recipe named {', '.join(unknown)} in {args.recipes}")
         recipes = [r for r in recipes if r.name in names]
-    results = sweep(recipes, args.out, common, max(1, args.jobs))
+    results = sweep(recipes, args.out, common, max(1, args.jobs), args.time_limit)
     print(table(results))
-    return 0 if all(r["returncode"] == 0 for r in results.values()) else 1
+    return 0 if all(r["returncode"] == 0 or r.get("cut") for r in results.values()) else 1
