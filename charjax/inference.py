@@ -16,6 +16,8 @@ from charjax.checkpoint import Checkpoints
 from charjax.errors import CharjaxError
 from charjax.run_dir import BEST, Meta, RunDir
 
+RMS_CHARS = 100_000  # training chars behind the RMS rule's gradient statistics (seconds of work)
+
 
 @dataclass(frozen=True)
 class SavedModel:
@@ -146,8 +148,10 @@ def score_text(saved: SavedModel, path, *, mode=None, stride=1, directory=None, 
     """-> (record, unknown chars Counter): the score of the text file `path` (None: the run's
     held-out tail, after checking that the corpus is the one trained on) in `mode`;
     `progress(done, total)` hears how far it got (`evaluate.score_ids`). `dynamic` (rate,
-    decay): also the dynamic evaluation of the same chars (`evaluate.dynamic_score`, segments of
-    the model's --maxlen), under "dynamic" in the record, beside the static score."""
+    decay, rule "sgd" or "rms"): also the dynamic evaluation of the same chars
+    (`evaluate.dynamic_score`, segments of the model's --maxlen; the RMS rule's statistics from
+    the last RMS_CHARS chars of the training text), under "dynamic" in the record, beside the
+    static score."""
     check_stride(stride)
     cfg, mode = saved.meta.cfg, mode or saved.reading
     if path is None:
@@ -182,14 +186,24 @@ def score_text(saved: SavedModel, path, *, mode=None, stride=1, directory=None, 
         "unknown_chars": dict(unknown),
     }
     if dynamic is not None:
-        rate, decay = dynamic
+        rate, decay, rule = dynamic
+        rms = None
+        if rule == "rms":
+            train = text if path is None else corpus.load_saved(
+                cfg, saved.meta.corpus_sha256, saved.meta.vocab, directory
+            )  # fmt: skip
+            end = corpus.split(train, cfg)
+            rms = evaluate.gradient_rms(
+                saved.params, train.ids[max(0, end - RMS_CHARS) : end], segment=cfg.maxlen,
+                dtype=cfg.dtype,
+            )  # fmt: skip
         adapted = evaluate.dynamic_score(
-            saved.params, ids, rate=rate, decay=decay, segment=cfg.maxlen, dtype=cfg.dtype,
-            progress=progress,
+            saved.params, ids, rate=rate, decay=decay, segment=cfg.maxlen, rms=rms,
+            dtype=cfg.dtype, progress=progress,
         )  # fmt: skip
         record["dynamic"] = {
-            "lr": rate, "decay": decay, "segment": cfg.maxlen, "chars_scored": adapted.chars,
-            "nats_per_char": adapted.nats_per_char, "bits_per_char": adapted.bits_per_char,
-            "perplexity": adapted.perplexity,
+            "rule": rule, "lr": rate, "decay": decay, "segment": cfg.maxlen,
+            "chars_scored": adapted.chars, "nats_per_char": adapted.nats_per_char,
+            "bits_per_char": adapted.bits_per_char, "perplexity": adapted.perplexity,
         }  # fmt: skip
     return record, unknown

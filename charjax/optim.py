@@ -42,16 +42,20 @@ def scheduled(cfg: Config) -> bool:
 def lr_factor(cfg: Config, step: jax.Array, total_steps) -> jax.Array:
     """The schedule's multiple of --learning-rate at optimizer step `step` (0-based).
 
-    Linear warm-up over `cfg.warmup` steps, then constant 1, or for "cosine" a half cosine from
-    1 down to MIN_LR_FRACTION at `total_steps`.
+    Linear warm-up over `cfg.warmup` steps, then constant 1; for "cosine" a half cosine from
+    1 down to MIN_LR_FRACTION at `total_steps`, for "linear" a straight line down to 0 there
+    (the last step's factor is 1 / the steps after warm-up, not 0).
     """
     step = jnp.asarray(step, jnp.float32)
     factor = jnp.float32(1.0)
     if cfg.warmup > 0:
         factor = jnp.minimum(1.0, (step + 1.0) / cfg.warmup)
-    if cfg.schedule == "cosine":
+    if cfg.schedule in ("cosine", "linear"):
         span = jnp.maximum(jnp.asarray(total_steps, jnp.float32) - cfg.warmup, 1.0)
         done = jnp.clip((step - cfg.warmup) / span, 0.0, 1.0)
-        cosine = MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + jnp.cos(jnp.pi * done))
-        factor = factor * cosine
+        if cfg.schedule == "cosine":
+            decay = MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + jnp.cos(jnp.pi * done))
+        else:
+            decay = jnp.maximum(1.0 - done, 1.0 / span)
+        factor = factor * decay
     return factor

@@ -101,9 +101,9 @@ class Reporter:
             )
 
     def nothing_to_train(self, run, directory) -> None:
-        if run.cfg.schedule == "cosine":  # its schedule decays over exactly these epochs
-            further = "its cosine schedule ends there, so train longer in a new run in another "
-            further += "--checkpoint-dir"
+        if run.cfg.schedule != "constant":  # its schedule decays over exactly these epochs
+            further = f"its {run.cfg.schedule} schedule ends there, so train longer in a new run "
+            further += "in another --checkpoint-dir"
         else:
             further = (
                 f"to train further, pass a larger one, e.g. charjax-train --resume --epochs "

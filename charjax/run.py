@@ -123,10 +123,10 @@ def merge_resumed(saved: Config, given: dict) -> Config:
         for k, v in given.items()
         if k in MATH_FIELDS and k != "text" and v != getattr(saved, k)
     ]
-    if saved.schedule == "cosine" and given.get("epochs", saved.epochs) != saved.epochs:
+    if saved.schedule != "constant" and given.get("epochs", saved.epochs) != saved.epochs:
         conflicts.append(
-            f"--epochs {given['epochs']} (checkpoint has {saved.epochs}, over which its cosine "
-            "schedule decays)"
+            f"--epochs {given['epochs']} (checkpoint has {saved.epochs}, over which its "
+            f"{saved.schedule} schedule decays)"
         )
     if conflicts:
         raise CharjaxError(

@@ -44,6 +44,12 @@ def test_score_command(tiny_cfg, tmp_path, capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["dynamic"]["chars_scored"] == record["chars_scored"] + cfg.maxlen - 1
     assert record["dynamic"]["lr"] > 0 and record["dynamic"]["nats_per_char"] > 0
+    assert record["dynamic"]["rule"] == "rms"  # the default; sgd on request, with its own lr
+    assert cli.score_main(["--checkpoint-dir", ck, "--dynamic", "--dynamic-rule", "sgd",
+                           "--json"]) == 0  # fmt: skip
+    plain = json.loads(capsys.readouterr().out)["dynamic"]
+    assert plain["rule"] == "sgd" and plain["lr"] != record["dynamic"]["lr"]
+    assert plain["nats_per_char"] != record["dynamic"]["nats_per_char"]
     stateful = ["--mode", "stateful", "--dynamic", "--dynamic-lr", "0"]
     assert cli.score_main(["--checkpoint-dir", ck, *stateful]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -16,6 +16,9 @@ def test_learning_rate_schedules():
     assert f[3] == pytest.approx(1.0)
     assert f[4] == pytest.approx(optim.MIN_LR_FRACTION + (1 - optim.MIN_LR_FRACTION) * 0.5)
     assert f[5] == f[6] == pytest.approx(optim.MIN_LR_FRACTION)
+    straight = Config(schedule="linear", warmup=10)
+    f = [float(optim.lr_factor(straight, s, 110)) for s in (4, 10, 60, 109, 110, 500)]
+    assert f == pytest.approx([0.5, 1.0, 0.5, 0.01, 0.01, 0.01])  # never 0: the last step moves
     flat = Config(warmup=4)
     assert [float(optim.lr_factor(flat, s, 0)) for s in (0, 3, 99)] == [0.25, 1.0, 1.0]
 

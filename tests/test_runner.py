@@ -19,7 +19,7 @@ from charjax.errors import CharjaxError
 from charjax.metrics_log import read_steps
 from charjax.plot import plot_metrics
 from charjax.report import Reporter
-from charjax.run import run_keys
+from charjax.run import merge_resumed, run_keys
 from charjax.run_dir import Meta, RunDir, read_metrics
 from charjax.step import init_state
 
@@ -195,6 +195,9 @@ def test_new_flags_are_checked_and_resume_keeps_the_model(capsys, tiny_cfg, tmp_
     _tiny_run(cosine, tmp_path / "cosine")
     with pytest.raises(CharjaxError, match="over which its cosine schedule decays"):
         _tiny_run(cosine, tmp_path / "cosine", resume=True, given={"epochs": 2})
+    with pytest.raises(CharjaxError, match="over which its linear schedule decays"):
+        merge_resumed(cfg.replace(schedule="linear"), {"epochs": 2})
+    assert merge_resumed(cfg, {"epochs": 2}).epochs == 2  # constant: nothing to stretch
     old = {**Checkpoints(tmp_path / "run").meta(), "format": 1}
     with pytest.raises(CharjaxError, match="written by an older charjax"):
         Meta.from_json(old)

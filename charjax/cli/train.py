@@ -28,7 +28,7 @@ def train_parser() -> argparse.ArgumentParser:
         default=None,
         help="a named recipe; flags given beside it override its values. original: the Keras "
         "example (the defaults); quality: the lowest held-out loss measured in ~20 CPU minutes "
-        "(2x256 LSTM on carried streams of 25 chars, dropout 0.3, weight-drop 0.2, Adam 5e-3 "
+        "(2x256 LSTM on carried streams of 25 chars, dropout 0.2, weight-drop 0.2, Adam 1e-2 "
         "with warm-up and cosine decay, clip 5, 23 epochs, --keep-best)",
     )
     run.add_argument(
