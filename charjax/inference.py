@@ -5,6 +5,8 @@ What `charjax-sample` and `charjax-score` do, minus the printing.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,13 @@ from charjax.errors import CharjaxError
 from charjax.run_dir import BEST, Meta, RunDir
 
 RMS_CHARS = 100_000  # training chars behind the RMS rule's gradient statistics (seconds of work)
+# Dynamic evaluation's tuning (`--dynamic-tune`): the (rate, decay) pairs tried per rule, on the
+# last TUNE_CHARS training chars (README "Results": the grids around the presets' best values).
+TUNE_CHARS = 30_000
+TUNE_GRID = {
+    "sgd": ((0.03, 0.0), (0.1, 0.0), (0.2, 0.0), (0.3, 0.0)),
+    "rms": tuple((r, d) for r in (1e-4, 2e-4, 3e-4, 5e-4) for d in (0.02, 0.05, 0.1)),
+}
 
 
 @dataclass(frozen=True)
@@ -148,10 +157,8 @@ def score_text(saved: SavedModel, path, *, mode=None, stride=1, directory=None, 
     """-> (record, unknown chars Counter): the score of the text file `path` (None: the run's
     held-out tail, after checking that the corpus is the one trained on) in `mode`;
     `progress(done, total)` hears how far it got (`evaluate.score_ids`). `dynamic` (rate,
-    decay, rule "sgd" or "rms"): also the dynamic evaluation of the same chars
-    (`evaluate.dynamic_score`, segments of the model's --maxlen; the RMS rule's statistics from
-    the last RMS_CHARS chars of the training text), under "dynamic" in the record, beside the
-    static score."""
+    decay, rule "sgd" or "rms"; rate None: tuned): also the dynamic evaluation of the same chars
+    (`_dynamic`), under "dynamic" in the record, beside the static score."""
     check_stride(stride)
     cfg, mode = saved.meta.cfg, mode or saved.reading
     if path is None:
@@ -187,23 +194,50 @@ def score_text(saved: SavedModel, path, *, mode=None, stride=1, directory=None, 
     }
     if dynamic is not None:
         rate, decay, rule = dynamic
-        rms = None
-        if rule == "rms":
-            train = text if path is None else corpus.load_saved(
-                cfg, saved.meta.corpus_sha256, saved.meta.vocab, directory
-            )  # fmt: skip
-            end = corpus.split(train, cfg)
-            rms = evaluate.gradient_rms(
-                saved.params, train.ids[max(0, end - RMS_CHARS) : end], segment=cfg.maxlen,
-                dtype=cfg.dtype,
-            )  # fmt: skip
-        adapted = evaluate.dynamic_score(
-            saved.params, ids, rate=rate, decay=decay, segment=cfg.maxlen, rms=rms,
-            dtype=cfg.dtype, progress=progress,
+        training = (lambda: text) if path is None else (
+            lambda: corpus.load_saved(cfg, saved.meta.corpus_sha256, saved.meta.vocab, directory)
         )  # fmt: skip
-        record["dynamic"] = {
-            "rule": rule, "lr": rate, "decay": decay, "segment": cfg.maxlen,
-            "chars_scored": adapted.chars, "nats_per_char": adapted.nats_per_char,
-            "bits_per_char": adapted.bits_per_char, "perplexity": adapted.perplexity,
-        }  # fmt: skip
+        record["dynamic"] = _dynamic(saved, ids, training, rule, rate, decay, progress)
     return record, unknown
+
+
+def _dynamic(saved: SavedModel, ids, training, rule: str, rate, decay, progress) -> dict:
+    """The "dynamic" record of ids: `evaluate.dynamic_score` in segments of the model's
+    --maxlen, by `rule`. The RMS rule's statistics come from the last RMS_CHARS chars of the
+    training text (`training()` loads it, only when needed); with `rate` None the rate and decay
+    are the best of TUNE_GRID[rule] on its last TUNE_CHARS chars (never the scored text)."""
+    cfg = saved.meta.cfg
+    run = functools.partial(
+        evaluate.dynamic_score, saved.params, segment=cfg.maxlen, dtype=cfg.dtype
+    )
+    rms, tried = None, None
+    if rule == "rms" or rate is None:
+        train = training()
+        end = corpus.split(train, cfg)
+    if rule == "rms":
+        rms = evaluate.gradient_rms(
+            saved.params, train.ids[max(0, end - RMS_CHARS) : end], segment=cfg.maxlen,
+            dtype=cfg.dtype,
+        )  # fmt: skip
+    if rate is None:
+        piece = train.ids[max(0, end - TUNE_CHARS) : end]
+
+        def tuning(r, d):
+            return run(piece, rate=r, decay=d, rms=rms).nats_per_char
+
+        tried = [{"lr": r, "decay": d, "nats_per_char": tuning(r, d)} for r, d in TUNE_GRID[rule]]
+        best = min(tried, key=lambda t: _finite_or_inf(t["nats_per_char"]))
+        rate, decay = best["lr"], best["decay"]
+    adapted = run(ids, rate=rate, decay=decay, rms=rms, progress=progress)
+    record = {
+        "rule": rule, "lr": rate, "decay": decay, "segment": cfg.maxlen,
+        "chars_scored": adapted.chars, "nats_per_char": adapted.nats_per_char,
+        "bits_per_char": adapted.bits_per_char, "perplexity": adapted.perplexity,
+    }  # fmt: skip
+    if tried is not None:
+        record["tuned_on_chars"], record["tried"] = len(piece), tried
+    return record
+
+
+def _finite_or_inf(x: float) -> float:
+    return x if math.isfinite(x) else math.inf

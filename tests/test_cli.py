@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from util import quiet
 
-from charjax import cli, guard, runner
+from charjax import cli, guard, inference, runner
 from charjax.checkpoint import Checkpoints
 from charjax.config import Config, flag
 
@@ -26,7 +26,7 @@ def test_guard_off_or_hopeless_ends_with_one_line(capsys, tiny_text, tmp_path):
     assert Checkpoints(tmp_path / "a").epochs() == []
 
 
-def test_score_command(tiny_cfg, tmp_path, capsys):
+def test_score_command(tiny_cfg, tmp_path, capsys, monkeypatch):
     cfg = tiny_cfg.replace(epochs=1, temperatures=())
     _tiny_run(cfg, tmp_path / "run")
     ck = str(tmp_path / "run")
@@ -50,6 +50,16 @@ def test_score_command(tiny_cfg, tmp_path, capsys):
     plain = json.loads(capsys.readouterr().out)["dynamic"]
     assert plain["rule"] == "sgd" and plain["lr"] != record["dynamic"]["lr"]
     assert plain["nats_per_char"] != record["dynamic"]["nats_per_char"]
+    # --dynamic-tune: the best of the grid on the training text, then the scored text
+    monkeypatch.setattr(inference, "TUNE_GRID", {"rms": ((1e-4, 0.05), (3e-3, 0.0))})
+    assert cli.score_main(["--checkpoint-dir", ck, "--dynamic-tune", "--json"]) == 0
+    tuned = json.loads(capsys.readouterr().out)["dynamic"]
+    assert [(t["lr"], t["decay"]) for t in tuned["tried"]] == [(1e-4, 0.05), (3e-3, 0.0)]
+    best = min(tuned["tried"], key=lambda t: t["nats_per_char"])
+    assert (tuned["lr"], tuned["decay"]) == (best["lr"], best["decay"])
+    assert tuned["chars_scored"] == record["dynamic"]["chars_scored"]
+    assert cli.score_main(["--checkpoint-dir", ck, "--dynamic-tune", "--dynamic-lr", "1"]) == 2
+    assert "pass one or the others" in capsys.readouterr().err
     stateful = ["--mode", "stateful", "--dynamic", "--dynamic-lr", "0"]
     assert cli.score_main(["--checkpoint-dir", ck, *stateful]) == 0
     lines = capsys.readouterr().out.splitlines()

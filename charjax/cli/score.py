@@ -73,17 +73,32 @@ def score_parser() -> argparse.ArgumentParser:
         + ", ".join(f"{rule} {decay:g}" for rule, (_, decay) in DYNAMIC.items())
         + ")",
     )
+    p.add_argument(
+        "--dynamic-tune",
+        action="store_true",
+        help="choose --dynamic-lr and --dynamic-decay for this model: the best of a small grid "
+        "on the last 30,000 chars of its training text (never the scored text); implies "
+        "--dynamic; minutes of work",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
 def score(args: argparse.Namespace) -> int:
     from charjax import inference
+    from charjax.errors import CharjaxError
 
     inference.check_stride(args.stride)  # before reading the checkpoint
+    tuned = args.dynamic_lr is not None or args.dynamic_decay is not None
+    if args.dynamic_tune and tuned:
+        raise CharjaxError(
+            "--dynamic-tune chooses --dynamic-lr and --dynamic-decay itself: pass one or the others"
+        )
     saved = inference.load(args.checkpoint_dir, args.epoch, args.best)
     dynamic = None
-    if args.dynamic:
+    if args.dynamic_tune:
+        dynamic = (None, None, args.dynamic_rule)
+    elif args.dynamic:
         lr, decay = DYNAMIC[args.dynamic_rule]
         dynamic = (
             lr if args.dynamic_lr is None else args.dynamic_lr,
@@ -116,6 +131,15 @@ def score(args: argparse.Namespace) -> int:
             f"{d['nats_per_char']:.4f} nats/char, perplexity {d['perplexity']:.3f} (stateful, "
             f"a {d['rule']} step every {d['segment']} chars, --dynamic-lr {d['lr']:g}, "
             f"--dynamic-decay {d['decay']:g}; the static figure above is the comparable one)"
+        )
+    if dynamic is not None and "tried" in record["dynamic"]:
+        tried = ", ".join(
+            f"{t['lr']:g}/{t['decay']:g}: {t['nats_per_char']:.4f}"
+            for t in record["dynamic"]["tried"]
+        )
+        print(
+            f"  (--dynamic-tune, on the last {record['dynamic']['tuned_on_chars']:,} training "
+            f"chars, nats/char by lr/decay: {tried})"
         )
     if unknown:
         listed = ", ".join(f"{ch!r} x{n}" for ch, n in unknown.most_common())
