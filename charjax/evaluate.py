@@ -59,11 +59,17 @@ def _last_char(maxlen: int) -> objective.Objective:
     return objective.Objective(maxlen, 1, 1, False, False)
 
 
+def _losses(params, carry, inputs, targets, valid, dtype):
+    """Read ids inputs int[B, L] on from `carry` -> (carry after them, float32[B, L] nats of
+    each target int[B, L]); `valid` bool[L] or None as in `model.forward`."""
+    carry, logits = model.forward(params, inputs, carry, valid, dtype, all_steps=True)
+    return carry, optax.softmax_cross_entropy_with_integer_labels(logits, targets.astype(jnp.int32))
+
+
 @functools.partial(jax.jit, static_argnames=("dtype",))
 def _stream_nats(params, carry, inputs, targets, valid, *, dtype):
-    carry, logits = model.forward(params, inputs[None], carry, valid, dtype, all_steps=True)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits[0], targets.astype(jnp.int32))
-    return carry, jnp.sum(jnp.where(valid, losses, 0.0))
+    carry, losses = _losses(params, carry, inputs[None], targets[None], valid, dtype)
+    return carry, jnp.sum(jnp.where(valid, losses[0], 0.0))
 
 
 def _batches(values: np.ndarray, size: int):
@@ -186,11 +192,8 @@ def _adapt(params, base, carry, inputs, targets, valid, rate, decay, rms, *, dty
     at most all the way)."""
 
     def nats(p):
-        after, logits = model.forward(p, inputs[None], carry, valid, dtype, all_steps=True)
-        losses = optax.softmax_cross_entropy_with_integer_labels(
-            logits[0], targets.astype(jnp.int32)
-        )
-        return jnp.sum(jnp.where(valid, losses, 0.0)), after
+        after, losses = _losses(p, carry, inputs[None], targets[None], valid, dtype)
+        return jnp.sum(jnp.where(valid, losses[0], 0.0)), after
 
     (total, after), grads = jax.value_and_grad(nats, has_aux=True)(params)
     grads = jax.tree.map(lambda g: g / jnp.maximum(jnp.sum(valid), 1), grads)  # of the mean
@@ -211,8 +214,7 @@ def _squared_grads(params, total, carry, inputs, targets, *, dtype):
     int[S, L], read on from `carry`) to `total` -> (total, carry after the step)."""
 
     def loss(p):
-        after, logits = model.forward(p, inputs, carry, None, dtype, all_steps=True)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets.astype(jnp.int32))
+        after, losses = _losses(p, carry, inputs, targets, None, dtype)
         return jnp.mean(losses), after
 
     grads, after = jax.grad(loss, has_aux=True)(params)

@@ -89,8 +89,8 @@ def score(args: argparse.Namespace) -> int:
     from charjax.errors import CharjaxError
 
     inference.check_stride(args.stride)  # before reading the checkpoint
-    tuned = args.dynamic_lr is not None or args.dynamic_decay is not None
-    if args.dynamic_tune and tuned:
+    rates_given = args.dynamic_lr is not None or args.dynamic_decay is not None
+    if args.dynamic_tune and rates_given:
         raise CharjaxError(
             "--dynamic-tune chooses --dynamic-lr and --dynamic-decay itself: pass one or the others"
         )
