@@ -192,8 +192,8 @@ def _adapt(params, base, carry, inputs, targets, valid, rate, decay, rms, *, dty
     at most all the way)."""
 
     def nats(p):
-        after, losses = _losses(p, carry, inputs[None], targets[None], valid, dtype)
-        return jnp.sum(jnp.where(valid, losses[0], 0.0)), after
+        after, total = _stream_nats(p, carry, inputs, targets, valid, dtype=dtype)
+        return total, after
 
     (total, after), grads = jax.value_and_grad(nats, has_aux=True)(params)
     grads = jax.tree.map(lambda g: g / jnp.maximum(jnp.sum(valid), 1), grads)  # of the mean
