@@ -73,6 +73,12 @@ def main(argv=None) -> int:
         "all into DIR/device_check.json (with --quick: a few steps of each, no tests)",
     )
     p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="instead: training chars/s of this charjax-train preset (e.g. quality) on one and "
+        "on all host devices, alternating (whether CHARJAX_CPU_DEVICES=1 suits it here)",
+    )
+    p.add_argument(
         "--parts",
         metavar="NAME,...",
         help="with --device-check: only these parts (names as in device_check.json)",
@@ -93,9 +99,7 @@ def main(argv=None) -> int:
 
         sizes = [int(float(n)) for n in args.corpus_chars.split(",") if n.strip()]
         results = {**environment(), "corpus_scale": scale.run(sizes, args.corpus_dir)}
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=2)
+        _write(args.json, results)
         return 0
     parallel.request_cpu_devices()
     parallel.tune_host_malloc()
@@ -103,6 +107,18 @@ def main(argv=None) -> int:
 
     steps, repeats = (60, 3) if args.quick else (300, 3)
     results = environment()
+    if args.preset:
+        steps, repeats = (10, 2) if args.quick else (100, 5)
+        results.update(measure.bench_preset(args.preset, steps, repeats))
+        rates = results["preset_chars_per_s"]
+        print(
+            f"--preset {args.preset}: "
+            + ", ".join(f"{rate:,.0f} chars/s on {n} device(s)" for n, rate in rates.items())
+            + f"; medians of {repeats} x {steps} steps, alternating",
+            flush=True,
+        )
+        _write(args.json, results)
+        return 0
     results.update(measure.bench_train(steps, repeats))
     print(
         f"train: {results['train_windows_per_s']:,.0f} windows/s "
@@ -138,10 +154,14 @@ def main(argv=None) -> int:
             f"charjax is {ratio:.2f}x",
             flush=True,
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    _write(args.json, results)
     return 0
+
+
+def _write(path: str | None, results: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -62,16 +62,21 @@ def run_tests(root: Path, out: Path, timeout: float) -> dict:
 
 def train_epoch(cfg, steps: int | None) -> dict:
     """Compile time, then a whole epoch (or its first `steps` steps) of `cfg` on Nietzsche:
-    wall time and throughput, from the training loop itself (`epoch.iterate`)."""
+    wall time and throughput, from the training loop itself (`epoch.iterate`, with a run's
+    per-step context: its dropout and weight-drop masks are drawn as in training)."""
     import jax
+    import jax.numpy as jnp
 
-    from charjax import corpus, epoch, objective, step
+    from charjax import corpus, epoch, objective, run, step
 
     text = corpus.load(cfg)
     goal = objective.of(cfg)
     split = corpus.split(text, cfg)
-    state = step.init_state(jax.random.key(0), text.vocab.size, cfg)
-    chunks = epoch.iterate(state, text.ids, split, jax.random.key(1), 1, cfg)
+    keys = run.run_keys(cfg.seed)
+    state = step.init_state(keys.init, text.vocab.size, cfg)
+    total = cfg.epochs * -(-goal.windows(split) // cfg.batch_size)
+    context = step.StepContext(keys.dropout, jnp.int32(total))
+    chunks = epoch.iterate(state, text.ids, split, keys.data, 1, cfg, context=context)
     t0 = time.perf_counter()
     done = next(chunks)
     jax.block_until_ready(done.state)

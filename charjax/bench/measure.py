@@ -3,6 +3,7 @@ latency, each a median of repeats."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 
@@ -86,3 +87,47 @@ def bench_sample(repeats: int) -> dict:
             median, _ = median_time(call, repeats)
             out[f"{mode}_{len(temps)}temp"] = {"ms": 1000 * median, "compile_s": compile_s}
     return {"sample_ms": out}
+
+
+def bench_preset(name: str, steps: int, repeats: int) -> dict:
+    """Chars/s of preset `name`'s training (its dropout and weight-drop masks drawn as in a
+    run) on 1 and on all of this process's devices, alternating, medians of `repeats` x
+    `steps` steps, compile apart: whether one device or several suit it on this host
+    ($CHARJAX_CPU_DEVICES sets a run's count)."""
+    from charjax import run
+    from charjax.config import PRESETS
+
+    cfg = Config(**PRESETS[name])
+    text = corpus.load(cfg)
+    goal = objective.of(cfg)
+    split = corpus.split(text, cfg)
+    keys = run.run_keys(cfg.seed)
+    context = step.StepContext(keys.dropout, jax.numpy.int32(10**6))
+    counts = sorted({1, len(jax.devices())})
+
+    def chunks_on(mesh):  # epoch after epoch
+        state = step.init_state(keys.init, text.vocab.size, cfg)
+        for number in itertools.count(1):
+            for done in epoch.iterate(state, text.ids, split, keys.data, number, cfg, mesh,
+                                      context=context):  # fmt: skip
+                yield done
+            state = done.state
+
+    loops, times = {}, {n: [] for n in counts}
+    for n in counts:
+        loops[n] = chunks_on(parallel.data_mesh(jax.devices()[:n]))
+        jax.block_until_ready(next(loops[n]).state)  # compile
+    chunks = max(1, steps // cfg.steps_per_call)
+    for _ in range(repeats):
+        for n in counts:
+            t0 = time.perf_counter()
+            for _ in range(chunks):
+                done = next(loops[n])
+            jax.block_until_ready(done.state)
+            times[n].append(time.perf_counter() - t0)
+    chars = chunks * cfg.steps_per_call * cfg.batch_size * goal.chars_per_window
+    return {
+        "preset": name,
+        "preset_chars_per_s": {str(n): chars / statistics.median(t) for n, t in times.items()},
+        "preset_steps_per_repeat": chunks * cfg.steps_per_call,
+    }
