@@ -69,13 +69,8 @@ class Run:
         return objective.of(self.cfg)
 
     @property
-    def batches(self) -> int:
-        """Optimizer steps per epoch."""
-        return -(-self.windows // self.cfg.batch_size)
-
-    @property
     def context(self) -> step.StepContext:
-        return step.StepContext(self.keys.dropout, jnp.int32(self.cfg.epochs * self.batches))
+        return step_context(self.cfg, self.keys.dropout, self.windows)
 
     def initial_state(self) -> step.TrainState:
         return step.init_state(self.keys.init, self.corpus.vocab.size, self.cfg)
@@ -88,6 +83,12 @@ class Run:
         """The record saved with a checkpoint; the prime is stored so sampling needs no corpus."""
         c = self.corpus
         return Meta(self.cfg, c.vocab.chars, c.sha256, c.prime, epoch, metrics or {}, position)
+
+
+def step_context(cfg: Config, dropout_key: jax.Array, windows: int) -> step.StepContext:
+    """The train step's per-run inputs: the dropout key and the run's optimizer steps (its
+    epochs of `windows` training windows, for the learning-rate schedule)."""
+    return step.StepContext(dropout_key, jnp.int32(cfg.epochs * -(-windows // cfg.batch_size)))
 
 
 def _build(cfg: Config, corpus: corpora.Corpus, state, epoch: int, position: Position) -> Run:

@@ -65,17 +65,15 @@ def train_epoch(cfg, steps: int | None) -> dict:
     wall time and throughput, from the training loop itself (`epoch.iterate`, with a run's
     per-step context: its dropout and weight-drop masks are drawn as in training)."""
     import jax
-    import jax.numpy as jnp
 
-    from charjax import corpus, epoch, objective, run, step
+    from charjax import corpus, epoch, objective, step
+    from charjax.bench.measure import run_context
 
     text = corpus.load(cfg)
     goal = objective.of(cfg)
     split = corpus.split(text, cfg)
-    keys = run.run_keys(cfg.seed)
+    keys, context = run_context(cfg, split)
     state = step.init_state(keys.init, text.vocab.size, cfg)
-    total = cfg.epochs * -(-goal.windows(split) // cfg.batch_size)
-    context = step.StepContext(keys.dropout, jnp.int32(total))
     chunks = epoch.iterate(state, text.ids, split, keys.data, 1, cfg, context=context)
     t0 = time.perf_counter()
     done = next(chunks)

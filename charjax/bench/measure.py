@@ -94,40 +94,49 @@ def bench_preset(name: str, steps: int, repeats: int) -> dict:
     run) on 1 and on all of this process's devices, alternating, medians of `repeats` x
     `steps` steps, compile apart: whether one device or several suit it on this host
     ($CHARJAX_CPU_DEVICES sets a run's count)."""
-    from charjax import run
     from charjax.config import PRESETS
 
     cfg = Config(**PRESETS[name])
     text = corpus.load(cfg)
-    goal = objective.of(cfg)
     split = corpus.split(text, cfg)
-    keys = run.run_keys(cfg.seed)
-    context = step.StepContext(keys.dropout, jax.numpy.int32(10**6))
+    keys, context = run_context(cfg, split)
     counts = sorted({1, len(jax.devices())})
 
-    def chunks_on(mesh):  # epoch after epoch
+    def chunks_on(mesh):  # epoch after epoch: (state, windows) of each chunk
         state = step.init_state(keys.init, text.vocab.size, cfg)
         for number in itertools.count(1):
+            before = 0
             for done in epoch.iterate(state, text.ids, split, keys.data, number, cfg, mesh,
                                       context=context):  # fmt: skip
-                yield done
+                yield done.state, done.position.windows - before
+                before = done.position.windows
             state = done.state
 
-    loops, times = {}, {n: [] for n in counts}
+    loops, rates = {}, {n: [] for n in counts}
     for n in counts:
         loops[n] = chunks_on(parallel.data_mesh(jax.devices()[:n]))
-        jax.block_until_ready(next(loops[n]).state)  # compile
+        jax.block_until_ready(next(loops[n])[0])  # compile
     chunks = max(1, steps // cfg.steps_per_call)
     for _ in range(repeats):
         for n in counts:
-            t0 = time.perf_counter()
+            t0, windows = time.perf_counter(), 0
             for _ in range(chunks):
-                done = next(loops[n])
-            jax.block_until_ready(done.state)
-            times[n].append(time.perf_counter() - t0)
-    chars = chunks * cfg.steps_per_call * cfg.batch_size * goal.chars_per_window
+                state, trained = next(loops[n])
+                windows += trained
+            jax.block_until_ready(state)
+            chars = windows * objective.of(cfg).chars_per_window
+            rates[n].append(chars / (time.perf_counter() - t0))
     return {
         "preset": name,
-        "preset_chars_per_s": {str(n): chars / statistics.median(t) for n, t in times.items()},
+        "preset_chars_per_s": {str(n): statistics.median(r) for n, r in rates.items()},
         "preset_steps_per_repeat": chunks * cfg.steps_per_call,
     }
+
+
+def run_context(cfg: Config, split: int):
+    """(keys, per-step context) of a run of `cfg` with `split` training ids: timed training
+    draws the dropout and weight-drop masks that a run draws."""
+    from charjax import run
+
+    keys = run.run_keys(cfg.seed)
+    return keys, run.step_context(cfg, keys.dropout, objective.of(cfg).windows(split))
