@@ -1,6 +1,7 @@
 """The prepared device check runs on CPU too (a few steps): it cannot rot before a GPU is lent."""
 
 import json
+import os
 
 from charjax.bench import gpu
 from charjax.config import Config
@@ -21,10 +22,14 @@ def test_device_check_writes_its_json_on_cpu(nietzsche_dir, tmp_path):
 def test_preset_timing_trains_the_preset_with_its_masks(
     nietzsche_dir, tmp_path, capsys, monkeypatch
 ):
-    """`charjax-bench --preset quality` times the preset's own training (dropout and
-    weight-drop drawn, as in a run) on one and on all devices, and says so."""
-    from charjax import bench, epoch
+    """`charjax-bench --preset quality` (and the device check's epochs) time training as a run
+    does: dropout and weight-drop drawn, the schedule over the run's steps; on one and on all
+    devices, saying so."""
+    import jax
 
+    from charjax import bench, corpus, epoch, objective
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # bench.main asks for devices
     contexts, iterate = [], epoch.iterate
 
     def watched(*args, context, **kw):
@@ -32,11 +37,17 @@ def test_preset_timing_trains_the_preset_with_its_masks(
         return iterate(*args, context=context, **kw)
 
     monkeypatch.setattr(epoch, "iterate", watched)
-    gpu.train_epoch(Config(**gpu.RECIPE_B), 1)  # the device check's recipe B: masks too
+    recipe_b = Config(**gpu.RECIPE_B)
+    gpu.train_epoch(recipe_b, 1)  # the device check's recipe B: masks too
     out = tmp_path / "preset.json"
     assert bench.main(["--preset", "quality", "--quick", "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert saved["preset"] == "quality" and saved["preset_steps_per_repeat"] == 10
-    assert set(saved["preset_chars_per_s"]) == {"1"} and saved["preset_chars_per_s"]["1"] > 0
-    assert "chars/s on 1 device(s); medians of 2 x 10 steps" in capsys.readouterr().out
-    assert len(contexts) == 2 and all(c.dropout_key is not None for c in contexts)
+    counts = {"1", str(len(jax.devices()))}
+    assert set(saved["preset_chars_per_s"]) == counts
+    assert all(rate > 0 for rate in saved["preset_chars_per_s"].values())
+    assert "chars/s on 1 device(s)" in capsys.readouterr().out
+    assert len(contexts) == 1 + len(counts) and all(c.dropout_key is not None for c in contexts)
+    split = corpus.split(corpus.load(recipe_b), recipe_b)
+    batches = -(-objective.of(recipe_b).windows(split) // recipe_b.batch_size)
+    assert int(contexts[0].total_steps) == recipe_b.epochs * batches > 0

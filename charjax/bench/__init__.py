@@ -19,6 +19,7 @@ import time
 from importlib import metadata
 
 from charjax import parallel
+from charjax.config import PRESETS
 
 
 def environment() -> dict:
@@ -75,8 +76,10 @@ def main(argv=None) -> int:
     p.add_argument(
         "--preset",
         metavar="NAME",
-        help="instead: training chars/s of this charjax-train preset (e.g. quality) on one and "
-        "on all host devices, alternating (whether CHARJAX_CPU_DEVICES=1 suits it here)",
+        choices=tuple(PRESETS),
+        help="instead: training chars/s of this charjax-train preset on one and on all of the "
+        "process's devices, alternating, in one process (a lead for CHARJAX_CPU_DEVICES; "
+        "separate processes can differ)",
     )
     p.add_argument(
         "--parts",

@@ -92,8 +92,8 @@ def bench_sample(repeats: int) -> dict:
 def bench_preset(name: str, steps: int, repeats: int) -> dict:
     """Chars/s of preset `name`'s training (its dropout and weight-drop masks drawn as in a
     run) on 1 and on all of this process's devices, alternating, medians of `repeats` x
-    `steps` steps, compile apart: whether one device or several suit it on this host
-    ($CHARJAX_CPU_DEVICES sets a run's count)."""
+    `steps` steps, compile apart: a lead for whether one device or several suit it on this
+    host ($CHARJAX_CPU_DEVICES sets a run's count; a process of one device can differ)."""
     from charjax.config import PRESETS
 
     cfg = Config(**PRESETS[name])
