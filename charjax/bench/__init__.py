@@ -108,7 +108,6 @@ def main(argv=None) -> int:
     parallel.tune_host_malloc()
     from charjax.bench import child, measure
 
-    steps, repeats = (60, 3) if args.quick else (300, 3)
     results = environment()
     if args.preset:
         steps, repeats = (10, 2) if args.quick else (100, 5)
@@ -122,6 +121,7 @@ def main(argv=None) -> int:
         )
         _write(args.json, results)
         return 0
+    steps, repeats = (60, 3) if args.quick else (300, 3)
     results.update(measure.bench_train(steps, repeats))
     print(
         f"train: {results['train_windows_per_s']:,.0f} windows/s "

@@ -116,7 +116,7 @@ def bench_preset(name: str, steps: int, repeats: int) -> dict:
     for n in counts:
         loops[n] = chunks_on(parallel.data_mesh(jax.devices()[:n]))
         jax.block_until_ready(next(loops[n])[0])  # compile
-    chunks = max(1, steps // cfg.steps_per_call)
+    chunks, per_window = max(1, steps // cfg.steps_per_call), objective.of(cfg).chars_per_window
     for _ in range(repeats):
         for n in counts:
             t0, windows = time.perf_counter(), 0
@@ -124,8 +124,7 @@ def bench_preset(name: str, steps: int, repeats: int) -> dict:
                 state, trained = next(loops[n])
                 windows += trained
             jax.block_until_ready(state)
-            chars = windows * objective.of(cfg).chars_per_window
-            rates[n].append(chars / (time.perf_counter() - t0))
+            rates[n].append(windows * per_window / (time.perf_counter() - t0))
     return {
         "preset": name,
         "preset_chars_per_s": {str(n): statistics.median(r) for n, r in rates.items()},
