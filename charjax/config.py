@@ -327,16 +327,24 @@ class Config:
 
 # Named recipes (`charjax-train --preset NAME`): config values that explicit flags override.
 # quality: the lowest held-out loss measured within 20 minutes on this project's slowest 2-core
-# host (23 epochs there; README "Results"): recipe B with streams of 25 chars (four times the
-# updates for the same compute), dropout 0.2, weight-drop 0.2, Adam at 1e-2, plus --keep-best.
+# host (23 epochs there; README "Results"): long-streams with streams of 25 chars (four times
+# the updates for the same compute), dropout 0.2, weight-drop 0.2, Adam at 1e-2, --keep-best.
 # Recurrent and locked dropout, EMA and --vary-length measured no better within that budget:
 # they stay off.
+# long-streams: the same model on streams of 100 chars, dropout 0.3, no weight-drop, Adam at
+# 3e-3, 45 epochs: quality's forerunner, 1.321 nats/char held-out at epoch 29 in 11.3 training
+# minutes on a 2-core AMD EPYC with AVX-512 (2026-11-26); the device check times its training.
 PRESETS = {
     "original": {},  # the Keras example's settings: the defaults
     "quality": dict(
         objective="sequence", carry_state=True, maxlen=25, step=25, batch_size=64, layers=2,
         hidden=256, dropout=0.2, optimizer="adam", learning_rate=0.01, warmup=50,
         schedule="cosine", clip_norm=5.0, weight_drop=0.2, epochs=23, keep_best=True,
+    ),
+    "long-streams": dict(
+        objective="sequence", carry_state=True, maxlen=100, step=100, batch_size=64, layers=2,
+        hidden=256, dropout=0.3, optimizer="adam", learning_rate=0.003, warmup=50,
+        schedule="cosine", clip_norm=5.0, epochs=45, keep_best=True,
     ),
 }  # fmt: skip
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The prepared device check (issue 15): one call on a machine with a GPU, ~5-8 minutes.
+# The prepared device check: one call on a machine with a GPU, ~5-8 minutes.
 #   bash scripts/gpu_check.sh [OUT_DIR]     (default: $OUT, else ./device-check)
-# Installs the project without dependencies (the image has jax with CUDA, flax, optax, orbax),
-# prints the versions, then runs `charjax-bench --device-check` (see charjax/bench/gpu.py):
-# everything lands in OUT_DIR/device_check.json and OUT_DIR/device_check.log.
+# Installs the project without dependencies (the machine has jax with CUDA, flax, optax,
+# orbax), prints the versions, then runs `python scripts/bench.py --device-check` (see
+# benchmarks/device_check.py): everything lands in OUT_DIR/device_check.json and
+# OUT_DIR/device_check.log.
 # The Nietzsche corpus must be reachable: CHARJAX_DATA_DIR, the cache, or a download.
 set -u
 out="${1:-${OUT:-device-check}}"

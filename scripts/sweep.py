@@ -3,7 +3,7 @@ Same as `charjax-sweep`."""
 
 import sys
 
-from charjax.bench.sweep import main
+from charjax.sweep import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,7 @@
 """Shared fixtures: the real corpus (data dir, cache or checked download) and tiny texts."""
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 # float32 matmuls default to TF32 (10-bit mantissas), so the tests ask for full float32. No
 # effect on CPU. (The fused Pallas kernels keep TF32; their test allows for it.)
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+# The benchmarks are not installed: their tests import them from the repository root (last on
+# the path, so that an installed charjax still comes first).
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from util import TINY_TEXT
 

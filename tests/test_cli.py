@@ -161,3 +161,16 @@ def test_presets_are_recipes_that_flags_override():
         assert "keeps its own recipe" in str(e)
     else:
         raise AssertionError("--preset with --resume was accepted")
+
+
+def test_every_preset_is_a_valid_recipe_named_in_the_help():
+    from charjax.cli.train import config_of, train_parser
+    from charjax.config import PRESETS
+
+    parser = train_parser()
+    flags = " ".join(parser.format_help().split())
+    for name, values in PRESETS.items():
+        cfg, given = config_of(parser.parse_args(["--preset", name]))
+        assert given == {} and all(getattr(cfg, k) == v for k, v in values.items()), name
+        cfg.check()
+        assert f"{name}:" in flags, name

@@ -1,8 +1,10 @@
 """End-to-end runs of scripts/*.py in subprocesses, as a user runs them (the many one-line
 error cases once through the script, the rest through the same command in process)."""
 
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -294,9 +296,35 @@ def test_entry_points_are_installed():
     for name in (
         "charjax-train",
         "charjax-sample",
-        "charjax-bench",
         "charjax-plot",
         "charjax-score",
     ):
         done = subprocess.run([str(bindir / name), "--help"], capture_output=True, text=True)
         assert done.returncode == 0 and "usage: " + name in done.stdout, name
+
+
+def test_console_scripts_name_mains_of_the_installed_packages():
+    """Every [project.scripts] entry is a callable of a module in the packages pyproject installs
+    (so it works after a reinstall); the benchmarks are not among them."""
+    text = (REPO / "pyproject.toml").read_text()
+    section = text.split("[project.scripts]\n", 1)[1].split("\n[", 1)[0]
+    entries = re.findall(r'^([\w-]+) = "([\w.]+):(\w+)"$', section, re.M)
+    packages = re.findall(r'"([\w.]+)"', re.search(r"^packages = \[(.*)\]$", text, re.M)[1])
+    names = {name for name, _, _ in entries}
+    assert {"charjax-train", "charjax-sweep"} <= names and "charjax-bench" not in names
+    assert "benchmarks" not in packages and "charjax" in packages
+    for name, module, function in entries:
+        assert module in packages or module.rpartition(".")[0] in packages, name
+        assert callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_bench_script_finds_the_benchmarks_from_any_directory(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "usage: python scripts/bench.py" in done.stdout and "--device-check" in done.stdout

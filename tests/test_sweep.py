@@ -1,10 +1,11 @@
 """charjax-sweep: recipes file parsing, runs side by side, the table and sweep.json."""
 
 import json
+import sys
 
 import pytest
 
-from charjax.bench import sweep
+from charjax import sweep
 
 
 def test_parse_recipes_skips_comments_and_refuses_repeated_names():
@@ -70,7 +71,10 @@ while True:
 def test_a_time_limit_stops_the_runs_each_saving_and_tabulates_them_as_cut(
     tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(sweep, "TRAIN", _SLOW_TRAIN)
+    def slow_train(argv):
+        return [sys.executable, "-c", _SLOW_TRAIN, *argv]
+
+    monkeypatch.setattr(sweep, "train_command", slow_train)
     recipes = tmp_path / "recipes.txt"
     recipes.write_text("slow --epochs 99\nlater --epochs 99\n")
     out = tmp_path / "out"

@@ -4,6 +4,8 @@ flags -> one library call. Problems the user can fix end as one line on stderr, 
 
 from __future__ import annotations
 
+import sys
+
 from charjax.cli.common import run
 from charjax.cli.export import export, export_parser
 from charjax.cli.plot import plot, plot_parser
@@ -11,11 +13,26 @@ from charjax.cli.sample import sample, sample_parser
 from charjax.cli.score import score, score_parser
 from charjax.cli.train import train, train_parser
 
-__all__ = ["export_main", "plot_main", "sample_main", "score_main", "train_main"]
+__all__ = [
+    "export_main",
+    "plot_main",
+    "sample_main",
+    "score_main",
+    "train_command",
+    "train_main",
+]
+
+_TRAIN = "import sys; from charjax.cli import train_main; sys.exit(train_main(sys.argv[1:]))"
 
 
 def train_main(argv=None) -> int:
     return run(train, train_parser(), argv)
+
+
+def train_command(argv) -> list[str]:
+    """The command line of a `charjax-train ARGV` child process, run by this interpreter (its
+    environment and its charjax, whether or not the console scripts are on PATH)."""
+    return [sys.executable, "-c", _TRAIN, *map(str, argv)]
 
 
 def sample_main(argv=None) -> int:

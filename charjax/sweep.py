@@ -24,12 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from charjax.cli import train_command
 from charjax.metrics_log import read_metrics
 
 STOP_WAIT_S = 120  # for a stopped child to save its epoch in progress, then it is killed
-
-# A child process: charjax-train with the given argv.
-TRAIN = "import sys; from charjax.cli import train_main; sys.exit(train_main(sys.argv[1:]))"
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,7 @@ def sweep(
 
     After `time_limit` seconds (or on Ctrl-C) the running children are asked to stop (SIGINT:
     each saves its epoch in progress and ends) and summed up marked `cut`; recipes not yet
-    started are left out. So a sweep on a lent machine ends with its table, whatever the time."""
+    started are left out. So a sweep on a machine held for a fixed time ends with its table."""
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several runs share one GPU
@@ -125,9 +123,8 @@ def sweep(
                 argv = [*recipe.flags, *common, "--quiet", "--checkpoint-dir", str(directory)]
                 with open(out / f"{recipe.name}.log", "w") as f:
                     child = subprocess.Popen(
-                        [sys.executable, "-c", TRAIN, *argv], stdout=f, stderr=subprocess.STDOUT,
-                        env=env,
-                    )  # fmt: skip
+                        train_command(argv), stdout=f, stderr=subprocess.STDOUT, env=env
+                    )
                 running[recipe.name] = (recipe, child, time.perf_counter())
                 log(f"started {recipe.name}: {' '.join(recipe.flags)}")
             time.sleep(0.2)
@@ -186,3 +183,7 @@ def main(argv=None) -> int:
     results = sweep(recipes, args.out, common, max(1, args.jobs), args.time_limit)
     print(table(results))
     return 0 if all(r["returncode"] == 0 or r.get("cut") for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

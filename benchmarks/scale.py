@@ -1,5 +1,5 @@
 """Big corpora: start-up time and peak memory of `charjax-train` on Nietzsche repeated to N
-chars (`charjax-bench --corpus-chars N,...`).
+chars (`python scripts/bench.py --corpus-chars N,...`).
 
 Each size is a real training run in a child process, with the default recipe, one step record
 per chunk (`--log-every 1`) and a mid-epoch save (`--save-every`). Measured: the seconds from
@@ -10,15 +10,15 @@ killed (an epoch of a big corpus takes hours) and its peak RSS read from the ker
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.child import wait
 from charjax import corpus
+from charjax.cli import train_command
 
 SAVE_EVERY = 30  # steps between the mid-epoch saves of a measured run
 
@@ -50,26 +50,10 @@ def measure(chars: int, workdir: Path, limit: float = 1800.0) -> dict:
     """One size: {chars, startup_s, first_eval_s, first_save_s, peak_rss_mb}."""
     text = repeated_text(workdir / f"nietzsche-{chars}.txt", chars)
     run_dir = workdir / f"run-{chars}"
-    command = [
-        sys.executable,
-        "-c",
-        "import sys; from charjax.cli import train_main; sys.exit(train_main(sys.argv[1:]))",
-        "--text",
-        str(text),
-        "--epochs",
-        "1",
-        "--temperatures",
-        "",
-        "--quiet",
-        "--log-every",
-        "1",
-        "--eval-every",
-        str(SAVE_EVERY),
-        "--save-every",
-        str(SAVE_EVERY),
-        "--checkpoint-dir",
-        str(run_dir),
-    ]
+    command = train_command(
+        ["--text", text, "--epochs", 1, "--temperatures", "", "--quiet", "--log-every", 1,
+         "--eval-every", SAVE_EVERY, "--save-every", SAVE_EVERY, "--checkpoint-dir", run_dir]
+    )  # fmt: skip
     t0 = time.perf_counter()
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -89,13 +73,13 @@ def measure(chars: int, workdir: Path, limit: float = 1800.0) -> dict:
         first_save = _first(saved, process, t0, limit)
     finally:
         process.send_signal(signal.SIGKILL)
-        _, _, usage = os.wait4(process.pid, 0)
+        peak_mb = wait(process)
     return {
         "chars": chars,
         "startup_s": round(startup, 2),
         "first_eval_s": round(evaluated, 2),
         "first_save_s": round(first_save, 2),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "peak_rss_mb": round(peak_mb),
     }
 
 

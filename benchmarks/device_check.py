@@ -1,18 +1,22 @@
-"""The prepared device check (`charjax-bench --device-check DIR`, `scripts/gpu_check.sh`): one
-call on a machine with a GPU measures what issue 15 asks and writes it to DIR/device_check.json.
+"""The prepared device check (`python scripts/bench.py --device-check DIR`,
+`scripts/gpu_check.sh`): one call on a machine with an accelerator measures charjax there and
+writes every figure to DIR/device_check.json.
 
 In order, each part timed and recorded even if a later one fails: versions and device; the
-tests that matter on an accelerator (Keras parity, determinism, resume, sampling) run against
-it; the default recipe's compile time, a whole epoch's wall time and windows/s, in float32 (at
-the platform's `--unroll`, and at 1 and 60) and bfloat16; sampling latency (1 and 4
-temperatures x 400 chars, window and stateful); recipe B's chars/s; peak device memory; and
-PyTorch `nn.LSTM` (cuDNN on a GPU) on the same batches when torch is importable. `--quick` cuts
-every part to a few steps: that is how the suite runs it on CPU, so the script cannot rot.
+tests that matter on an accelerator (Keras parity, determinism, resume, sampling, the fused
+kernels) run against it; the default recipe's compile time, a whole epoch's wall time and
+windows/s, in float32 (at the platform's `--unroll`, at 1, 20 and 60, in calls of 100 steps,
+with the Pallas kernels) and bfloat16; sampling latency (1 and 4 temperatures x 400 chars,
+window and stateful); the `long-streams` preset's chars/s; the fused kernel's variants; peak
+device memory; and PyTorch `nn.LSTM` (cuDNN on a GPU) on the same batches when torch is
+importable. `--quick` cuts every part to a few steps: that is how the suite runs it on CPU, so
+the check cannot rot.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import subprocess
 import sys
@@ -20,6 +24,13 @@ import time
 import traceback
 from pathlib import Path
 
+from benchmarks import measure
+from benchmarks.environment import environment
+from benchmarks.timing import time_calls
+from charjax.config import PRESETS, Config
+from charjax.errors import CharjaxError
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository, whose tests run on the device
 # The tests that must hold on the device (run there as they are, on its default backend).
 DEVICE_TESTS = [
     "tests/test_keras_parity.py",
@@ -28,11 +39,6 @@ DEVICE_TESTS = [
     "tests/test_sample.py",
     "tests/test_lstm_fused.py",
 ]
-RECIPE_B = dict(
-    objective="sequence", carry_state=True, maxlen=100, step=100, batch_size=64, layers=2,
-    hidden=256, dropout=0.3, optimizer="adam", learning_rate=0.003, warmup=50,
-    schedule="cosine", clip_norm=5.0,
-)  # fmt: skip
 
 
 def run_tests(root: Path, out: Path, timeout: float) -> dict:
@@ -60,41 +66,29 @@ def run_tests(root: Path, out: Path, timeout: float) -> dict:
     }
 
 
-def train_epoch(cfg, steps: int | None) -> dict:
+def train_epoch(cfg: Config, steps: int | None) -> dict:
     """Compile time, then a whole epoch (or its first `steps` steps) of `cfg` on Nietzsche:
-    wall time and throughput, from the training loop itself (`epoch.iterate`, with a run's
+    wall time and throughput, from the training loop itself (`measure.training`, with a run's
     per-step context: its dropout and weight-drop masks are drawn as in training)."""
-    import jax
-
-    from charjax import corpus, epoch, objective, step
-    from charjax.bench.measure import run_context
+    from charjax import corpus, objective, step
 
     text = corpus.load(cfg)
     goal = objective.of(cfg)
     split = corpus.split(text, cfg)
-    keys, context = run_context(cfg, split)
+    keys, context = measure.run_context(cfg, split)
     state = step.init_state(keys.init, text.vocab.size, cfg)
-    chunks = epoch.iterate(state, text.ids, split, keys.data, 1, cfg, context=context)
-    t0 = time.perf_counter()
-    done = next(chunks)
-    jax.block_until_ready(done.state)
-    first = time.perf_counter() - t0
-    t1, first_windows = time.perf_counter(), done.position.windows
-    for done in chunks:
-        if steps and done.position.chunks * cfg.steps_per_call >= steps:
-            break
-    jax.block_until_ready(done.state)
-    seconds = time.perf_counter() - t1
-    windows = done.position.windows - first_windows
-    per_window = cfg.maxlen if goal.every_position else 1
-    rate = windows / seconds if seconds > 0 else float("nan")
+    chunks = measure.training(cfg, text.ids, split, state, keys.data, context=context)
+    epoch_chunks = -(-goal.windows(split) // (cfg.batch_size * cfg.steps_per_call))
+    wanted = min(epoch_chunks, -(-steps // cfg.steps_per_call)) if steps else epoch_chunks
+    timed = time_calls(lambda: next(chunks), 1, calls=max(1, wanted - 1), work=measure.windows_of)
+    rate = timed.rate
     return {
-        "compile_and_first_chunk_s": first,
-        "windows": windows,
-        "seconds": seconds,
+        "compile_and_first_chunk_s": timed.first_s,
+        "windows": timed.work[0],
+        "seconds": timed.seconds[0],
         "windows_per_s": rate,
-        "chars_per_s": rate * per_window,
-        "epoch_s": goal.windows(split) / rate if rate == rate and rate > 0 else None,
+        "chars_per_s": rate * goal.chars_per_window,
+        "epoch_s": goal.windows(split) / rate if rate > 0 else None,
         "whole_epoch": not steps,
     }
 
@@ -108,7 +102,6 @@ def kernel_variants(repeats: int) -> dict:
     import jax.numpy as jnp
 
     from charjax import lstm_fused, lstm_scan
-    from charjax.bench.measure import median_time
 
     if jax.default_backend() != "gpu":
         return {"skipped": f"no GPU ({jax.default_backend()})"}
@@ -127,10 +120,9 @@ def kernel_variants(repeats: int) -> dict:
     out, reference = {}, xla(w, xz, carry)
     for name, f in variants.items():
         try:
-            got = f(w, xz, carry)
-            error = float(jnp.max(jnp.abs(got[1][0] - reference[1][0])))
-            ms = 1000 * median_time(lambda f=f: jax.block_until_ready(f(w, xz, carry)), repeats)[0]
-            out[name] = {"ms": ms, "max_abs_diff_hs": error}
+            timed = time_calls(lambda f=f: f(w, xz, carry), repeats)
+            error = float(jnp.max(jnp.abs(timed.result[1][0] - reference[1][0])))
+            out[name] = {"ms": 1000 * timed.median_s, "max_abs_diff_hs": error}
         except Exception as e:  # a variant that does not compile is a result too
             out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
     return out
@@ -151,7 +143,6 @@ def torch_lstm(steps: int) -> dict:
     except ImportError:
         return {"torch": "not importable"}
     from charjax import batching, corpus
-    from charjax.config import Config
 
     cfg = Config()
     text = corpus.load(cfg)
@@ -174,55 +165,60 @@ def torch_lstm(steps: int) -> dict:
         loss.backward()
         opt.step()
 
-    one(0)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i in range(1, steps):
-        one(i)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    return {"torch": torch.__version__, "device": device,
-            "windows_per_s": (steps - 1) * cfg.batch_size / seconds}  # fmt: skip
+    index = itertools.count()
+    timed = time_calls(
+        lambda: one(next(index)),
+        1,
+        calls=steps - 1,
+        sync=lambda _: torch.cuda.synchronize() if device == "cuda" else None,
+        work=lambda _: cfg.batch_size,
+    )
+    return {"torch": torch.__version__, "device": device, "windows_per_s": timed.rate}
+
+
+def parts(out: Path, quick: bool, tests: bool) -> dict:
+    """{name: the part's function -> its record}, in the order they run."""
+    steps = 20 if quick else None  # None: whole epochs
+
+    def epoch_of(**values):
+        return lambda: train_epoch(Config(**values), steps)
+
+    return {
+        "environment": environment,
+        "tests": lambda: run_tests(ROOT, out, 300) if tests else None,
+        "default_float32": epoch_of(),  # the platform's --unroll
+        "default_float32_unroll_1": epoch_of(unroll=1),
+        "default_float32_unroll_20": epoch_of(unroll=20),
+        "default_float32_unroll_60": epoch_of(unroll=60),
+        "default_bfloat16": epoch_of(dtype="bfloat16"),
+        # longer jitted calls: fewer host syncs per epoch
+        "default_float32_calls_of_100": epoch_of(steps_per_call=100),
+        # the fused Pallas loops (lstm_fused)
+        "default_float32_pallas": epoch_of(lstm_kernel="pallas"),
+        "default_float32_pallas_calls_of_100": epoch_of(lstm_kernel="pallas", steps_per_call=100),
+        "default_bfloat16_pallas": epoch_of(lstm_kernel="pallas", dtype="bfloat16"),
+        "sampling": lambda: measure.bench_sample(2 if quick else 5),
+        "long_streams": lambda: train_epoch(
+            Config(**PRESETS["long-streams"]), 10 if quick else 200
+        ),
+        "kernel_variants": lambda: kernel_variants(3 if quick else 20),
+        "peak_device_memory": peak_memory,
+        "pytorch": lambda: torch_lstm(5 if quick else 300),
+    }
 
 
 def check(out: Path, quick: bool, tests: bool, only=None) -> dict:
     """Run every part (or those named in `only`), each into the result and the JSON file as it
     ends (an error is recorded, not raised)."""
-    from charjax.bench import environment, measure
-    from charjax.config import Config
-
+    todo = parts(out, quick, tests)
+    unknown = sorted(set(only or ()) - set(todo))
+    if unknown:
+        raise CharjaxError(
+            f"--parts: no part named {', '.join(unknown)}; the parts are {', '.join(todo)}"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    steps = 20 if quick else None  # None: whole epochs
-    parts = {
-        "environment": environment,
-        "tests": lambda: (
-            run_tests(Path(__file__).resolve().parents[2], out, 300) if tests else None
-        ),
-        "default_float32": lambda: train_epoch(Config(), steps),  # the platform's --unroll
-        "default_float32_unroll_1": lambda: train_epoch(Config(unroll=1), steps),
-        "default_float32_unroll_20": lambda: train_epoch(Config(unroll=20), steps),
-        "default_float32_unroll_60": lambda: train_epoch(Config(unroll=60), steps),
-        "default_bfloat16": lambda: train_epoch(Config(dtype="bfloat16"), steps),
-        # longer jitted calls: fewer host syncs per epoch
-        "default_float32_calls_of_100": lambda: train_epoch(Config(steps_per_call=100), steps),
-        # the fused Pallas loops (lstm_fused)
-        "default_float32_pallas": lambda: train_epoch(Config(lstm_kernel="pallas"), steps),
-        "default_float32_pallas_calls_of_100": lambda: train_epoch(
-            Config(lstm_kernel="pallas", steps_per_call=100), steps
-        ),
-        "default_bfloat16_pallas": lambda: train_epoch(
-            Config(lstm_kernel="pallas", dtype="bfloat16"), steps
-        ),
-        "sampling": lambda: measure.bench_sample(2 if quick else 5),
-        "recipe_b": lambda: train_epoch(Config(**RECIPE_B), 10 if quick else 200),
-        "kernel_variants": lambda: kernel_variants(3 if quick else 20),
-        "peak_device_memory": peak_memory,
-        "pytorch": lambda: torch_lstm(5 if quick else 300),
-    }
     result = {}
-    for name, part in parts.items():
+    for name, part in todo.items():
         if only is not None and name not in only:
             continue
         t0 = time.perf_counter()

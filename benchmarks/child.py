@@ -1,0 +1,63 @@
+"""Benchmarks that need a process of their own, so that they do not disturb the in-process
+timings: a real training run for its peak memory, and the Keras 3 baseline (`keras_baseline`).
+`run` starts one and reads the child's own peak RSS from the kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from charjax import parallel
+from charjax.cli import train_command
+from charjax.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository: `python -m benchmarks...` runs here
+
+
+def wait(process: subprocess.Popen) -> float:
+    """Reap `process` -> its peak RSS in MB (Linux reports KiB)."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_maxrss / 1024
+
+
+def run(command: list[str], env: dict | None = None) -> tuple[str, float]:
+    """Run `command` to its end in the repository -> (its stdout, its peak RSS in MB)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=err, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
+        )
+        peak_mb = wait(process)
+        if process.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(command[:4])} ... failed:\n{err.read()[-2000:]}")
+        out.seek(0)
+        return out.read(), peak_mb
+
+
+def training_memory(steps: int, directory: str) -> dict:
+    """Peak RSS of `charjax-train` on the full corpus: a whole epoch (steps=0) or one epoch
+    cut to about `steps` batches -> {peak_rss_mb, peak_rss_run}."""
+    cfg = Config()
+    argv = ["--epochs", "1", "--temperatures", "", "--quiet", "--checkpoint-dir", directory]
+    if steps:  # cut the corpus so that one epoch is about `steps` batches
+        argv += ["--max-chars", steps * cfg.batch_size * cfg.step + cfg.maxlen + 1]
+    _, peak_mb = run(train_command(argv))
+    return {
+        "peak_rss_mb": peak_mb,
+        "peak_rss_run": "1 full epoch" if not steps else f"1 epoch of {steps} steps",
+    }
+
+
+def keras(steps: int) -> dict:
+    """The original recipe in Keras 3 on its JAX backend, in a child process set up as a plain
+    Keras user has it (JAX's default devices) -> its `keras_*` figures."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    plain = " ".join(f for f in flags if not f.startswith(parallel.DEVICE_COUNT_FLAG))
+    command = [sys.executable, "-m", "benchmarks.keras_baseline", str(steps)]
+    out, _ = run(command, env={"XLA_FLAGS": plain})
+    return json.loads(out.strip().splitlines()[-1])
