@@ -34,7 +34,8 @@ def run(command: list[str], env: dict | None = None) -> tuple[str, float]:
         peak_mb = wait(process)
         if process.returncode != 0:
             err.seek(0)
-            raise SystemExit(f"{' '.join(command[:4])} ... failed:\n{err.read()[-2000:]}")
+            tail = err.read()[-2000:]
+            raise SystemExit(f"a benchmark's child process failed ({process.returncode}):\n{tail}")
         out.seek(0)
         return out.read(), peak_mb
 
