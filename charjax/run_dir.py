@@ -1,5 +1,5 @@
 """A training run's folder: its lock, its checkpoints (whole epochs and one interrupted epoch),
-the typed record saved beside each (`Meta`, checkpoint FORMAT 2) and `metrics.jsonl`.
+the typed record saved beside each (`Meta`, checkpoint FORMAT 3) and `metrics.jsonl`.
 
 An epoch's metrics are written once, by `RunDir.save_epoch`, into its checkpoint record and
 the append-only log; a run killed between the two has its log completed from the record on the
