@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from util import quiet
 
-from charjax import cli, guard, inference, runner
+from charjax import cli, guard, runner
 from charjax.checkpoint import Checkpoints
 from charjax.config import Config, flag
 
@@ -51,7 +51,7 @@ def test_score_command(tiny_cfg, tmp_path, capsys, monkeypatch):
     assert plain["rule"] == "sgd" and plain["lr"] != record["dynamic"]["lr"]
     assert plain["nats_per_char"] != record["dynamic"]["nats_per_char"]
     # --dynamic-tune: the best of the grid on the training text, then the scored text
-    monkeypatch.setattr(inference, "TUNE_GRID", {"rms": ((1e-4, 0.05), (3e-3, 0.0))})
+    monkeypatch.setattr("charjax.dynamic.TUNE_GRID", {"rms": ((1e-4, 0.05), (3e-3, 0.0))})
     assert cli.score_main(["--checkpoint-dir", ck, "--dynamic-tune", "--json"]) == 0
     tuned = json.loads(capsys.readouterr().out)["dynamic"]
     assert [(t["lr"], t["decay"]) for t in tuned["tried"]] == [(1e-4, 0.05), (3e-3, 0.0)]
