@@ -39,7 +39,10 @@ def train(steps: int, directory: str) -> dict:
     parallel.request_cpu_devices()
     parallel.tune_host_malloc()
     from charjax import runner
+    from charjax.cli.common import quiet_process
     from charjax.config import Config
+
+    quiet_process()  # as charjax-train does: orbax's logs of a save kept out of the output
 
     cfg = Config(epochs=1, temperatures=())
     if steps:  # cut the corpus so that one epoch is about `steps` batches
