@@ -7,61 +7,24 @@ unwritable folder) removes its temporary folder and ends in one line (`SaveFaile
 record carries digests of the state and of itself (`integrity`), checked by every restore: a
 damaged checkpoint is `integrity.Damaged`, never silently wrong numbers. An interrupted epoch
 (Ctrl-C, `--save-every`) is kept apart in `partial/`. What the records hold, and the rest of a
-run's folder, is `run_dir`'s business.
+run's folder, is `run_dir`'s business. Importing this module changes nothing process-wide: the
+commands keep orbax's own logs of a failed save out of their output at start-up
+(`cli.common.quiet_process`).
 """
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
-import re
 import shutil
-import sys
-import threading
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
 from charjax import integrity
-from charjax.errors import CharjaxError
+from charjax.errors import CharjaxError, os_error
 from charjax.integrity import Damaged
-
-# orbax logs every save at INFO, and a failed write again from each of its threads, through
-# absl; charjax reports failures itself, in one line (`SaveFailed`, `Damaged`).
-logging.getLogger("absl").setLevel(logging.CRITICAL)
-
-
-def _quiet_closed_loops(previous, get_error):
-    """An exception hook that drops orbax's "Event loop is closed" leftovers (callbacks of a
-    save that already failed, firing in its threads) and passes anything else on."""
-
-    def hook(args):
-        error = get_error(args)
-        if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
-            return
-        previous(args)
-
-    return hook
-
-
-sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook, lambda a: a.exc_value)
-threading.excepthook = _quiet_closed_loops(threading.excepthook, lambda a: a.exc_value)
-
-
-class _DropUnretrievedWriteErrors(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" for orbax's write tasks that
-    failed on an OS error (a full or read-only disk): `SaveFailed` already said so in one
-    line, and asyncio would log the same error again for each task when it is collected."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        unretrieved = str(record.msg).startswith("Task exception was never retrieved")
-        return not (unretrieved and error is not None and _os_error(error) is not None)
-
-
-logging.getLogger("asyncio").addFilter(_DropUnretrievedWriteErrors())
 
 PARTIAL = "partial"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint still being written
@@ -113,7 +76,7 @@ def _save(manager: ocp.CheckpointManager, step: int, state, meta: dict, what: st
         manager.wait_until_finished()
     except Exception as e:
         remove_unfinished(directory)
-        reason = _os_error(e)
+        reason = os_error(e)
         if reason is None:  # not the disk's doing (e.g. a lost peer process): as it is
             raise
         raise _save_failed(what, directory, reason, needed) from e
@@ -128,20 +91,6 @@ def _save_failed(what: str, directory: Path, reason: str, needed: int) -> SaveFa
 
 def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
-
-
-def _os_error(error: Exception) -> str | None:
-    """The OS error behind a failed save, in words (orbax and TensorStore wrap it), or None
-    when the failure was not an OS error."""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, OSError):
-            return seen.strerror or str(seen)
-        code = re.search(r"os_error_code='(\d+)'", str(seen))
-        if code:
-            return os.strerror(int(code.group(1)))
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def _needed_bytes(state) -> int:

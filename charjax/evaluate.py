@@ -7,6 +7,8 @@ Two ways to read a text, matching the two ways to sample:
   no full window and are not scored; `stride` > 1 scores every stride-th char only.
 - "stateful" (how a `sequence` model reads): one pass over the whole text carrying the LSTM
   state, every char from the second on predicted from everything before it.
+
+Dynamic evaluation, which adapts the model to the text as it reads, is `charjax.dynamic`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,7 @@ def _last_char(maxlen: int) -> objective.Objective:
     return objective.Objective(maxlen, 1, 1, False, False)
 
 
-def _losses(params, carry, inputs, targets, valid, dtype):
+def losses(params, carry, inputs, targets, valid, dtype):
     """Read ids inputs int[B, L] on from `carry` -> (carry after them, float32[B, L] nats of
     each target int[B, L]); `valid` bool[L] or None as in `model.forward`."""
     carry, logits = model.forward(params, inputs, carry, valid, dtype, all_steps=True)
@@ -67,12 +68,14 @@ def _losses(params, carry, inputs, targets, valid, dtype):
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
-def _stream_nats(params, carry, inputs, targets, valid, *, dtype):
-    carry, losses = _losses(params, carry, inputs[None], targets[None], valid, dtype)
-    return carry, jnp.sum(jnp.where(valid, losses[0], 0.0))
+def stream_nats(params, carry, inputs, targets, valid, *, dtype):
+    """Read one stream's ids inputs int[L] on from `carry` -> (carry after them, summed nats
+    of its valid targets int[L]; `valid` bool[L])."""
+    carry, each = losses(params, carry, inputs[None], targets[None], valid, dtype)
+    return carry, jnp.sum(jnp.where(valid, each[0], 0.0))
 
 
-def _batches(values: np.ndarray, size: int):
+def padded_pieces(values: np.ndarray, size: int):
     """Fixed-size pieces of `values` (the last zero-padded) with a 0/1 weight per slot, so one
     compilation serves every piece."""
     for begin in range(0, len(values), size):
@@ -129,9 +132,9 @@ def score_ids(
     carry, total = model.zero_carry(1, model.shape_of(params)[1], model.layers_of(params)), 0.0
     done = 0
     for (piece, valid), (target, _) in zip(
-        _batches(inputs, size), _batches(targets, size), strict=True
+        padded_pieces(inputs, size), padded_pieces(targets, size), strict=True
     ):
-        carry, nats = _stream_nats(params, carry, piece, target, valid > 0, dtype=dtype)
+        carry, nats = stream_nats(params, carry, piece, target, valid > 0, dtype=dtype)
         total += float(nats)
         done += int(valid.sum())
         progress(done, len(targets))
@@ -165,131 +168,3 @@ def validate(params: dict, held_out: np.ndarray, cfg: Config, mesh: Mesh | None 
         dtype=cfg.dtype,
         mesh=mesh,
     )
-
-
-RMS_EPSILON = 2e-5  # Krause et al. 2018's epsilon under the gradient's RMS
-
-
-class Rms(NamedTuple):
-    """Gradient statistics of the training text for the RMS rule of dynamic evaluation
-    (`gradient_rms`), pytrees shaped like the parameters: `scale`, the root mean square of the
-    mean-loss gradient per weight (each step is divided by it); `pull`, that scale over the sum
-    of its per-tensor means (each weight's share of the decay back to the trained value)."""
-
-    scale: dict
-    pull: dict
-
-
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _adapt(params, base, carry, inputs, targets, valid, rate, decay, rms, *, dtype):
-    """Score one segment (inputs/targets int[L], valid bool[L]) from `carry`, then take one
-    gradient step on it -> (params, carry after it, summed nats scored *before* the step).
-
-    The step is on the segment's mean loss, pulled back towards the trained parameters `base`
-    (Krause et al. 2018's dynamic evaluation with decay to the global parameters): plain SGD
-    (`rms` None: p - rate g + decay (base - p)), or their RMS rule (`rms` an `Rms`: the
-    gradient divided by its training RMS, each weight pulled back by decay x its share,
-    at most all the way)."""
-
-    def nats(p):
-        after, total = _stream_nats(p, carry, inputs, targets, valid, dtype=dtype)
-        return total, after
-
-    (total, after), grads = jax.value_and_grad(nats, has_aux=True)(params)
-    grads = jax.tree.map(lambda g: g / jnp.maximum(jnp.sum(valid), 1), grads)  # of the mean
-    if rms is None:
-        params = jax.tree.map(lambda p, g, b: p - rate * g + decay * (b - p), params, grads, base)
-    else:
-        params = jax.tree.map(
-            lambda p, g, b, s, w: p - rate * g / (s + RMS_EPSILON)
-            + jnp.minimum(decay * w, 1.0) * (b - p),
-            params, grads, base, rms.scale, rms.pull,
-        )  # fmt: skip
-    return params, after, total
-
-
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _squared_grads(params, total, carry, inputs, targets, *, dtype):
-    """Add the squared gradient of the mean loss of one step of streams (inputs/targets
-    int[S, L], read on from `carry`) to `total` -> (total, carry after the step)."""
-
-    def loss(p):
-        after, losses = _losses(p, carry, inputs, targets, None, dtype)
-        return jnp.mean(losses), after
-
-    grads, after = jax.grad(loss, has_aux=True)(params)
-    return jax.tree.map(lambda t, g: t + g * g, total, grads), after
-
-
-def gradient_rms(
-    params: dict, ids, *, segment: int, streams: int = 16, dtype: str = "float32"
-) -> Rms:
-    """Krause et al. 2018's statistics for RMS dynamic evaluation, from training text ids
-    int[n]: the text read as `streams` carried streams, `segment` chars a step, and the root
-    mean square over the steps of each weight's mean-loss gradient (Rms.scale)."""
-    ids = np.asarray(ids)
-    streams = max(1, min(streams, (len(ids) - 1) // segment))  # fewer for a short text
-    per_stream = (len(ids) - 1) // streams
-    steps = per_stream // segment
-    if steps < 1:
-        raise CharjaxError(
-            f"RMS dynamic evaluation needs more than {segment} chars of training text for its "
-            f"gradient statistics, got {len(ids):,}: use --dynamic-rule sgd"
-        )
-    used = steps * segment
-    inputs = ids[: streams * per_stream].reshape(streams, per_stream)[:, :used]
-    targets = ids[1 : streams * per_stream + 1].reshape(streams, per_stream)[:, :used]
-    total = jax.tree.map(jnp.zeros_like, params)
-    carry = model.zero_carry(streams, model.shape_of(params)[1], model.layers_of(params))
-    for begin in range(0, used, segment):
-        piece = slice(begin, begin + segment)
-        total, carry = _squared_grads(
-            params, total, carry, inputs[:, piece], targets[:, piece], dtype=dtype
-        )
-    scale = jax.tree.map(lambda t: jnp.sqrt(t / steps), total)
-    norm = sum(jnp.mean(s) for s in jax.tree.leaves(scale))
-    return Rms(scale, jax.tree.map(lambda s: s / norm, scale))
-
-
-def dynamic_score(
-    params: dict,
-    ids,
-    *,
-    rate: float,
-    decay: float,
-    segment: int,
-    rms: Rms | None = None,
-    dtype: str = "float32",
-    progress=None,
-) -> Score:
-    """Dynamic evaluation of ids int[n]: read statefully, `segment` chars at a time; each
-    segment is scored, then the model takes a gradient step on it (`_adapt`: SGD, or the RMS
-    rule with `rms` from `gradient_rms`), so later text is predicted by a model that has
-    adapted to the text so far. Every char from the second on is scored, as in stateful
-    `score_ids`; at rate 0 the score is the static stateful one. A different protocol from the
-    static score: report it beside that, never instead."""
-    progress = progress or (lambda done, total: None)
-    if not (math.isfinite(rate) and rate >= 0 and 0 <= decay < 1):
-        raise CharjaxError(
-            f"dynamic evaluation needs --dynamic-lr >= 0 and --dynamic-decay in [0, 1), got "
-            f"{rate} and {decay}"
-        )
-    ids = np.asarray(ids)
-    if len(ids) < 2:
-        raise CharjaxError("a text needs at least 2 chars to be scored")
-    inputs, targets = ids[:-1], ids[1:]
-    size = min(segment, len(inputs))
-    base = params
-    carry = model.zero_carry(1, model.shape_of(params)[1], model.layers_of(params))
-    rate, decay = jnp.float32(rate), jnp.float32(decay)
-    total, done = 0.0, 0
-    for (piece, valid), (target, _) in zip(
-        _batches(inputs, size), _batches(targets, size), strict=True
-    ):
-        params, carry, nats = _adapt(
-            params, base, carry, piece, target, valid > 0, rate, decay, rms, dtype=dtype
-        )
-        total += float(nats)
-        done += int(valid.sum())
-        progress(done, len(targets))
-    return Score(total, len(targets))

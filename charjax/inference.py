@@ -5,8 +5,6 @@ What `charjax-sample` and `charjax-score` do, minus the printing.
 
 from __future__ import annotations
 
-import functools
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,18 +12,10 @@ from pathlib import Path
 import jax
 
 from charjax import corpus, evaluate, model, objective, sample, stream
+from charjax import dynamic as dynamic_evaluation
 from charjax.checkpoint import Checkpoints
 from charjax.errors import CharjaxError
 from charjax.run_dir import BEST, Meta, RunDir
-
-RMS_CHARS = 100_000  # training chars behind the RMS rule's gradient statistics (seconds of work)
-# Dynamic evaluation's tuning (`--dynamic-tune`): the (rate, decay) pairs tried per rule, on the
-# last TUNE_CHARS training chars (README "Results": the grids around the presets' best values).
-TUNE_CHARS = 30_000
-TUNE_GRID = {
-    "sgd": ((0.03, 0.0), (0.1, 0.0), (0.2, 0.0), (0.3, 0.0)),
-    "rms": tuple((r, d) for r in (1e-4, 2e-4, 3e-4, 5e-4) for d in (0.02, 0.05, 0.1)),
-}
 
 
 @dataclass(frozen=True)
@@ -157,8 +147,9 @@ def score_text(saved: SavedModel, path, *, mode=None, stride=1, directory=None, 
     """-> (record, unknown chars Counter): the score of the text file `path` (None: the run's
     held-out tail, after checking that the corpus is the one trained on) in `mode`;
     `progress(done, total)` hears how far it got (`evaluate.score_ids`). `dynamic` (rate,
-    decay, rule "sgd" or "rms"; rate None: tuned): also the dynamic evaluation of the same chars
-    (`_dynamic`), under "dynamic" in the record, beside the static score."""
+    decay, rule "sgd" or "rms"; rate None: tuned; a `dynamic.Settings`): also the dynamic
+    evaluation of the same chars (`dynamic.record`), under "dynamic" in the record, beside the
+    static score."""
     check_stride(stride)
     cfg, mode = saved.meta.cfg, mode or saved.reading
     if path is None:
@@ -193,51 +184,23 @@ def score_text(saved: SavedModel, path, *, mode=None, stride=1, directory=None, 
         "unknown_chars": dict(unknown),
     }
     if dynamic is not None:
-        rate, decay, rule = dynamic
-        training = (lambda: text) if path is None else (
-            lambda: corpus.load_saved(cfg, saved.meta.corpus_sha256, saved.meta.vocab, directory)
-        )  # fmt: skip
-        record["dynamic"] = _dynamic(saved, ids, training, rule, rate, decay, progress)
+        known = text if path is None else None  # the training corpus, when already read
+        record["dynamic"] = dynamic_evaluation.record(
+            saved.params,
+            ids,
+            lambda: _training_ids(saved, known, directory),
+            dynamic_evaluation.Settings(*dynamic),
+            segment=cfg.maxlen,
+            dtype=cfg.dtype,
+            progress=progress,
+        )
     return record, unknown
 
 
-def _dynamic(saved: SavedModel, ids, training, rule: str, rate, decay, progress) -> dict:
-    """The "dynamic" record of ids: `evaluate.dynamic_score` in segments of the model's
-    --maxlen, by `rule`. The RMS rule's statistics come from the last RMS_CHARS chars of the
-    training text (`training()` loads it, only when needed); with `rate` None the rate and decay
-    are the best of TUNE_GRID[rule] on its last TUNE_CHARS chars (never the scored text)."""
+def _training_ids(saved: SavedModel, text, directory):
+    """The ids `saved` was trained on: its corpus (`text`, or read again) up to the held-out
+    tail."""
     cfg = saved.meta.cfg
-    run = functools.partial(
-        evaluate.dynamic_score, saved.params, segment=cfg.maxlen, dtype=cfg.dtype
-    )
-    rms, tried = None, None
-    if rule == "rms" or rate is None:
-        train = training()
-        end = corpus.split(train, cfg)
-    if rule == "rms":
-        rms = evaluate.gradient_rms(
-            saved.params, train.ids[max(0, end - RMS_CHARS) : end], segment=cfg.maxlen,
-            dtype=cfg.dtype,
-        )  # fmt: skip
-    if rate is None:
-        piece = train.ids[max(0, end - TUNE_CHARS) : end]
-
-        def tuning(r, d):
-            return run(piece, rate=r, decay=d, rms=rms).nats_per_char
-
-        tried = [{"lr": r, "decay": d, "nats_per_char": tuning(r, d)} for r, d in TUNE_GRID[rule]]
-        best = min(tried, key=lambda t: _finite_or_inf(t["nats_per_char"]))
-        rate, decay = best["lr"], best["decay"]
-    adapted = run(ids, rate=rate, decay=decay, rms=rms, progress=progress)
-    record = {
-        "rule": rule, "lr": rate, "decay": decay, "segment": cfg.maxlen,
-        "chars_scored": adapted.chars, "nats_per_char": adapted.nats_per_char,
-        "bits_per_char": adapted.bits_per_char, "perplexity": adapted.perplexity,
-    }  # fmt: skip
-    if tried is not None:
-        record["tuned_on_chars"], record["tried"] = len(piece), tried
-    return record
-
-
-def _finite_or_inf(x: float) -> float:
-    return x if math.isfinite(x) else math.inf
+    if text is None:
+        text = corpus.load_saved(cfg, saved.meta.corpus_sha256, saved.meta.vocab, directory)
+    return text.ids[: corpus.split(text, cfg)]

@@ -3,13 +3,18 @@ the divergence guard's one-line ending, scoring, and sampling a sequence model."
 
 import dataclasses
 import json
+import logging
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 from util import quiet
 
-from charjax import cli, guard, inference, runner
+from charjax import cli, guard, runner
 from charjax.checkpoint import Checkpoints
+from charjax.cli.common import quiet_process
 from charjax.config import Config, flag
 
 
@@ -51,7 +56,7 @@ def test_score_command(tiny_cfg, tmp_path, capsys, monkeypatch):
     assert plain["rule"] == "sgd" and plain["lr"] != record["dynamic"]["lr"]
     assert plain["nats_per_char"] != record["dynamic"]["nats_per_char"]
     # --dynamic-tune: the best of the grid on the training text, then the scored text
-    monkeypatch.setattr(inference, "TUNE_GRID", {"rms": ((1e-4, 0.05), (3e-3, 0.0))})
+    monkeypatch.setattr("charjax.dynamic.TUNE_GRID", {"rms": ((1e-4, 0.05), (3e-3, 0.0))})
     assert cli.score_main(["--checkpoint-dir", ck, "--dynamic-tune", "--json"]) == 0
     tuned = json.loads(capsys.readouterr().out)["dynamic"]
     assert [(t["lr"], t["decay"]) for t in tuned["tried"]] == [(1e-4, 0.05), (3e-3, 0.0)]
@@ -174,3 +179,76 @@ def test_every_preset_is_a_valid_recipe_named_in_the_help():
         assert given == {} and all(getattr(cfg, k) == v for k, v in values.items()), name
         cfg.check()
         assert f"{name}:" in flags, name
+
+
+# In a fresh process: the process-wide settings before, after importing the modules that save and
+# read checkpoints, and after a command (`charjax-plot`, ending in an error) started.
+SETTINGS = """
+import json, logging, sys, threading
+def settings():
+    asyncio_filters = [type(f).__name__ for f in logging.getLogger("asyncio").filters]
+    hooks = [sys.unraisablehook is sys.__unraisablehook__,
+             threading.excepthook is threading.__excepthook__]
+    return [*hooks, logging.getLogger("absl").level, asyncio_filters]
+before = settings()
+import charjax.checkpoint, charjax.inference, charjax.run_dir, charjax.runner
+imported = settings()
+from charjax import cli
+code = cli.plot_main(["--checkpoint-dir", sys.argv[1]])
+print(json.dumps([before, imported, settings(), code]))
+"""
+
+
+def test_importing_the_library_leaves_the_process_alone_a_command_quiets_it(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", SETTINGS, str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    before, imported, started, code = json.loads(done.stdout)
+    assert before == [True, True, logging.NOTSET, []]
+    assert imported == before
+    assert code == 2 and "charjax-plot: error:" in done.stderr
+    assert started == [False, False, logging.CRITICAL, ["DropUnretrievedWriteErrors"]]
+
+
+class _Unraisable:
+    """An object whose collection raises `error` (which goes to `sys.unraisablehook`)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def __del__(self):
+        raise self.error
+
+
+def _raise_in_thread(error: Exception) -> None:
+    def fail():
+        raise error
+
+    thread = threading.Thread(target=fail)
+    thread.start()
+    thread.join()
+
+
+def test_quiet_process_drops_closed_loop_leftovers_passes_other_errors_on_once(monkeypatch):
+    heard = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda a: heard.append(repr(a.exc_value)))
+    monkeypatch.setattr(threading, "excepthook", lambda a: heard.append(repr(a.exc_value)))
+    asyncio_log, absl_log = logging.getLogger("asyncio"), logging.getLogger("absl")
+    monkeypatch.setattr(asyncio_log, "filters", [])
+    level = absl_log.level
+    try:
+        quiet_process()
+        hooks = (sys.unraisablehook, threading.excepthook)
+        quiet_process()  # again: nothing added
+        assert (sys.unraisablehook, threading.excepthook) == hooks
+        assert len(asyncio_log.filters) == 1 and absl_log.level == logging.CRITICAL
+        _Unraisable(RuntimeError("Event loop is closed"))
+        _raise_in_thread(RuntimeError("Event loop is closed"))
+        assert heard == []
+        _Unraisable(ValueError("a bug"))
+        _raise_in_thread(ValueError("another bug"))
+        assert heard == ["ValueError('a bug')", "ValueError('another bug')"]
+    finally:
+        absl_log.setLevel(level)

@@ -20,6 +20,7 @@ from util import quiet, same_trees
 
 from charjax import cli, integrity, runner
 from charjax.checkpoint import TMP_SUFFIX, Checkpoints, SaveFailed
+from charjax.cli.common import DropUnretrievedWriteErrors
 from charjax.errors import CharjaxError
 from charjax.integrity import Damaged
 
@@ -135,7 +136,9 @@ def _unretrieved_task_log(error: Exception, caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
 
 
-def test_failed_write_tasks_are_not_logged_again_other_task_errors_are(caplog):
+def test_failed_write_tasks_are_not_logged_again_other_task_errors_are(caplog, monkeypatch):
+    # the filter every command adds at start-up (`quiet_process`), here alone
+    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [DropUnretrievedWriteErrors()])
     disk = ValueError(
         "OUT_OF_RANGE: Failed to write 5864 bytes: File too large [os_error_code='27']"
     )

@@ -1,18 +1,21 @@
 """What every command shares: the parser (one-line usage errors, --debug, no abbreviations),
-flags generated from the `Config` fields' metadata, number parsing, and `run`, which turns
-every failure into one line on stderr."""
+flags generated from the `Config` fields' metadata, number parsing, and `run`, which applies
+the process-wide settings of a command (`quiet_process`) and turns every failure into one line
+on stderr."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import fields
 
 from charjax.config import GROUPS, Config, flag
-from charjax.errors import CharjaxError, Interrupted
+from charjax.errors import CharjaxError, Interrupted, os_error
 
 
 class Parser(argparse.ArgumentParser):
@@ -105,6 +108,7 @@ def run(main: Callable[[argparse.Namespace], int], parser, argv) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed as one line
         return done.code
+    quiet_process()
     try:
         return main(args)
     except Interrupted as e:
@@ -131,3 +135,47 @@ def run(main: Callable[[argparse.Namespace], int], parser, argv) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def quiet_process() -> None:
+    """Keep orbax's own reports of a save out of this process's output, which charjax gives
+    in one line itself (`checkpoint.SaveFailed`, `integrity.Damaged`): its absl logs (every save
+    at INFO, a failed write again from each of its threads), the "Event loop is closed"
+    leftovers of a failed save's callbacks in its threads (`sys.unraisablehook`,
+    `threading.excepthook`), and asyncio's "Task exception was never retrieved" for each of its
+    write tasks that failed on an OS error. Process-wide, so each command applies it at
+    start-up (`run`), never a library import; applying it again changes nothing."""
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    if not getattr(sys.unraisablehook, "quiet", False):
+        sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
+    if not getattr(threading.excepthook, "quiet", False):
+        threading.excepthook = _quiet_closed_loops(threading.excepthook)
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, DropUnretrievedWriteErrors) for f in asyncio_log.filters):
+        asyncio_log.addFilter(DropUnretrievedWriteErrors())
+
+
+def _quiet_closed_loops(previous):
+    """An exception hook (for `sys.unraisablehook` or `threading.excepthook`: both pass the
+    error as `exc_value`) that drops orbax's "Event loop is closed" leftovers and passes
+    anything else on to `previous`."""
+
+    def hook(args):
+        error = args.exc_value
+        if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
+            return
+        previous(args)
+
+    hook.quiet = True
+    return hook
+
+
+class DropUnretrievedWriteErrors(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for write tasks that failed on an
+    OS error (a full or read-only disk): the failed save already said so in one line, and
+    asyncio would log the same error again for each task when it is collected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        unretrieved = str(record.msg).startswith("Task exception was never retrieved")
+        return not (unretrieved and error is not None and os_error(error) is not None)

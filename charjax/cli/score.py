@@ -11,13 +11,10 @@ import sys
 from charjax.cli.common import Parser, checkpoint_dir_flag, finite
 from charjax.config import READINGS
 
-# Dynamic evaluation's defaults per rule (lr, decay), tuned on a slice of the training text
-# (not the scored tail); README "Results" has the tuning.
-DYNAMIC = {"sgd": (0.2, 0.0), "rms": (3e-4, 0.05)}
-DYNAMIC_RULE = "rms"
-
 
 def score_parser() -> argparse.ArgumentParser:
+    from charjax import dynamic  # its defaults and tuning grid, in the help
+
     p = Parser(
         prog="charjax-score",
         description="Bits per char and perplexity of a text under a checkpoint (lower is better).",
@@ -50,18 +47,18 @@ def score_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dynamic-rule",
-        choices=tuple(DYNAMIC),
-        default=DYNAMIC_RULE,
+        choices=dynamic.RULES,
+        default=dynamic.DEFAULT_RULE,
         help="dynamic evaluation's update: sgd, or rms (Krause et al.'s: each weight's step "
         "divided by its gradient's root mean square on the training text, and pulled back to "
-        f"the trained value in proportion to it) (default: {DYNAMIC_RULE})",
+        f"the trained value in proportion to it) (default: {dynamic.DEFAULT_RULE})",
     )
     p.add_argument(
         "--dynamic-lr",
         type=finite,
         default=None,
         help="dynamic evaluation's step size on the mean loss (default: by rule, "
-        + ", ".join(f"{rule} {lr:g}" for rule, (lr, _) in DYNAMIC.items())
+        + ", ".join(f"{rule} {lr:g}" for rule, (lr, _) in dynamic.DEFAULTS.items())
         + ")",
     )
     p.add_argument(
@@ -70,41 +67,30 @@ def score_parser() -> argparse.ArgumentParser:
         default=None,
         help="dynamic evaluation's pull back towards the trained parameters per step "
         "(default: by rule, "
-        + ", ".join(f"{rule} {decay:g}" for rule, (_, decay) in DYNAMIC.items())
+        + ", ".join(f"{rule} {decay:g}" for rule, (_, decay) in dynamic.DEFAULTS.items())
         + ")",
     )
     p.add_argument(
         "--dynamic-tune",
         action="store_true",
         help="choose --dynamic-lr and --dynamic-decay for this model: the best of a small grid "
-        "on the last 30,000 chars of its training text (never the scored text); implies "
-        "--dynamic; minutes of work",
+        f"on the last {dynamic.TUNE_CHARS:,} chars of its training text (never the scored text); "
+        "implies --dynamic; minutes of work",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
 def score(args: argparse.Namespace) -> int:
-    from charjax import inference
-    from charjax.errors import CharjaxError
+    from charjax import dynamic, inference
 
     inference.check_stride(args.stride)  # before reading the checkpoint
-    rates_given = args.dynamic_lr is not None or args.dynamic_decay is not None
-    if args.dynamic_tune and rates_given:
-        raise CharjaxError(
-            "--dynamic-tune chooses --dynamic-lr and --dynamic-decay itself: pass one or the others"
+    chosen = None
+    if args.dynamic or args.dynamic_tune:
+        chosen = dynamic.settings(
+            args.dynamic_rule, args.dynamic_lr, args.dynamic_decay, tune=args.dynamic_tune
         )
     saved = inference.load(args.checkpoint_dir, args.epoch, args.best)
-    dynamic = None
-    if args.dynamic_tune:
-        dynamic = (None, None, args.dynamic_rule)
-    elif args.dynamic:
-        lr, decay = DYNAMIC[args.dynamic_rule]
-        dynamic = (
-            lr if args.dynamic_lr is None else args.dynamic_lr,
-            decay if args.dynamic_decay is None else args.dynamic_decay,
-            args.dynamic_rule,
-        )
     with _progress_bar() as progress:
         record, unknown = inference.score_text(
             saved,
@@ -113,7 +99,7 @@ def score(args: argparse.Namespace) -> int:
             stride=args.stride,
             directory=args.checkpoint_dir,
             progress=progress,
-            dynamic=dynamic,
+            dynamic=chosen,
         )
     if args.json:
         print(json.dumps(record, ensure_ascii=False), flush=True)
@@ -124,7 +110,7 @@ def score(args: argparse.Namespace) -> int:
         f"({record['chars_scored']:,} chars scored, {record['mode']} mode, "
         f"epoch {record['epoch']})"
     )
-    if dynamic is not None:
+    if chosen is not None:
         d = record["dynamic"]
         print(
             f"  dynamic evaluation: {d['bits_per_char']:.4f} bits/char, "
@@ -132,7 +118,7 @@ def score(args: argparse.Namespace) -> int:
             f"a {d['rule']} step every {d['segment']} chars, --dynamic-lr {d['lr']:g}, "
             f"--dynamic-decay {d['decay']:g}; the static figure above is the comparable one)"
         )
-    if dynamic is not None and "tried" in record["dynamic"]:
+    if chosen is not None and "tried" in record["dynamic"]:
         tried = ", ".join(
             f"{t['lr']:g}/{t['decay']:g}: {t['nats_per_char']:.4f}"
             for t in record["dynamic"]["tried"]
