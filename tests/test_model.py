@@ -190,3 +190,21 @@ def test_recurrent_dropout_masks_h_per_sequence_only_while_training():
     last = model.forward(one, ids)[1]
     dropped_last = model.forward(one, ids, draws=masks)[1]
     assert not jnp.array_equal(dropped_last, last)
+
+
+def test_draws_are_a_pytree_with_static_rates_and_per_layer_keys():
+    """The rates are part of the tree's structure (a compiled program's constants), keys and
+    indices its leaves; layer n's keys are the step's folded with n; no key draws nothing."""
+    key = jax.random.key(7)
+    draws = Draws(dropout=0.3, weight_drop=0.2, dropout_key=key, length=jnp.int32(4))
+    assert len(jax.tree.leaves(draws)) == 3  # the dropout key, first row, length
+    assert jax.tree.structure(draws) != jax.tree.structure(draws.replace(dropout=0.5))
+    again = jax.jit(lambda d: d)(draws)
+    assert again.dropout == 0.3 and int(again.length) == 4
+    second = draws.layer(1)
+    data = jax.random.key_data
+    assert jnp.array_equal(data(second.dropout_key), data(jax.random.fold_in(key, 1)))
+    assert second.weight_key is None and second.h_mask(2, 3) is None
+    assert not draws.plain and Draws().plain
+    masks = Draws(recurrent_dropout=0.5, recurrent_key=key).h_mask(4, 6)
+    assert masks.shape == (4, 6) and set(np.unique(masks)) <= {0.0, 2.0}
