@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from charjax import lstm_fused
+from charjax.draws import NONE, Draws
 from charjax.lstm import cell, cell_with_gates, input_projection, matmul, row_sums
 
 
@@ -65,21 +66,20 @@ def run(
     return carry, jnp.swapaxes(hs, 0, 1)
 
 
-def layer(
-    params: dict, xz: jax.Array, carry=None, valid=None, dtype=None, loop=PLAIN, hmask=None,
-    length=None,
-):  # fmt: skip
+def layer(params: dict, xz: jax.Array, carry=None, valid=None, dtype=None, loop=PLAIN,
+          draws: Draws = NONE):  # fmt: skip
     """One LSTM layer over projected inputs xz float32[T, B, 4H] -> (final carry, hs [T, B, H]).
 
-    Without `valid` it takes the fast-gradient `recurrence` (with `hmask` float32[B, H], the
-    recurrent dropout mask, and `length`, the step whose state is the final carry, if given);
+    Without `valid` it takes the fast-gradient `recurrence` with the layer's `draws` (its
+    recurrent dropout mask, and the window length: the step whose state is the final carry);
     with it, a masked plain scan (used for sampling and scoring, where no gradient is needed
-    and no mask applies). `loop`: see `Loop`.
+    and nothing is drawn). `loop`: see `Loop`.
     """
     if carry is None:
         carry = zero_carry(xz)
     if valid is None:
-        return recurrence(params["recurrent_kernel"], xz, carry, dtype, loop, hmask, length)
+        hmask = draws.h_mask(xz.shape[1], xz.shape[-1] // 4)
+        return recurrence(params["recurrent_kernel"], xz, carry, dtype, loop, hmask, draws.length)
 
     def step(carry, inputs):
         xz_t, valid_t = inputs

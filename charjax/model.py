@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from charjax import lstm, lstm_scan
+from charjax.draws import NONE, Draws
 from charjax.errors import CharjaxError
 
 
@@ -20,7 +21,8 @@ class LSTM(nn.Module):
     Input: ids int32[B, T] (first layer: one-hot rows gathered) or features float32[T, B, F]
     (a stacked layer: the layer below's outputs, time-major). Returns (final (h, c), outputs
     float32[T, B, H]); with `outputs=False` on ids from a zero state it takes the fastest
-    path (the original model's) and returns None for the outputs.
+    path (the original model's) and returns None for the outputs. `draws`: this layer's
+    (`Draws.layer`): weight-drop, recurrent dropout and the window length.
     """
 
     features: int  # input size: the vocabulary, or the units of the layer below
@@ -29,10 +31,7 @@ class LSTM(nn.Module):
     loop: lstm_scan.Loop = lstm_scan.PLAIN  # how the time loops run (speed only)
 
     @nn.compact
-    def __call__(
-        self, x, carry=None, valid=None, outputs=True, weight_drop=0.0, key=None,
-        recurrent_dropout=0.0, recurrent_key=None, first_row=0, length=None,
-    ):  # fmt: skip
+    def __call__(self, x, carry=None, valid=None, outputs=True, draws: Draws = NONE):
         gates = 4 * self.hidden
         params = {
             "kernel": self.param("kernel", lstm.kernel_init, (self.features, gates)),
@@ -42,23 +41,18 @@ class LSTM(nn.Module):
             "bias": self.param("bias", lstm.bias_init, (gates,)),
         }
         # Weight-drop: the recurrent kernel masked (one mask per call, i.e. per batch); the
-        # scans take it as any kernel, autodiff carries the mask into its gradient.
-        recurrent = apply_dropout(params["recurrent_kernel"], weight_drop, key)
-        params = {**params, "recurrent_kernel": recurrent}
-        # Recurrent dropout: h masked where it enters the recurrent matmul, one mask per row
-        # (sequence) for all its steps, drawn only while training (with a key, no `valid`).
-        hmask = None
-        if recurrent_key is not None and recurrent_dropout > 0 and valid is None:
-            rows = x.shape[0] if jnp.issubdtype(x.dtype, jnp.integer) else x.shape[1]
-            hmask = row_masks(recurrent_key, first_row, rows, self.hidden, recurrent_dropout)
+        # scans take it as any kernel, autodiff carries the mask into its gradient. Recurrent
+        # dropout (h masked where it enters the recurrent matmul, one mask per row) is drawn
+        # by the scan, only while training (with a key, no `valid`).
+        params = {**params, "recurrent_kernel": draws.recurrent_kernel(params["recurrent_kernel"])}
         if jnp.issubdtype(x.dtype, jnp.integer):
-            fastest = carry is None and valid is None and hmask is None and length is None
+            fastest = carry is None and valid is None and draws.plain
             if not outputs and fastest:
                 return lstm_scan.final_carry(params, x, self.dtype, self.loop), None
             xz = lstm.input_projection(params, x.T)
         else:
             xz = lstm.matmul(x, params["kernel"], self.dtype) + params["bias"]
-        return lstm_scan.layer(params, xz, carry, valid, self.dtype, self.loop, hmask, length)
+        return lstm_scan.layer(params, xz, carry, valid, self.dtype, self.loop, draws)
 
 
 class Dense(nn.Module):
@@ -76,26 +70,6 @@ class Dense(nn.Module):
         return lstm.matmul(h, kernel, self.dtype) + bias
 
 
-def row_masks(key: jax.Array, first_row, rows: int, size: int, rate: float) -> jax.Array:
-    """Inverted-dropout masks float32[rows, size] (0 or 1/(1-rate)), row r's drawn from
-    fold_in(key, first_row + r): a row's mask depends on its index in the whole batch, not on
-    which device holds it, so a data-parallel run draws the masks of a one-device run."""
-    index = jnp.asarray(first_row, jnp.uint32) + jnp.arange(rows, dtype=jnp.uint32)
-    keep = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i), 1 - rate, (size,)))
-    return jnp.where(keep(index), 1.0 / (1.0 - rate), 0.0)
-
-
-def apply_dropout(x: jax.Array, rate: float, key: jax.Array | None, locked=False) -> jax.Array:
-    """Inverted dropout: zero each value with probability `rate`, scale the rest by 1/(1-rate).
-    `locked` on time-major x [T, B, F]: one mask per sequence, the same at every step. No key
-    (evaluation, sampling) or rate 0: `x` unchanged."""
-    if key is None or rate == 0:
-        return x
-    shape = (1, *x.shape[1:]) if locked and x.ndim == 3 else x.shape
-    keep = jax.random.bernoulli(key, 1.0 - rate, shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0)
-
-
 def layer_name(n: int) -> str:
     """Parameter-tree name of LSTM layer n (0-based): 'lstm', 'lstm_1', ... (the first keeps
     the one-layer model's name, so its checkpoints and the Keras parity test are unchanged)."""
@@ -105,19 +79,13 @@ def layer_name(n: int) -> str:
 class CharLSTM(nn.Module):
     """ids int32[B, T] -> (carry, logits).
 
-    `carry` is a tuple with one (h, c) float32[B, H] per layer. Logits are float32[B, V] after
-    the last step (the original model), or float32[B, T, V] after every step with `all_steps`.
-    With `dropout` > 0 and a `key`, each layer's outputs are dropped out (the stacked layers'
-    inputs and the Dense input), with the key folded with the layer index; `locked`: one mask
-    per sequence. With `weight_drop` > 0 and a `weight_key` each layer's recurrent kernel is
-    masked, the key folded with the layer index (a separate key: in data-parallel training
-    every device draws the same weight masks, but its own dropout masks). With
-    `recurrent_dropout` > 0 and a `recurrent_key`, each layer's h is masked where it enters its
-    recurrent matmul, one mask per sequence (Gal & Ghahramani's variational recurrent dropout),
-    drawn by `row_masks` from the key folded with the layer index; `first_row` is the index of
-    this batch's first row in the whole batch (a device's shard of it). With `length` (an int32
-    scalar in [1, T]) the returned carry is the state after that many steps: the window is
-    that long, the steps after it are padding (their logits are computed and change nothing).
+    `carry` is a tuple with one (h, c) float32[B, H] per layer. Logits are float32[B, T, V]
+    after every step with `all_steps`, else float32[B, V] after the last step (the original
+    model). `draws` (training): each layer takes its own (`Draws.layer`, the keys folded with
+    the layer's index): dropout on its outputs (the stacked layers' inputs and the Dense
+    input), weight-drop on its recurrent kernel, recurrent dropout on the h fed back, and with
+    a window length the returned carry is the state after that many steps (the steps after
+    it are padding: their logits are computed and change nothing).
     """
 
     vocab_size: int
@@ -127,24 +95,18 @@ class CharLSTM(nn.Module):
     loop: lstm_scan.Loop = lstm_scan.PLAIN  # how the LSTM time loops run (speed only)
 
     @nn.compact
-    def __call__(self, ids, carry=None, valid=None, *, all_steps=False, dropout=0.0, key=None,
-                 locked=False, weight_drop=0.0, weight_key=None,
-                 recurrent_dropout=0.0, recurrent_key=None, first_row=0,
-                 length=None):  # fmt: skip
+    def __call__(self, ids, carry=None, valid=None, *, all_steps=False, draws: Draws = NONE):
         carries = carry if carry is not None else (None,) * self.layers
-        fold = lambda k, n: None if k is None else jax.random.fold_in(k, n)  # noqa: E731
         x, new = ids, []
         for n in range(self.layers):
             top = n == self.layers - 1
             features = self.vocab_size if n == 0 else self.hidden
             layer = LSTM(features, self.hidden, self.dtype, self.loop, name=layer_name(n))
-            layer_carry, outputs = layer(
-                x, carries[n], valid, all_steps or not top, weight_drop, fold(weight_key, n),
-                recurrent_dropout, fold(recurrent_key, n), first_row, length,
-            )  # fmt: skip
+            layer_draws = draws.layer(n)
+            layer_carry, outputs = layer(x, carries[n], valid, all_steps or not top, layer_draws)
             new.append(layer_carry)
             x = layer_carry[0] if top and not all_steps else outputs
-            x = apply_dropout(x, dropout, fold(key, n), locked)
+            x = layer_draws.outputs(x)
         logits = Dense(self.vocab_size, self.dtype, name="dense")(x)
         if all_steps:
             logits = jnp.swapaxes(logits, 0, 1)  # [T, B, V] -> [B, T, V]
@@ -186,17 +148,9 @@ def forward(
     dtype: str | None = None,
     *,
     all_steps: bool = False,
-    dropout: float = 0.0,
-    key: jax.Array | None = None,
+    draws: Draws = NONE,
     unroll: int = 0,
     kernel: str = "auto",
-    locked: bool = False,
-    weight_drop: float = 0.0,
-    weight_key: jax.Array | None = None,
-    recurrent_dropout: float = 0.0,
-    recurrent_key: jax.Array | None = None,
-    first_row=0,
-    length=None,
 ):
     """Pure forward pass: ids int[B, T] -> (carry, logits); see `CharLSTM`. Ids of any integer
     dtype (the corpus keeps them narrow) are widened to int32 here, inside the jitted caller.
@@ -207,18 +161,13 @@ def forward(
     if jnp.issubdtype(ids.dtype, jnp.integer):
         ids = ids.astype(jnp.int32)
     module = CharLSTM(*shape_of(params), layers_of(params), dtype, loop)
-    return module.apply(
-        {"params": params}, ids, carry, valid, all_steps=all_steps, dropout=dropout, key=key,
-        locked=locked, weight_drop=weight_drop, weight_key=weight_key,
-        recurrent_dropout=recurrent_dropout, recurrent_key=recurrent_key, first_row=first_row,
-        length=length,
-    )  # fmt: skip
+    return module.apply({"params": params}, ids, carry, valid, all_steps=all_steps, draws=draws)
 
 
 def default_unroll() -> int:
     """Time steps per LSTM loop iteration where `--unroll` is 0: 1 on CPU (a loop iteration
     costs nothing there, and a longer body compiles slower), 10 on GPU and TPU, where each
-    iteration costs microseconds of control (10 halved an epoch on an H200, issue 15)."""
+    iteration costs microseconds of control (10 halved an epoch on an H200)."""
     return 1 if jax.default_backend() == "cpu" else 10
 
 

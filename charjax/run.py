@@ -35,14 +35,16 @@ def run_keys(seed: int) -> Keys:
     return Keys(*jax.random.split(jax.random.key(seed), 4))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Run:
+    """What a run was set up with; the training loop keeps its own state (`runner.Loop`)."""
+
     cfg: Config
     corpus: corpora.Corpus
     split: int  # ids [0, split) train; [split, n) are held out
     keys: Keys
     windows: int  # training windows per epoch (`objective.windows`)
-    state: step.TrainState
+    state: step.TrainState  # the state it starts from
     epoch: int  # the first epoch to train
     position: Position  # where in that epoch (not at its start after a Ctrl-C)
 

@@ -1,6 +1,8 @@
 """A whole training run, top to bottom: set up (fresh or resumed), then for each epoch iterate
 its chunks, save on a stop request, ask the divergence guard, and finish the epoch (validate,
 sample, save, log). `train_run` is what `charjax-train` calls; the side effects live here.
+The `run.Run` is what was set up; `Loop` is the loop's own state (epoch, state, best loss,
+retries, history).
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
@@ -16,11 +19,41 @@ import jax.numpy as jnp
 from charjax import epoch, evaluate, guard, intervals, parallel, run, sample, step
 from charjax.checkpoint import SaveFailed
 from charjax.config import Config
+from charjax.epoch import Position
 from charjax.errors import CharjaxError, Interrupted
 from charjax.report import Reporter
 from charjax.run_dir import RunDir
 from charjax.signals import StopRequest
 from charjax.step import TrainState
+
+
+@dataclass
+class Loop:
+    """The training loop's own state (the `Run` is what was set up, and stays so): where the
+    loop is, and what the divergence guard weighs an epoch against."""
+
+    state: TrainState  # what the next epoch trains from
+    epoch: int  # the epoch to train next
+    position: Position  # where in it (inside it when a resume continues an interruption)
+    best: float  # the lowest training loss of a kept epoch (earlier runs' included)
+    cuts: int = 0  # learning-rate halvings since the last kept epoch
+    history: list[dict] = field(default_factory=list)  # metrics of the epochs kept in this call
+
+    @classmethod
+    def start(cls, this: run.Run, folder: RunDir) -> Loop:
+        """The loop where the run starts, its best loss that of the epochs saved before."""
+        earlier = [m["loss"] for m in folder.metrics() if m["epoch"] < this.epoch]
+        return cls(this.state, this.epoch, this.position, min(earlier, default=math.inf))
+
+    def keep(self, state: TrainState, metrics: dict) -> None:
+        """The epoch is kept: the next one starts from its state."""
+        self.best, self.cuts = min(self.best, metrics["loss"]), 0
+        self.history.append(metrics)
+        self.state, self.epoch, self.position = state, self.epoch + 1, Position()
+
+    def again(self, state: TrainState) -> None:
+        """The epoch diverged: train it again from its start, from `state`."""
+        self.state, self.position, self.cuts = state, Position(), self.cuts + 1
 
 
 def train_run(
@@ -46,53 +79,17 @@ def train_run(
     report, mesh, folder = Reporter(progress=progress, log=log), parallel.data_mesh(), None
     try:
         folder = RunDir(checkpoint_dir, cfg.keep, lock=primary, primary=primary)
-        replicated = parallel.replicated(mesh)
-        if resume:
-            this = run.resume(given or {}, folder, report.log, replicated)
-        else:
-            this = run.fresh(cfg, folder)
-        folder.keep(this.cfg.keep)  # a resumed run's own --keep
+        this = _set_up(cfg, folder, resume, given or {}, report, mesh)
         if resume and this.epoch > this.cfg.epochs:
             report.nothing_to_train(this, folder.directory)
             return this.state, []
         report.started(this, mesh.size, mesh.devices.flat[0].platform, folder.directory)
-        cfg, ids = this.cfg, this.corpus.ids
-        earlier = [m["loss"] for m in folder.metrics() if m["epoch"] < this.epoch]
-        best, cuts, history = min(earlier, default=math.inf), 0, []
+        loop = Loop.start(this, folder)
         with StopRequest(report.log) as stop:
-            while this.epoch <= cfg.epochs:
-                if cfg.patience and _stalled(folder.metrics(), cfg.patience, report):
-                    break
-                done, seconds = _train_epoch(this, ids, mesh, folder, report, stop)
-                means, state = done.position.means(), done.state
-                loss = means["loss"]
-                finite = guard.all_finite(state)
-                verdict = guard.judge(this.epoch, loss, finite, best, cfg.guard, cuts)
-                if verdict.action != guard.KEEP:
-                    report.epoch_finished(None, cfg.epochs)
-                    if verdict.action == guard.GIVE_UP:
-                        raise CharjaxError(verdict.message)
-                    _retry(this, folder, state, verdict, report, replicated)
-                    cuts += 1
-                    continue
-                metrics = {
-                    "epoch": this.epoch,
-                    **means,
-                    "seconds": seconds,
-                    report.rate_key: report.rate(_trained(this, done), seconds),
-                    "lr_scale": float(state.lr_scale),
-                    "steps": int(state.step),
-                }
-                _finish_epoch(this, folder, state, metrics, report, stop)
-                cuts, best = 0, min(best, loss)
-                history.append(metrics)
-                if stop.requested and this.epoch < cfg.epochs:
-                    raise Interrupted(
-                        f"interrupted after epoch {this.epoch}. Continue with: {_hint(folder)}"
-                    )
-                this.state, this.epoch, this.position = state, this.epoch + 1, epoch.Position()
+            while loop.epoch <= this.cfg.epochs and not _stalled(this.cfg.patience, folder, report):
+                _run_epoch(this, loop, mesh, folder, report, stop)
         report.finished(folder.metrics(), folder.directory)
-        return this.state, history
+        return loop.state, loop.history
     except SaveFailed as e:  # a full disk, a read-only or unwritable folder
         report.close()
         raise SaveFailed(
@@ -104,111 +101,156 @@ def train_run(
             folder.close()
 
 
-def _train_epoch(this: run.Run, ids, mesh, folder: RunDir, report, stop):
+def _set_up(cfg: Config, folder: RunDir, resume: bool, given: dict, report, mesh) -> run.Run:
+    """The run, fresh or resumed; the folder keeps the run's own --keep."""
+    if resume:
+        this = run.resume(given, folder, report.log, parallel.replicated(mesh))
+    else:
+        this = run.fresh(cfg, folder)
+    folder.keep(this.cfg.keep)
+    return this
+
+
+def _run_epoch(this: run.Run, loop: Loop, mesh, folder: RunDir, report, stop) -> None:
+    """Train `loop.epoch`, ask the divergence guard, then keep the epoch (validate, sample,
+    save, log) or set it up again; a stop request ends the run after a kept epoch."""
+    cfg = this.cfg
+    done, seconds = _train_epoch(this, loop, mesh, folder, report, stop)
+    means, state = done.position.means(), done.state
+    finite = guard.all_finite(state)
+    verdict = guard.judge(loop.epoch, means["loss"], finite, loop.best, cfg.guard, loop.cuts)
+    if verdict.action != guard.KEEP:
+        report.epoch_finished(None, cfg.epochs)
+        if verdict.action == guard.GIVE_UP:
+            raise CharjaxError(verdict.message)
+        loop.again(_restore_for_retry(this, loop, folder, state, verdict, report, mesh))
+        return
+    metrics = {
+        "epoch": loop.epoch,
+        **means,
+        "seconds": seconds,
+        report.rate_key: report.rate(_trained(loop, done), seconds),
+        "lr_scale": float(state.lr_scale),
+        "steps": int(state.step),
+    }
+    _finish_epoch(this, loop.epoch, folder, state, metrics, report, stop)
+    if stop.requested and loop.epoch < cfg.epochs:
+        raise Interrupted(f"interrupted after epoch {loop.epoch}. Continue with: {_hint(folder)}")
+    loop.keep(state, metrics)
+
+
+def _train_epoch(this: run.Run, loop: Loop, mesh, folder: RunDir, report, stop):
     """Iterate the epoch's chunks, showing progress and doing what `--log-every`,
     `--eval-every` and `--save-every` ask for; a stop request saves the epoch so far and ends
     the run. -> (the last chunk's `Progress`, seconds)."""
-    report.epoch_started(this.epoch, this.cfg.epochs)
+    cfg, number = this.cfg, loop.epoch
+    report.epoch_started(number, cfg.epochs)
     t0 = time.perf_counter()
     chunks = epoch.iterate(
-        this.state,
-        ids,
+        loop.state,
+        this.corpus.ids,
         this.split,
         this.keys.data,
-        this.epoch,
-        this.cfg,
+        number,
+        cfg,
         mesh,
-        this.position,
+        loop.position,
         this.context,
     )
     # the run's optimizer steps at the epoch's start: every chunk before the last is K steps
-    now = int(this.state.step)
-    first_step = now - this.position.chunks * this.cfg.steps_per_call
-    ticks = intervals.Ticks(this.cfg, now, this.position)
+    now = int(loop.state.step)
+    first_step = now - loop.position.chunks * cfg.steps_per_call
+    ticks = intervals.Ticks(cfg, now, loop.position)
     for done in chunks:
-        batches = min(done.position.chunks * this.cfg.steps_per_call, done.batches)
+        batches = min(done.position.chunks * cfg.steps_per_call, done.batches)
         seconds = time.perf_counter() - t0
-        report.chunk_done(
-            batches, done.batches, _trained(this, done), done.position.means(), seconds
-        )
+        means = done.position.means()
+        report.chunk_done(batches, done.batches, _trained(loop, done), means, seconds)
         due = ticks.due(first_step + batches)
         if stop.requested and not done.finished:
             if due - {intervals.SAVE} and done.position.finite:  # the record, then the save
-                _on_steps(this, folder, done, ticks, due - {intervals.SAVE}, report, stop)
-            report.epoch_finished(None, this.cfg.epochs)
-            _save_interrupted(this, folder, done, stop)
+                _on_steps(this, number, folder, done, ticks, due - {intervals.SAVE}, report, stop)
+            report.epoch_finished(None, cfg.epochs)
+            _save_interrupted(this, number, folder, done, stop)
         if due and done.position.finite:
-            _on_steps(this, folder, done, ticks, due, report, stop)
+            _on_steps(this, number, folder, done, ticks, due, report, stop)
     return done, time.perf_counter() - t0
 
 
-def _on_steps(this: run.Run, folder: RunDir, done, ticks, due: set, report, stop) -> None:
-    """Mid-epoch work that fell due: a step record in metrics.jsonl (the training loss since
-    the last, and with `eval` the held-out slice's loss), and with `save` the epoch so far."""
+def _on_steps(this: run.Run, number: int, folder: RunDir, done, ticks, due: set, report,
+              stop) -> None:  # fmt: skip
+    """Mid-epoch work that fell due in epoch `number`: a step record in metrics.jsonl (the
+    training loss since the last, and with `eval` the held-out slice's loss), and with `save`
+    the epoch so far."""
     if intervals.LOG in due or intervals.EVAL in due:
-        record = ticks.record(this.epoch, done.position)
+        record = ticks.record(number, done.position)
         if intervals.EVAL in due and this.held_out is not None:
             params = parallel.local(step.eval_params(done.state))
             score = _held_out_score(params, this.eval_ids, this.cfg)
             record["val_loss"] = score.nats_per_char
             report.log(
-                f"step {record['step']:,} (epoch {this.epoch}): loss {record['loss']:.4f}, "
+                f"step {record['step']:,} (epoch {number}): loss {record['loss']:.4f}, "
                 f"held-out {score.nats_per_char:.4f} nats/char on {len(this.eval_ids):,} chars"
             )
         folder.log_step(record)
     if intervals.SAVE in due and not done.finished and guard.all_finite(done.state):
-        with stop.protect():
-            folder.save_partial(done.state, this.meta(this.epoch, position=done.position))
+        _save_partial(this, number, folder, done, stop)
 
 
-def _trained(this: run.Run, done: epoch.Progress) -> int:
+def _trained(loop: Loop, done: epoch.Progress) -> int:
     """Windows this process trained in the epoch so far (a resumed epoch counts from where it
     resumed): what the throughput in the bar, the epoch line and metrics.jsonl counts."""
-    return done.position.windows - this.position.windows
+    return done.position.windows - loop.position.windows
 
 
 def _hint(folder: RunDir) -> str:
     return f"charjax-train --resume --checkpoint-dir {folder.directory}"
 
 
-def _save_interrupted(this: run.Run, folder: RunDir, done: epoch.Progress, stop) -> None:
+def _save_partial(this: run.Run, number: int, folder: RunDir, done: epoch.Progress, stop):
+    """Save epoch `number` so far: its state and position (what a resume continues from)."""
+    with stop.protect():
+        folder.save_partial(done.state, this.meta(number, position=done.position))
+
+
+def _save_interrupted(this: run.Run, number: int, folder: RunDir, done: epoch.Progress, stop):
     """Save the epoch so far (its state and position), then end the run with `Interrupted`."""
     if not guard.all_finite(done.state):
         raise Interrupted(
-            f"interrupted in epoch {this.epoch}; its parameters were not finite, so nothing was "
+            f"interrupted in epoch {number}; its parameters were not finite, so nothing was "
             f"saved for it. Resume from the last epoch: {_hint(folder)}"
         )
-    with stop.protect():
-        folder.save_partial(done.state, this.meta(this.epoch, position=done.position))
+    _save_partial(this, number, folder, done, stop)
     raise Interrupted(
-        f"interrupted: saved epoch {this.epoch} after {done.position.windows:,} of "
+        f"interrupted: saved epoch {number} after {done.position.windows:,} of "
         f"{this.windows:,} windows. Continue with: {_hint(folder)}"
     )
 
 
-def _retry(this: run.Run, folder: RunDir, state, verdict, report, sharding) -> None:
-    """The epoch diverged: restore the last saved epoch (or the initial state) at half the
-    learning rate, to train the epoch again from its start."""
+def _restore_for_retry(this: run.Run, loop: Loop, folder: RunDir, state, verdict, report,
+                       mesh) -> TrainState:  # fmt: skip
+    """The epoch diverged: the last saved epoch (or the initial state) at half the learning
+    rate, to train the epoch again from its start."""
     scale = float(state.lr_scale) / 2
     have = folder.epochs()
     if have:
-        restored = folder.restore(this.state_shape(), have[-1], sharding)
+        restored = folder.restore(this.state_shape(), have[-1], parallel.replicated(mesh))
         origin = f"epoch {have[-1]}"
     else:
         restored, origin = this.initial_state(), "the initial state"
     folder.clear_partial()  # an older interruption of this epoch is superseded
     report.log(
-        f"epoch {this.epoch}: {verdict.reason}. Divergence guard: restored {origin}, learning "
+        f"epoch {loop.epoch}: {verdict.reason}. Divergence guard: restored {origin}, learning "
         f"rate x{scale:g} (now {this.cfg.learning_rate * scale:.4g}); training epoch "
-        f"{this.epoch} again"
+        f"{loop.epoch} again"
     )
-    this.state = restored._replace(lr_scale=jnp.asarray(scale, jnp.float32))
-    this.position = epoch.Position()
+    return restored._replace(lr_scale=jnp.asarray(scale, jnp.float32))
 
 
-def _finish_epoch(this: run.Run, folder: RunDir, state, metrics: dict, report, stop) -> None:
-    """Validate, sample, show, save and log a kept epoch (`metrics` gains the results); under
-    --keep-best an epoch that beats every earlier held-out loss is also kept as the best."""
+def _finish_epoch(this: run.Run, number: int, folder: RunDir, state, metrics: dict, report,
+                  stop) -> None:  # fmt: skip
+    """Validate, sample, show, save and log kept epoch `number` (`metrics` gains the results);
+    under --keep-best an epoch that beats every earlier held-out loss is also kept as the best."""
     params = parallel.local(step.eval_params(state))
     improved = False
     if this.held_out is not None:
@@ -221,10 +263,10 @@ def _finish_epoch(this: run.Run, folder: RunDir, state, metrics: dict, report, s
             metrics["val_loss_raw"] = raw.nats_per_char
     if this.cfg.temperatures and this.cfg.sample_length:
         metrics["samples"] = sample.epoch_samples(
-            params, this.corpus, this.keys.sample, this.epoch, this.cfg
+            params, this.corpus, this.keys.sample, number, this.cfg
         )
     report.epoch_finished(metrics, this.cfg.epochs)
-    meta = this.meta(this.epoch, metrics)
+    meta = this.meta(number, metrics)
     with stop.protect():
         folder.save_epoch(state, meta)
         if this.cfg.keep_best and improved:
@@ -238,9 +280,12 @@ def _held_out_score(params, ids, cfg) -> evaluate.Score:
     return evaluate.validate(params, ids, cfg, mesh=mesh)
 
 
-def _stalled(records: list[dict], patience: int, report) -> bool:
+def _stalled(patience: int, folder: RunDir, report) -> bool:
     """--patience: whether the held-out loss has not improved for `patience` epochs (then
-    says so)."""
+    says so); never with patience 0."""
+    if not patience:
+        return False
+    records = folder.metrics()
     held = [r for r in records if "val_loss" in r]
     if not held:
         return False

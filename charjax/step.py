@@ -2,7 +2,8 @@
 
 `train_step(state, batch...) -> (state, metrics)` is pure; `train_chunk` (the jit boundary)
 scans it over a chunk of `steps_per_call` batches, data-parallel over a device mesh, so the
-host dispatches once per chunk. The step's metrics dict is the one place to add a metric:
+host dispatches once per chunk. Each step builds its `Draws` (masks' keys, window length)
+once and passes it down to the model. The step's metrics dict is the one place to add a metric:
 the epoch averages every entry and the progress bar, epoch line and metrics.jsonl show it.
 """
 
@@ -20,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from charjax import model, objective, optim, parallel
 from charjax.config import Config
+from charjax.draws import NONE, Draws
 
 
 class TrainState(NamedTuple):
@@ -32,14 +34,16 @@ class TrainState(NamedTuple):
 
 
 class StepContext(NamedTuple):
-    """Per-run inputs of the train step that are arrays, not config (so they never recompile)."""
+    """Per-run inputs of the train step that are arrays, not config (so they never recompile).
+    What each step draws from them is its `Draws` (`step_draws`)."""
 
-    dropout_key: jax.Array | None = None  # per step: fold_in(key, step), then the device index
+    dropout_key: jax.Array | None = None  # the run's key of every step's masks; None: no masks
     total_steps: jax.Array | int = 0  # optimizer steps of the whole run (for the cosine schedule)
 
 
 NO_CONTEXT = StepContext()
-# fold_in data of the weight-drop key of a step (a device index, folded for dropout, never is)
+# fold_in data of a step's weight-drop and recurrent dropout keys (never a device index, which
+# dropout folds in)
 WEIGHT_MASKS = 2**31 - 1
 RECURRENT_MASKS = 2**31 - 2
 
@@ -70,91 +74,61 @@ def state_shape(vocab_size: int, cfg: Config) -> TrainState:
     return jax.eval_shape(lambda: init_state(jax.random.key(0), vocab_size, cfg))
 
 
-def nll(
-    params,
-    inputs,
-    targets,
-    weights,
-    goal,
-    *,
-    dtype,
-    dropout=0.0,
-    key=None,
-    carry=None,
-    unroll=0,
-    kernel="auto",
-    locked=False,
-    weight_drop=0.0,
-    weight_key=None,
-    recurrent_dropout=0.0,
-    recurrent_key=None,
-    first_row=0,
-    length=None,
-):
+def nll(params, inputs, targets, weights, goal, *, dtype, draws=NONE, carry=None, unroll=0,
+        kernel="auto"):  # fmt: skip
     """(weighted sum of next-char cross-entropies in nats over the predicted chars of `goal`
-    (an `Objective`), final carry); weight-0 rows are padding. With `key`, dropout at `dropout`
-    (`locked`: one mask per sequence); with `weight_key`, weight-drop at `weight_drop`; with
-    `recurrent_key`, recurrent dropout at `recurrent_dropout` (`first_row`: see `CharLSTM`);
-    `carry` is the initial state (None: zeros), a constant for the gradient (truncated BPTT).
-    `length` (int32 scalar, --vary-length): the windows are that long, the final carry is the
-    state there and later positions are padding.
+    (an `Objective`), final carry); weight-0 rows are padding. `draws`: the training step's
+    masks and window length (see `Draws`; with a length the final carry is the state there and
+    later positions are padding). `carry` is the initial state (None: zeros), a constant for
+    the gradient (truncated BPTT).
 
     Keras computes it from clipped softmax probabilities; on logits it is the same value except
     where a target's probability is below 1e-7, where Keras' clip zeroes the gradient.
     """
     carry = None if carry is None else lax.stop_gradient(carry)
     carry, logits = model.forward(
-        params,
-        inputs,
-        carry,
-        dtype=dtype,
-        all_steps=goal.every_position,
-        dropout=dropout,
-        key=key,
-        unroll=unroll,
-        kernel=kernel,
-        locked=locked,
-        weight_drop=weight_drop,
-        weight_key=weight_key,
-        recurrent_dropout=recurrent_dropout,
-        recurrent_key=recurrent_key,
-        first_row=first_row,
-        length=length,
-    )
-    return jnp.sum(weights * goal.window_losses(logits, targets, length)), carry
+        params, inputs, carry, dtype=dtype, all_steps=goal.every_position, draws=draws,
+        unroll=unroll, kernel=kernel,
+    )  # fmt: skip
+    return jnp.sum(weights * goal.window_losses(logits, targets, draws.length)), carry
 
 
-def run_nll(
-    params: dict, inputs, targets, weights, cfg: Config, key=None, carry=None, weight_key=None,
-    recurrent_key=None, first_row=0, length=None,
-):  # fmt: skip
-    """`nll` as the run `cfg` computes it (its objective, dtype, dropout and loops)."""
+def run_nll(params: dict, inputs, targets, weights, cfg: Config, draws=NONE, carry=None):
+    """`nll` as the run `cfg` computes it (its objective, dtype and loops)."""
     goal = objective.of(cfg)
     return nll(
-        params,
-        inputs,
-        targets,
-        weights,
-        goal,
-        dtype=cfg.dtype,
-        dropout=cfg.dropout,
-        key=key,
-        carry=carry,
-        unroll=cfg.unroll,
-        kernel=cfg.lstm_kernel,
-        locked=cfg.locked_dropout,
-        weight_drop=cfg.weight_drop,
-        weight_key=weight_key,
-        recurrent_dropout=cfg.recurrent_dropout,
-        recurrent_key=recurrent_key,
-        first_row=first_row,
-        length=length,
-    )
+        params, inputs, targets, weights, goal, dtype=cfg.dtype, draws=draws, carry=carry,
+        unroll=cfg.unroll, kernel=cfg.lstm_kernel,
+    )  # fmt: skip
 
 
-def loss_sum(params: dict, inputs, targets, weights, cfg: Config, key=None) -> jax.Array:
-    """The run's training loss sum of a batch (`nll` with its objective), from a zero state."""
-    return run_nll(params, inputs, targets, weights, cfg, key)[0]
+def loss_sum(params: dict, inputs, targets, weights, cfg: Config) -> jax.Array:
+    """The run's loss sum of a batch (`nll` with its objective), from a zero state, no masks."""
+    return run_nll(params, inputs, targets, weights, cfg)[0]
+
+
+def step_draws(cfg: Config, context: StepContext, step, rows: int, axis_name=None,
+               length=None) -> Draws:  # fmt: skip
+    """What optimizer step `step` draws (its keys fold the run's key with the step; no run key:
+    nothing): each device its own dropout masks, as for its own rows; the same weight-drop
+    masks on every device (one per batch); recurrent dropout masks by a row's index in the
+    whole batch (`rows` per device). `length` (int32 scalar, --vary-length): the windows'."""
+    draws = Draws(cfg.dropout, cfg.locked_dropout, cfg.weight_drop, cfg.recurrent_dropout,
+                  length=length)  # fmt: skip
+    if context.dropout_key is None:
+        return draws
+    step_key = jax.random.fold_in(context.dropout_key, step)
+    device = None if axis_name is None else lax.axis_index(axis_name)
+    if cfg.dropout > 0:
+        key = step_key if device is None else jax.random.fold_in(step_key, device)
+        draws = draws.replace(dropout_key=key)
+    if cfg.weight_drop > 0:
+        draws = draws.replace(weight_key=jax.random.fold_in(step_key, WEIGHT_MASKS))
+    if cfg.recurrent_dropout > 0:
+        first_row = 0 if device is None else device * rows
+        key = jax.random.fold_in(step_key, RECURRENT_MASKS)
+        draws = draws.replace(recurrent_key=key, first_row=first_row)
+    return draws
 
 
 def _psum_all(tree, axis_name):
@@ -179,28 +153,14 @@ def train_step(
     single-device step on the whole batch (with dropout, each device draws its own masks).
     """
     goal = objective.of(cfg)
-    params, key = state.params, None
-    weight_key = recurrent_key = None
-    first_row = 0
-    if context.dropout_key is not None:
-        step_key = jax.random.fold_in(context.dropout_key, state.step)
-        if cfg.dropout > 0:  # each device its own masks, as for its own rows
-            key = step_key
-            if axis_name is not None:
-                key = jax.random.fold_in(key, lax.axis_index(axis_name))
-        if cfg.weight_drop > 0:  # the same weight masks on every device: one per batch
-            weight_key = jax.random.fold_in(step_key, WEIGHT_MASKS)
-        if cfg.recurrent_dropout > 0:  # one per row, by its index in the whole batch
-            recurrent_key = jax.random.fold_in(step_key, RECURRENT_MASKS)
-            if axis_name is not None:
-                first_row = lax.axis_index(axis_name) * inputs.shape[0]
+    draws = step_draws(cfg, context, state.step, inputs.shape[0], axis_name, length)
+    params = state.params
     if axis_name is not None:  # per-device gradients differ until summed: mark them varying
         params = jax.tree.map(lambda p: lax.pcast(p, (axis_name,), to="varying"), params)
     carry = state.carry if goal.carried else None
     (total, carry), grads = jax.value_and_grad(run_nll, has_aux=True)(
-        params, inputs, targets, weights, cfg, key, carry, weight_key, recurrent_key, first_row,
-        length,
-    )  # fmt: skip
+        params, inputs, targets, weights, cfg, draws, carry
+    )
     total, count, grads = _psum_all((total, jnp.sum(weights), grads), axis_name)
     chars = goal.chars_per_window if length is None else length
     scale = 1.0 / jnp.maximum(count * chars, 1.0)

@@ -13,6 +13,7 @@ import pytest
 from jax import export
 
 from charjax import lstm, lstm_fused, model
+from charjax.draws import Draws
 from charjax.epoch import train_epoch
 from charjax.step import init_state
 
@@ -63,7 +64,7 @@ def test_a_varied_window_length_takes_the_xla_loops_and_ends_its_carry_there():
     """--vary-length: the fused kernels end at the last step, so a `length` steps aside."""
     params = model.init_params(jax.random.key(4), 9, 16)
     ids = jax.random.randint(jax.random.key(5), (16, 6), 0, 9)
-    kw = dict(all_steps=True, length=jnp.int32(4))
+    kw = dict(all_steps=True, draws=Draws(length=jnp.int32(4)))
     fused = model.forward(params, ids, kernel="pallas", **kw)
     _assert_close(fused, model.forward(params, ids, kernel="xla", **kw))
     _assert_close(fused[0], model.forward(params, ids[:, :4], kernel="xla", all_steps=True)[0])

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from charjax import lstm, model
+from charjax.draws import Draws, apply_dropout
 
 
 def test_parameter_shapes_and_count():
@@ -109,19 +110,19 @@ def test_layers_shapes_and_names():
 
 def test_dropout_is_keyed_scaled_and_off_without_a_key():
     x = jnp.ones((200, 50))
-    a = model.apply_dropout(x, 0.3, jax.random.key(0))
-    assert jnp.array_equal(a, model.apply_dropout(x, 0.3, jax.random.key(0)))
-    assert not jnp.array_equal(a, model.apply_dropout(x, 0.3, jax.random.key(1)))
+    a = apply_dropout(x, 0.3, jax.random.key(0))
+    assert jnp.array_equal(a, apply_dropout(x, 0.3, jax.random.key(0)))
+    assert not jnp.array_equal(a, apply_dropout(x, 0.3, jax.random.key(1)))
     kept = np.asarray(a) != 0
     assert abs(kept.mean() - 0.7) < 0.02 and np.allclose(np.asarray(a)[kept], 1 / 0.7)
-    assert model.apply_dropout(x, 0.3, None) is x
+    assert apply_dropout(x, 0.3, None) is x
     params = _params(layers=2)
     ids = jnp.array([[1, 2, 3, 4]])
     plain = model.forward(params, ids)[1]
-    assert jnp.array_equal(model.forward(params, ids, dropout=0.5)[1], plain)  # no key
-    assert not jnp.array_equal(
-        model.forward(params, ids, dropout=0.5, key=jax.random.key(0))[1], plain
-    )
+    no_key = Draws(dropout=0.5)
+    assert jnp.array_equal(model.forward(params, ids, draws=no_key)[1], plain)
+    keyed = Draws(dropout=0.5, dropout_key=jax.random.key(0))
+    assert not jnp.array_equal(model.forward(params, ids, draws=keyed)[1], plain)
 
 
 def test_the_model_asks_the_cell_for_its_state_and_shape():
@@ -138,23 +139,23 @@ def test_the_model_asks_the_cell_for_its_state_and_shape():
 
 def test_locked_dropout_keeps_one_mask_per_sequence_and_weight_drop_masks_the_kernel():
     x = jnp.ones((6, 40, 30))  # time-major [T, B, F]
-    locked = np.asarray(model.apply_dropout(x, 0.5, jax.random.key(0), locked=True))
+    locked = np.asarray(apply_dropout(x, 0.5, jax.random.key(0), locked=True))
     assert (locked == locked[0]).all() and 0.3 < (locked[0] == 0).mean() < 0.7
-    assert not (np.asarray(model.apply_dropout(x, 0.5, jax.random.key(0)))[1:] == locked[0]).all()
+    assert not (np.asarray(apply_dropout(x, 0.5, jax.random.key(0)))[1:] == locked[0]).all()
     params = _params(layers=2)
     ids = jnp.array([[1, 2, 3, 4], [4, 3, 2, 1]])
     plain = model.forward(params, ids)[1]
     key = jax.random.key(3)
-    dropped = model.forward(params, ids, weight_drop=0.5, weight_key=key)[1]
+    masks = Draws(weight_drop=0.5, weight_key=key)
+    dropped = model.forward(params, ids, draws=masks)[1]
     assert not jnp.array_equal(dropped, plain)
-    assert jnp.array_equal(dropped, model.forward(params, ids, weight_drop=0.5, weight_key=key)[1])
-    assert jnp.array_equal(model.forward(params, ids, weight_drop=0.5)[1], plain)  # no key
+    assert jnp.array_equal(dropped, model.forward(params, ids, draws=masks)[1])
+    no_key = Draws(weight_drop=0.5)
+    assert jnp.array_equal(model.forward(params, ids, draws=no_key)[1], plain)
     # a kernel masked by hand gives the same numbers (layer n's mask: fold_in(key, n))
     masked = dict(params)
     for n, name in enumerate(("lstm", "lstm_1")):
-        kernel = model.apply_dropout(
-            params[name]["recurrent_kernel"], 0.5, jax.random.fold_in(key, n)
-        )
+        kernel = apply_dropout(params[name]["recurrent_kernel"], 0.5, jax.random.fold_in(key, n))
         masked[name] = {**params[name], "recurrent_kernel": kernel}
     np.testing.assert_allclose(model.forward(masked, ids)[1], dropped, rtol=1e-6)
 
@@ -167,23 +168,43 @@ def test_recurrent_dropout_masks_h_per_sequence_only_while_training():
     ids = jnp.array([[1, 2, 3, 4], [4, 3, 2, 1]])
     plain = model.forward(params, ids, all_steps=True)[1]
     key = jax.random.key(4)
-    kw = dict(all_steps=True, recurrent_dropout=0.5)
-    dropped = model.forward(params, ids, **kw, recurrent_key=key)[1]
+    masks = Draws(recurrent_dropout=0.5, recurrent_key=key)
+    dropped = model.forward(params, ids, all_steps=True, draws=masks)[1]
     assert not jnp.array_equal(dropped, plain)
-    again = model.forward(params, ids, **kw, recurrent_key=key)[1]
+    again = model.forward(params, ids, all_steps=True, draws=masks)[1]
     assert jnp.array_equal(dropped, again)
-    assert jnp.array_equal(model.forward(params, ids, all_steps=True, recurrent_dropout=0.5)[1],
-                           plain)  # fmt: skip
-    assert jnp.array_equal(model.forward(params, ids, all_steps=True, key=key)[1], plain)
+    no_key = Draws(recurrent_dropout=0.5)
+    assert jnp.array_equal(model.forward(params, ids, all_steps=True, draws=no_key)[1], plain)
+    assert jnp.array_equal(
+        model.forward(params, ids, all_steps=True, draws=Draws(dropout_key=key))[1], plain
+    )
     # a row's mask follows its index in the whole batch: the second row alone, as row 1
-    second = model.forward(params, ids[1:], all_steps=True, recurrent_dropout=0.5,
-                           recurrent_key=key, first_row=1)[1]  # fmt: skip
+    second = model.forward(params, ids[1:], all_steps=True, draws=masks.replace(first_row=1))[1]
     np.testing.assert_allclose(second[0], dropped[1], rtol=1e-6)
-    masked_scan = model.forward(params, ids, valid=jnp.ones(4, bool), **kw, recurrent_key=key)[1]
+    valid = jnp.ones(4, bool)
+    masked_scan = model.forward(params, ids, valid=valid, all_steps=True, draws=masks)[1]
     np.testing.assert_allclose(masked_scan, plain, rtol=1e-6)
     # the first step sees h = 0, so its outputs cannot change; later steps do
     np.testing.assert_allclose(dropped[:, 0], plain[:, 0], rtol=1e-6)
     one = {"lstm": params["lstm"], "dense": params["dense"]}
     last = model.forward(one, ids)[1]
-    dropped_last = model.forward(one, ids, recurrent_dropout=0.5, recurrent_key=key)[1]
+    dropped_last = model.forward(one, ids, draws=masks)[1]
     assert not jnp.array_equal(dropped_last, last)
+
+
+def test_draws_are_a_pytree_with_static_rates_and_per_layer_keys():
+    """The rates are part of the tree's structure (a compiled program's constants), keys and
+    indices its leaves; layer n's keys are the step's folded with n; no key draws nothing."""
+    key = jax.random.key(7)
+    draws = Draws(dropout=0.3, weight_drop=0.2, dropout_key=key, length=jnp.int32(4))
+    assert len(jax.tree.leaves(draws)) == 3  # the dropout key, first row, length
+    assert jax.tree.structure(draws) != jax.tree.structure(draws.replace(dropout=0.5))
+    again = jax.jit(lambda d: d)(draws)
+    assert again.dropout == 0.3 and int(again.length) == 4
+    second = draws.layer(1)
+    data = jax.random.key_data
+    assert jnp.array_equal(data(second.dropout_key), data(jax.random.fold_in(key, 1)))
+    assert second.weight_key is None and second.h_mask(2, 3) is None
+    assert not draws.plain and Draws().plain
+    masks = Draws(recurrent_dropout=0.5, recurrent_key=key).h_mask(4, 6)
+    assert masks.shape == (4, 6) and set(np.unique(masks)) <= {0.0, 2.0}

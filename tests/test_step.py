@@ -1,5 +1,8 @@
 """The train step: jit equals no jit, it learns, padding and empty batches, the sequence loss,
-dropout keys, carried streams, bfloat16 matmuls; its metrics dict."""
+dropout keys, carried streams, bfloat16 matmuls; its metrics dict; three steps of each recipe
+pinned to recorded parameters."""
+
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,7 @@ import optax
 import pytest
 from util import loss_of, same_trees
 
-from charjax import batching, model, objective
+from charjax import batching, epoch, model, objective
 from charjax import corpus as corpora
 from charjax.errors import CharjaxError
 from charjax.step import StepContext, init_state, loss_sum, train_step
@@ -196,3 +199,74 @@ def test_ema_follows_the_parameters_and_weight_drop_is_keyed_per_step(tiny_cfg):
     no_drop, _ = step(state, inputs, targets, weights, cfg.replace(weight_drop=0.0), None, context)
     assert not same_trees(no_drop.params, new.params)
     assert _first_windows(tiny_cfg)[0].ema == ()
+
+
+# Three steps of each recipe through the jitted, mesh-split chunk, pinned to the parameters the
+# code gave when recorded (CPU, jax 0.10.2, 2026-12-03): a change in how a step draws its masks
+# or cuts its windows shows here as a different hash. (sha256 of the params' float32 bytes,
+# sum of |params|.) Other platforms round differently: there only the sum is compared.
+_RECIPES = {
+    "plain": (
+        dict(),
+        ("bb8c2db1937eef21e07f00ccd8e4366160fc74f4be33dec34aa09d5cdeff63fa", 459.48507563161183),
+    ),
+    "dropout": (
+        dict(dropout=0.3, layers=2),
+        ("a4f19d2ab52093f89136429915456aec5eca83772245ca416bc7dede3251e260", 724.8636523817768),
+    ),
+    "locked dropout": (
+        dict(dropout=0.3, locked_dropout=True, layers=2),
+        ("25069255836c32073f2fe6664ef33e1dff3a3ba1df5e0ec5476239acfdfecc5f", 726.4662140415276),
+    ),
+    "weight-drop": (
+        dict(weight_drop=0.4, layers=2),
+        ("472454242666132ba35ece320f4ec435682fdb81cf30acd541972facce354cf5", 728.3668356267117),
+    ),
+    "recurrent dropout": (
+        dict(recurrent_dropout=0.3, layers=2),
+        ("492e6efb5058d5950eb2c7278e9199658b7bf50d6a3ae815844cdfff11599411", 729.9216987058462),
+    ),
+    "vary-length": (
+        dict(objective="sequence", carry_state=True, step=10, batch_size=4, vary_length=3),
+        ("85610d70e99c060692af22f73f3369c2c87452a24329a8787cbf92fceea3689d", 453.28406255015943),
+    ),
+    "all at once": (
+        dict(
+            objective="sequence",
+            carry_state=True,
+            step=10,
+            batch_size=4,
+            vary_length=3,
+            dropout=0.3,
+            locked_dropout=True,
+            weight_drop=0.4,
+            recurrent_dropout=0.3,
+            layers=2,
+        ),
+        ("9516db8038041fa461f042d034b9f68d9d4a925367d360127375ce62fe04df9a", 722.0474069416523),
+    ),
+}
+
+
+def _three_steps(cfg):
+    """The parameters after the first chunk of three steps of epoch 1 (one key for all)."""
+    corpus = corpora.load(cfg)
+    split = corpora.split(corpus, cfg)
+    state = init_state(jax.random.key(0), corpus.vocab.size, cfg)
+    context = StepContext(jax.random.key(5), jnp.int32(100))
+    chunks = epoch.iterate(state, corpus.ids, split, jax.random.key(1), 1, cfg, context=context)
+    done = next(chunks)
+    assert int(done.state.step) == 3
+    return done.state.params
+
+
+@pytest.mark.parametrize("recipe", list(_RECIPES))
+def test_three_steps_of_each_recipe_give_the_recorded_parameters(tiny_cfg, recipe):
+    changes, (digest, total) = _RECIPES[recipe]
+    params = _three_steps(tiny_cfg.replace(steps_per_call=3, **changes))
+    leaves = [np.asarray(x, np.float32) for x in jax.tree.leaves(params)]
+    got_total = float(sum(np.abs(x).astype(np.float64).sum() for x in leaves))
+    got_digest = hashlib.sha256(b"".join(x.tobytes() for x in leaves)).hexdigest()
+    assert got_total == pytest.approx(total, rel=1e-3)
+    if jax.default_backend() == "cpu":
+        assert got_digest == digest
