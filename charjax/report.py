@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -56,6 +57,8 @@ class Reporter:
         console: Console | None = None,
     ):
         self.log = log or (lambda line: print(line, flush=True))
+        # remarks beside the run's record (stderr, so that a piped log stays the record)
+        self.note = log or (lambda line: print(line, file=sys.stderr, flush=True))
         if progress is None:
             progress = log is None and sys.stdout.isatty()
         self._progress = None
@@ -91,6 +94,10 @@ class Reporter:
             f"{platform} device(s); checkpoints in {directory}"
         )
 
+        empty = run.corpus.empty
+        if empty:
+            names = ", ".join(Path(p).name for p in empty[:3]) + (", ..." if len(empty) > 3 else "")
+            self.note(f"skipped {len(empty)} empty file{'s' if len(empty) > 1 else ''} ({names})")
         left_out = run.corpus.left_out
         if left_out:
             chars = " ".join(ch if ch.isprintable() and not ch.isspace() else _escaped(ch)

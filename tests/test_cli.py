@@ -93,12 +93,15 @@ def test_train_flags_come_from_the_config_in_named_groups():
         if f.metadata.get("cli", True):
             assert flag(f.name) in flags[f.name].option_strings
             assert f.metadata["help"] in flags[f.name].help
-    assert "lower" not in flags and "rho" not in flags  # fields without a flag
+    assert "rho" not in flags and "epsilon" not in flags  # fields without a flag
+    assert flags["lower"].option_strings == ["--keep-case", "--no-keep-case"]
     assert flags["optimizer"].choices == ("rmsprop", "adam")
     assert flags["temperatures"].type("0.2,1") == (0.2, 1.0)
     args = parser.parse_args(["--hidden", "32", "--carry-state"])
     given = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
     assert given == {"hidden": 32, "carry_state": True}  # only what was given (for --resume)
+    args = parser.parse_args(["--glob", "*.py", "--keep-case", "--glob", "*.md"])
+    assert (args.glob, args.lower) == (("*.py", "*.md"), False)  # repeatable; turns lower off
 
 
 def test_flags_are_never_abbreviated(capsys):
@@ -161,3 +164,32 @@ def test_presets_are_recipes_that_flags_override():
         assert "keeps its own recipe" in str(e)
     else:
         raise AssertionError("--preset with --resume was accepted")
+
+
+def test_a_folder_of_code_trains_by_glob_and_resume_holds_to_its_choice(capsys, tmp_path):
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "main.py").write_text("Import pkg\nPrint(pkg.Answer)\n" * 8)
+    (src / "pkg" / "__init__.py").write_bytes(b"")
+    (src / "pkg" / "core.py").write_text("Answer = 42  # The answer\n" * 8)
+    (src / "README.txt").write_text("not picked")
+    ck = str(tmp_path / "run")
+    tiny = ["--maxlen", "10", "--hidden", "8", "--temperatures", "", "--quiet"]
+    code = ["--text", str(src), "--recursive", "--glob", "*.py", "--keep-case"]
+    assert cli.train_main([*code, *tiny, "--epochs", "1", "--checkpoint-dir", ck]) == 0
+    out, err = capsys.readouterr()
+    assert "skipped 1 empty file (__init__.py)" in err and "skipped" not in out
+    saved = inference.load(ck)
+    assert saved.meta.cfg.glob == ("*.py",) and not saved.meta.cfg.lower
+    assert "I" in saved.meta.vocab and "#" in saved.meta.vocab  # the case kept; *.py only
+    resume = ["--resume", "--epochs", "2", "--checkpoint-dir", ck]
+    for flags, says in [
+        (["--no-keep-case"], "--no-keep-case (checkpoint has --keep-case)"),
+        (["--glob", "*.md"], "--glob '*.md' (checkpoint has --glob '*.py')"),
+    ]:
+        assert cli.train_main([*resume, *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err
+    (src / "pkg" / "extra.py").write_text("more = 1\n")  # a changed selection
+    assert cli.train_main(resume) == 2
+    assert "is not the one the checkpoint" in capsys.readouterr().err

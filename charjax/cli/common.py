@@ -52,6 +52,21 @@ class _JoinPaths(argparse.Action):
         setattr(namespace, self.dest, os.pathsep.join(values))
 
 
+class _Repeat(argparse.Action):
+    """A repeatable flag -> a tuple of its values, in the order given (`--glob a --glob b`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, (*getattr(namespace, self.dest, ()), values))
+
+
+class _Inverted(argparse.BooleanOptionalAction):
+    """A switch that sets its field to False (`--keep-case`: lower = False; `--no-keep-case`:
+    True)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, option_string.startswith("--no-"))
+
+
 TYPES = {"int": int, "float": finite, "str": str, "tuple[float, ...]": floats}
 
 
@@ -67,7 +82,10 @@ def config_flags(parser: argparse.ArgumentParser) -> dict[str, argparse._Argumen
             continue
         kw = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"]}
         if f.type == "bool":  # --x / --no-x: a preset's True can be turned off
-            kw["action"] = argparse.BooleanOptionalAction
+            kw["action"] = _Inverted if meta.get("inverted") else argparse.BooleanOptionalAction
+        elif meta.get("repeat"):
+            kw["help"] += f" (default: {' '.join(getattr(defaults, f.name))})"
+            kw.update(action=_Repeat, metavar=meta.get("metavar"))
         else:
             default = getattr(defaults, f.name)
             shown = ",".join(f"{t:g}" for t in default) if isinstance(default, tuple) else default
