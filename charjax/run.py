@@ -82,6 +82,8 @@ class Run:
     def meta(self, epoch: int, metrics: dict | None = None, position=None) -> Meta:
         """The record saved with a checkpoint; the prime is stored so sampling needs no corpus."""
         c = self.corpus
+        if position is not None:  # an interrupted epoch: its size, to tell how far it got
+            metrics = {"epoch_windows": self.windows, **(metrics or {})}
         return Meta(self.cfg, c.vocab.chars, c.sha256, c.prime, epoch, metrics or {}, position)
 
 

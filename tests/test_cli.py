@@ -2,7 +2,9 @@
 the divergence guard's one-line ending, scoring, and sampling a sequence model."""
 
 import dataclasses
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,55 @@ def test_a_folder_of_code_trains_by_glob_and_resume_holds_to_its_choice(capsys, 
     (src / "pkg" / "extra.py").write_text("more = 1\n")  # a changed selection
     assert cli.train_main(resume) == 2
     assert "is not the one the checkpoint" in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_sample_labels_its_texts_reads_a_prime_file_and_ends_its_line_on_ctrl_c(
+    tiny_cfg, tmp_path, capsys, monkeypatch
+):
+    cfg = tiny_cfg.replace(epochs=1, temperatures=())
+    _tiny_run(cfg, tmp_path / "run")
+    ck = ["--checkpoint-dir", str(tmp_path / "run"), "--length", "30"]
+    two = [*ck, "--temperature", "0.5,1"]
+    assert cli.sample_main(two) == 0  # piped: the texts alone, their order on stderr
+    piped = capsys.readouterr()
+    assert "──" not in piped.out and len(piped.out) == 2 * 31
+    assert "2 texts, in this order: temperature 0.5; temperature 1" in piped.err
+    terminal = _Terminal()
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "stdout", terminal)
+        assert cli.sample_main([*two, "--no-prime", "--num-samples", "2"]) == 0
+    lines = terminal.getvalue().splitlines()
+    assert [line for line in lines if line.startswith("──")] == [
+        "── temperature 0.5, sample 1 ──", "── temperature 0.5, sample 2 ──",
+        "── temperature 1, sample 1 ──", "── temperature 1, sample 2 ──",
+    ] and lines[0].startswith("──")  # fmt: skip
+    capsys.readouterr()
+    # --prime-file: a long or multi-line prime, the same as --prime with its text
+    prime = tmp_path / "prime.txt"
+    prime.write_text("the lazy dog.\nthe quick fox ")
+    assert cli.sample_main([*ck, "--json", "--prime-file", str(prime)]) == 0
+    from_file = capsys.readouterr().out
+    assert cli.sample_main([*ck, "--json", "--prime", prime.read_text()]) == 0
+    assert capsys.readouterr().out == from_file
+    for argv, says in [
+        (["--prime-file", str(prime), "--prime", "x"], "not allowed with argument"),
+        (["--prime-file", str(tmp_path / "none.txt")], "none.txt does not exist"),
+        (["--prime-file", str(tmp_path)], "is a folder"),
+    ]:
+        assert cli.sample_main([*ck, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err
+    # Ctrl-C while a text streams: the message starts on a line of its own
+    def interrupted(*args, **kw):
+        yield ["the fox"]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inference, "stream_texts", interrupted)
+    assert cli.sample_main(ck) == 130
+    out, err = capsys.readouterr()
+    assert out == "the fox\n" and err.endswith("\ncharjax-sample: interrupted\n")

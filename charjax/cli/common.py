@@ -117,6 +117,16 @@ def checkpoint_dir_flag(parser, *, epoch: bool = False) -> None:
         )
 
 
+def note_interrupted(saved, prog: str) -> None:
+    """Say on stderr that a model read is an interrupted epoch (no whole epoch exists yet)."""
+    if saved.interrupted:
+        print(
+            f"{prog}: no whole epoch is saved yet: using {saved.interrupted} (where the "
+            "training was interrupted; charjax-train --resume finishes it)",
+            file=sys.stderr,
+        )
+
+
 def run(main: Callable[[argparse.Namespace], int], parser, argv) -> int:
     """Run a command; every failure ends as one line on stderr (`--debug`: the traceback)."""
     try:

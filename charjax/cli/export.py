@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from charjax.cli.common import Parser, checkpoint_dir_flag
+from charjax.cli.common import Parser, checkpoint_dir_flag, note_interrupted
 from charjax.errors import CharjaxError
 
 
@@ -32,6 +32,7 @@ def export(args: argparse.Namespace) -> int:
     from charjax import export, inference
 
     saved = inference.load(args.checkpoint_dir, args.epoch)
+    note_interrupted(saved, "charjax-export")
     if args.json:
         path = export.write(args.json, json.dumps(export.to_json(saved)), "JSON export")
         print(f"wrote {path} (epoch {saved.meta.epoch})", file=sys.stderr)

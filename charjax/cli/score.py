@@ -8,7 +8,7 @@ import contextlib
 import json
 import sys
 
-from charjax.cli.common import Parser, checkpoint_dir_flag, finite
+from charjax.cli.common import Parser, checkpoint_dir_flag, finite, note_interrupted
 from charjax.config import READINGS
 
 # Dynamic evaluation's defaults per rule (lr, decay), tuned on a slice of the training text
@@ -95,6 +95,7 @@ def score(args: argparse.Namespace) -> int:
             "--dynamic-tune chooses --dynamic-lr and --dynamic-decay itself: pass one or the others"
         )
     saved = inference.load(args.checkpoint_dir, args.epoch, args.best)
+    note_interrupted(saved, "charjax-score")
     dynamic = None
     if args.dynamic_tune:
         dynamic = (None, None, args.dynamic_rule)
