@@ -238,6 +238,7 @@ def test_sample_labels_its_texts_reads_a_prime_file_and_ends_its_line_on_ctrl_c(
         assert cli.sample_main([*ck, *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and says in err
+
     # Ctrl-C while a text streams: the message starts on a line of its own
     def interrupted(*args, **kw):
         yield ["the fox"]
