@@ -248,3 +248,23 @@ def test_sample_labels_its_texts_reads_a_prime_file_and_ends_its_line_on_ctrl_c(
     assert cli.sample_main(ck) == 130
     out, err = capsys.readouterr()
     assert out == "the fox\n" and err.endswith("\ncharjax-sample: interrupted\n")
+
+
+class _ClosedPipe(io.StringIO):
+    def write(self, text=""):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    flush = write
+
+
+def test_every_command_ends_quietly_on_a_closed_pipe(capsys, monkeypatch):
+    from charjax.cli.common import PIPE_CLOSED
+
+    def writes(args):
+        print("a line")
+        return 0
+
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert cli.train_main(["--help"]) == PIPE_CLOSED == 141  # even --help | head
+    assert cli.run(writes, cli.sample_parser(), []) == PIPE_CLOSED  # what every command runs in
+    assert capsys.readouterr().err == ""

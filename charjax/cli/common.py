@@ -1,6 +1,6 @@
 """What every command shares: the parser (one-line usage errors, --debug, no abbreviations),
 flags generated from the `Config` fields' metadata, number parsing, and `run`, which turns
-every failure into one line on stderr."""
+every failure into one line on stderr and a closed stdout pipe into a quiet end."""
 
 from __future__ import annotations
 
@@ -117,6 +117,24 @@ def checkpoint_dir_flag(parser, *, epoch: bool = False) -> None:
         )
 
 
+PIPE_CLOSED = 141  # 128 + SIGPIPE: how a Unix tool that was writing into a closed pipe ends
+
+
+def closed_pipe() -> int:
+    """stdout's reader went away (`charjax-sample | head -c 200`): end quietly, as Unix tools do
+    (no message; exit status `PIPE_CLOSED`). What is still buffered for stdout, and the flush at
+    exit, then go to the null device instead of raising again."""
+    out = sys.stdout
+    if out is not None and out is sys.__stdout__:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, out.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
+    return PIPE_CLOSED
+
+
 def note_interrupted(saved, prog: str) -> None:
     """Say on stderr that a model read is an interrupted epoch (no whole epoch exists yet)."""
     if saved.interrupted:
@@ -132,9 +150,15 @@ def run(main: Callable[[argparse.Namespace], int], parser, argv) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed as one line
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # --help | head
+            return closed_pipe()
         return done.code
     try:
         return main(args)
+    except BrokenPipeError:
+        return closed_pipe()
     except Interrupted as e:
         print(f"{parser.prog}: {e}", file=sys.stderr)
         return 130
