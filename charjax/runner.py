@@ -43,7 +43,13 @@ def train_run(
     primary = parallel.is_primary()
     if not primary:  # in a multi-process run only process 0 talks
         log, progress = (lambda line: None), False
+    if resume and not Path(checkpoint_dir).expanduser().is_dir():
+        raise CharjaxError(
+            f"no run to resume in {Path(checkpoint_dir).expanduser().absolute()}: the folder "
+            "does not exist; check --checkpoint-dir, or drop --resume to start a new run there"
+        )
     report, mesh, folder = Reporter(progress=progress, log=log), parallel.data_mesh(), None
+    failed = True  # until a return: a failed start removes the folder it made (`RunDir.close`)
     try:
         folder = RunDir(checkpoint_dir, cfg.keep, lock=primary, primary=primary)
         replicated = parallel.replicated(mesh)
@@ -54,6 +60,7 @@ def train_run(
         folder.keep(this.cfg.keep)  # a resumed run's own --keep
         if resume and this.epoch > this.cfg.epochs:
             report.nothing_to_train(this, folder.directory)
+            failed = False
             return this.state, []
         report.started(this, mesh.size, mesh.devices.flat[0].platform, folder.directory)
         cfg, ids = this.cfg, this.corpus.ids
@@ -92,6 +99,7 @@ def train_run(
                     )
                 this.state, this.epoch, this.position = state, this.epoch + 1, epoch.Position()
         report.finished(folder.metrics(), folder.directory)
+        failed = False
         return this.state, history
     except SaveFailed as e:  # a full disk, a read-only or unwritable folder
         report.close()
@@ -101,7 +109,7 @@ def train_run(
     finally:
         report.close()
         if folder is not None:
-            folder.close()
+            folder.close(discard=failed)
 
 
 def _train_epoch(this: run.Run, ids, mesh, folder: RunDir, report, stop):

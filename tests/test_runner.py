@@ -385,3 +385,14 @@ def test_best_without_keep_best_is_one_line(tiny_cfg, tmp_path):
         inference.load(tmp_path, best=True)
     with pytest.raises(CharjaxError, match="--val-fraction > 0"):
         cfg.replace(val_fraction=0.0, keep_best=True).check()
+
+
+def test_a_failed_start_leaves_no_folder_and_resume_needs_one(tmp_path):
+    binary = tmp_path / "data.bin"
+    binary.write_bytes(b"\x00\x01\x02 not text")
+    with pytest.raises(CharjaxError, match="looks like a binary file"):
+        runner.train_run(Config(text=str(binary)), tmp_path / "runs" / "a", log=quiet)
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(CharjaxError, match=r"^no run to resume in .*nowhere: the folder does"):
+        runner.train_run(Config(), tmp_path / "nowhere", resume=True, log=quiet)
+    assert not (tmp_path / "nowhere").exists()
