@@ -114,6 +114,26 @@ def test_flags_are_never_abbreviated(capsys):
     assert "unrecognized arguments: --temp" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "main,argv,says",
+    [
+        (cli.train_main, ["--epoch", "2"], "--epoch 2; did you mean --epochs? (see"),
+        (cli.train_main, ["--learning_rate", "1"], "; did you mean --learning-rate?"),
+        (cli.sample_main, ["--temprature=0.5"], "--temprature=0.5; did you mean --temperature?"),
+        (
+            cli.sample_main,
+            ["--temprature", "1", "--lenght", "5"],
+            "did you mean --temperature for --temprature, --length for --lenght?",
+        ),
+        (cli.score_main, ["--zzz"], "unrecognized arguments: --zzz (see charjax-score --help)"),
+    ],
+)
+def test_a_misspelt_flag_gets_a_suggestion_never_a_guess(capsys, main, argv, says):
+    assert main([*argv, "--checkpoint-dir", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err
+
+
 def test_sample_streams_the_same_bytes_as_one_call(tiny_cfg, tmp_path, capsys):
     cfg = tiny_cfg.replace(epochs=1, temperatures=())
     _tiny_run(cfg, tmp_path / "run")

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
+from difflib import get_close_matches
 
 from charjax.config import GROUPS, Config, flag
 from charjax.errors import CharjaxError, Interrupted
@@ -18,7 +19,7 @@ from charjax.errors import CharjaxError, Interrupted
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line (the flag, the problem, where to look), with the
     --debug flag every command has (`run` reads it). Flags are never abbreviated: `--epoch` on
-    a command that has only `--epochs` is an error, not a guess."""
+    a command that has only `--epochs` is an error, not a guess (the error suggests it)."""
 
     def __init__(self, **kw):
         super().__init__(allow_abbrev=False, **kw)
@@ -26,6 +27,33 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, with a guess for each misspelt flag in the error (on every Python)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self.guesses(extras)}")
+        return parsed
+
+    def guesses(self, words: list[str]) -> str:
+        """'; did you mean --epochs?' for the flags among `words` that are close to one of
+        this command's (`--learning_rate` -> `--learning-rate`, `--temprature` ->
+        `--temperature`, `--epoch` -> `--epochs`: never taken, only suggested); '' if none."""
+        options = [o for o in self._option_string_actions if o.startswith("--")]
+        found = []
+        for word in words:
+            if not word.startswith("-") or self._negative_number_matcher.match(word):
+                continue
+            name = word.split("=", 1)[0]
+            dashed = "--" + name.lstrip("-").replace("_", "-")
+            close = [dashed] if dashed in options else get_close_matches(dashed, options, 1, 0.7)
+            if close:
+                found.append((name, close[0]))
+        if not found:
+            return ""
+        if len(found) == 1:
+            return f"; did you mean {found[0][1]}?"
+        return "; did you mean " + ", ".join(f"{g} for {n}" for n, g in found) + "?"
 
 
 def floats(text: str) -> tuple[float, ...]:
