@@ -18,7 +18,13 @@ def export_parser() -> argparse.ArgumentParser:
         "file), or its weights, vocabulary and recipe as JSON for other runtimes.",
     )
     checkpoint_dir_flag(p, epoch=True)
-    p.add_argument("--html", metavar="PAGE", help="write the web page here (e.g. model.html)")
+    p.add_argument(
+        "--html",
+        metavar="PAGE",
+        help="write the web page here (e.g. model.html); opened with #generate at the end of "
+        "its address (model.html#generate) it generates once as it loads, with its default "
+        "settings (for screenshots)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the JSON export here (docs/export.md)")
     p.add_argument("--title", default=None, help="the page's title (default: the run's folder)")
     return p
