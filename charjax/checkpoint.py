@@ -144,6 +144,24 @@ def _other_layout(step: int, directory) -> CharjaxError:
     )
 
 
+def _restore_params(manager: ocp.CheckpointManager, step: int, like_params, part: str, where):
+    """The `part` of the state saved as `step` alone, checked against its record's digests."""
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    item = {part: _abstract(like_params, sharding)}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+    args = ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True)
+    meta = _read_meta(manager, step, where)
+    try:
+        state = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    except ValueError as e:
+        if "structure" in str(e) or "shape" in str(e):
+            raise _other_layout(step, manager.directory) from None
+        raise _unreadable(where, e) from e
+    except Exception as e:
+        raise _unreadable(where, e) from e
+    return integrity.check_state(state, meta, where, parts=[part])[part]
+
+
 class Checkpoints:
     """Epoch-numbered checkpoints in `directory`, keeping the newest `keep`."""
 
@@ -199,21 +217,17 @@ class Checkpoints:
         """Only the parameters of epoch `epoch`, shaped like `like_params` (for inference: the
         optimizer state is neither built nor read), on the first local device. `part`: the
         state's "params", or "ema" (their moving average, under --ema)."""
-        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        item = {part: _abstract(like_params, sharding)}
-        restore_args = ocp.checkpoint_utils.construct_restore_args(item)
-        args = ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True)
         where = f"epoch {epoch} in {self.directory}"
-        meta = _read_meta(self._manager, epoch, where)
+        return _restore_params(self._manager, epoch, like_params, part, where)
+
+    def restore_partial_params(self, like_params, part: str = "params"):
+        """`restore_params` of the interrupted epoch."""
+        manager = self._partial_manager()
         try:
-            state = self._manager.restore(epoch, args=ocp.args.Composite(state=args))["state"]
-        except ValueError as e:
-            if "structure" in str(e) or "shape" in str(e):
-                raise _other_layout(epoch, self.directory) from None
-            raise _unreadable(where, e) from e
-        except Exception as e:
-            raise _unreadable(where, e) from e
-        return integrity.check_state(state, meta, where, parts=[part])[part]
+            where = f"the interrupted epoch in {self.directory}"
+            return _restore_params(manager, manager.latest_step(), like_params, part, where)
+        finally:
+            manager.close()
 
     # An epoch interrupted part-way: at most one, kept apart from the complete epochs.
     def _partial_manager(self, create: bool = False) -> ocp.CheckpointManager | None:

@@ -20,7 +20,9 @@ READINGS = ("window", "stateful")  # how a model reads a text back (`objective.r
 def _field(default, help: str, group: str, *, math: bool = False, **flag):
     """A config field with its flag's metadata. `math`: changes the trained numbers (a resumed
     run must agree with the checkpoint on it). `flag` may hold choices, metavar, type (the
-    argparse type, overriding the one derived from the annotation) or cli=False (no flag)."""
+    argparse type, overriding the one derived from the annotation), cli=False (no flag),
+    repeat=True (a tuple of strings, one per use of a repeatable flag), or for a bool flag=NAME
+    with inverted=True (a flag that sets the field to False: `--keep-case` for `lower`)."""
     return dataclasses.field(
         default=default, metadata={"help": help, "group": group, "math": math, **flag}
     )
@@ -34,8 +36,24 @@ def shown(value) -> str:
 
 
 def flag(name: str) -> str:
-    """The command-line flag of field `name`: `batch_size` -> `--batch-size`."""
+    """The command-line flag of field `name`: `batch_size` -> `--batch-size` (or the `flag` its
+    metadata names: `lower` -> `--keep-case`)."""
+    field = Config.__dataclass_fields__.get(name)
+    if field is not None and "flag" in field.metadata:
+        return field.metadata["flag"]
     return "--" + name.replace("_", "-")
+
+
+def typed(name: str, value) -> str:
+    """A field's value as the flags a user types for it: `--hidden 32`, `--glob '*.py'
+    --glob '*.md'`, `--carry-state` / `--no-carry-state`, and for a field whose flag turns it
+    off (lower: `--keep-case`) that flag when it is off, `--no-keep-case` when on."""
+    meta = Config.__dataclass_fields__[name].metadata
+    if isinstance(value, bool):
+        return flag(name) if value != bool(meta.get("inverted")) else "--no-" + flag(name)[2:]
+    if meta.get("repeat"):
+        return " ".join(f"{flag(name)} {v!r}" for v in value) or f"no {flag(name)}"
+    return f"{flag(name)} {shown(value)}"
 
 
 @dataclass(frozen=True)
@@ -44,20 +62,40 @@ class Config:
 
     text: str = _field(
         "nietzsche",
-        "corpus: 'nietzsche', a UTF-8 text file, a folder of *.txt files, or several of these "
-        "(joined with a blank line between files)",
+        "corpus: 'nietzsche', a UTF-8 text file, a folder (its files matching --glob, *.txt by "
+        "default), or several of these (joined with a blank line between files)",
         "data",
         math=True,
         metavar="PATH",
         nargs="+",
     )
     recursive: bool = _field(
-        False, "with a folder in --text: also the *.txt files of its subfolders", "data", math=True
+        False,
+        "with a folder in --text: also the matching files of its subfolders",
+        "data",
+        math=True,
+    )
+    glob: tuple[str, ...] = _field(
+        ("*.txt",),
+        "with a folder in --text: the file names to read, a shell pattern; repeat it for "
+        "several (--glob '*.py' --glob '*.md'), quoted so that the shell leaves it alone",
+        "data",
+        math=True,
+        metavar="PATTERN",
+        repeat=True,
     )
     max_chars: int = _field(
         0, "use only the first N chars of the text; 0 = all", "data", math=True, metavar="N"
     )
-    lower: bool = _field(True, "lower-case the text, as the original", "data", math=True, cli=False)
+    lower: bool = _field(
+        True,
+        "keep upper-case letters as they are (a larger vocabulary) instead of lower-casing the "
+        "text as the original does",
+        "data",
+        math=True,
+        flag="--keep-case",
+        inverted=True,
+    )
     maxlen: int = _field(60, "window length in chars", "data", math=True)
     step: int = _field(3, "stride between window starts", "data", math=True)
     hidden: int = _field(128, "LSTM units", "model", math=True)
@@ -224,16 +262,18 @@ class Config:
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""
         d = dataclasses.asdict(self)
-        d["temperatures"] = list(self.temperatures)
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
-        """Inverse of `to_dict`; unknown keys (from newer versions) are ignored."""
+        """Inverse of `to_dict`; unknown keys (from newer versions) are ignored, missing ones
+        (from older versions) take their defaults."""
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         if "temperatures" in kw:
             kw["temperatures"] = tuple(float(t) for t in kw["temperatures"])
+        if "glob" in kw:
+            kw["glob"] = tuple(str(g) for g in kw["glob"])
         return cls(**kw)
 
     def replace(self, **changes) -> Config:
@@ -274,6 +314,10 @@ class Config:
         if not 0 <= self.val_fraction < 1:
             raise CharjaxError(
                 f"--val-fraction must be in [0, 1) (0 = no validation), got {self.val_fraction}"
+            )
+        if not self.glob or not all(self.glob):
+            raise CharjaxError(
+                f"--glob needs a non-empty file name pattern such as '*.py', got {list(self.glob)}"
             )
         if self.eval_chars < 1:
             raise CharjaxError(f"--eval-chars must be >= 1, got {self.eval_chars}")

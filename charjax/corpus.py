@@ -1,5 +1,5 @@
-"""The corpus: text files resolved (a file, a folder of `*.txt` files, several paths, or the
-downloaded and SHA-256-checked Nietzsche), read and encoded block by block into char ids
+"""The corpus: text files resolved (a file, a folder's files matching `--glob`, several paths,
+or the downloaded and SHA-256-checked Nietzsche), read and encoded block by block into char ids
 (`load`) with their `Vocab`, and the split into training text and a held-out tail (`split`).
 
 The corpus is a flat array of char ids in the narrowest dtype of its vocabulary (one byte a char
@@ -103,27 +103,39 @@ def resolve_corpus(text: str, *, url: str = NIETZSCHE_URL, sha256: str = NIETZSC
     return download(url, cached, sha256)
 
 
-def resolve_files(text: str, recursive: bool = False) -> list[Path]:
-    """The files of `--text`: 'nietzsche', a file, a folder (its `*.txt` files, sorted by
-    path; with `recursive` those of its subfolders too), or several of these joined with
-    `os.pathsep`, in the order given."""
+def resolve_files(text: str, recursive: bool = False, globs=("*.txt",)) -> list[Path]:
+    """The files of `--text`: 'nietzsche', a file, a folder (its files matching any of the
+    `globs` patterns, sorted by path; with `recursive` those of its subfolders too), or several
+    of these joined with `os.pathsep`, in the order given."""
     files = []
     parts = [text] if Path(text).expanduser().exists() else text.split(os.pathsep)
     for part in parts:
         path = Path(part).expanduser()
         if part != NIETZSCHE and path.is_dir():
-            found = sorted(path.rglob("*.txt") if recursive else path.glob("*.txt"))
-            found = [f for f in found if f.is_file()]
+            found = set()
+            for pattern in globs:
+                found.update(path.rglob(pattern) if recursive else path.glob(pattern))
+            found = sorted(f for f in found if f.is_file())
             if not found:
+                patterns = " or ".join(globs)
                 deeper = "" if recursive else " (add --recursive to look in its subfolders)"
                 raise CharjaxError(
-                    f"folder {path} holds no *.txt files{deeper}; pass --text "
-                    "with a folder of UTF-8 .txt files"
+                    f"folder {path} holds no {patterns} files{deeper}; pass --text with a "
+                    "folder of UTF-8 text files, and --glob with their pattern (e.g. '*.py')"
                 )
             files += found
         else:
             files.append(resolve_corpus(part))
     return files
+
+
+def non_empty(files: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(the files with something in them, the empty ones: a package's `__init__.py` among many
+    source files); every file empty is the first one's one-line error."""
+    empty = [f for f in files if f.stat().st_size == 0]
+    if len(empty) == len(files):
+        _check_start(files[0], b"")
+    return [f for f in files if f not in empty], empty
 
 
 def absolute(text: str) -> str:
@@ -197,6 +209,7 @@ class Corpus:
     sha256: str  # of the file as read from disk; of the files' digests for several
     prime: str  # the first maxlen chars (the default prime for sampling)
     left_out: str = ""  # distinct chars of the file that --max-chars cut away (not in the vocab)
+    empty: tuple[str, ...] = ()  # files of --text left out because they are empty
 
 
 def _texts(files: list[Path], max_chars: int, lower: bool, digests: list | None = None):
@@ -239,7 +252,7 @@ def _fingerprint(files: list[Path], digests: list[str]) -> str:
 def load(cfg: Config) -> Corpus:
     """Resolve, read and encode the corpus in two passes over its files (the vocabulary, then
     the ids), never holding the whole text; error if it cannot give a single window."""
-    files = resolve_files(cfg.text, cfg.recursive)
+    files, empty = non_empty(resolve_files(cfg.text, cfg.recursive, cfg.glob))
     chars, beyond, n, prime, digests = set(), set(), 0, "", []
     for used, past in _texts(files, cfg.max_chars, cfg.lower, digests):
         chars.update(used)
@@ -270,7 +283,8 @@ def load(cfg: Config) -> Corpus:
     if at != n:
         raise _changed(where)
     left_out = "".join(sorted(beyond - chars))
-    return Corpus(vocab, ids, _fingerprint(files, digests), prime, left_out)
+    fingerprint = _fingerprint(files, digests)
+    return Corpus(vocab, ids, fingerprint, prime, left_out, tuple(map(str, empty)))
 
 
 def _changed(where) -> CharjaxError:

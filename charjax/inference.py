@@ -28,15 +28,27 @@ class SavedModel:
         return corpus.Vocab(self.meta.vocab)
 
     @property
+    def interrupted(self) -> str | None:
+        """None for a whole epoch; for the epoch an interruption saved (read when no whole
+        epoch exists), how far it got: 'epoch 1, 65 % trained'."""
+        position = self.meta.position
+        if position is None:
+            return None
+        total = self.meta.metrics.get("epoch_windows")
+        done = f"{100 * position.windows // total} %" if total else f"{position.windows:,} windows"
+        return f"epoch {self.meta.epoch}, {done} trained"
+
+    @property
     def reading(self) -> str:
         """How the model was trained to read: the default sampling and scoring mode."""
         return objective.of(self.meta.cfg).reading
 
 
 def load(directory, epoch: int | None = None, best: bool = False) -> SavedModel:
-    """The model saved at `epoch` (default: the latest) in a run's folder, or with `best` the
-    epoch --keep-best kept (the lowest held-out loss). A run trained with --ema gives its
-    averaged parameters (what its validation scored)."""
+    """The model saved at `epoch` (default: the latest; before any whole epoch, the one an
+    interruption saved: `SavedModel.interrupted`) in a run's folder, or with `best` the epoch
+    --keep-best kept (the lowest held-out loss). A run trained with --ema gives its averaged
+    parameters (what its validation scored)."""
     if best:
         if epoch is not None:
             raise CharjaxError("--best and --epoch each name a checkpoint; pass one of them")
@@ -52,13 +64,17 @@ def load(directory, epoch: int | None = None, best: bool = False) -> SavedModel:
         folder = RunDir(directory, create=False)
         get_meta = folder.meta
     try:
-        meta = get_meta(epoch)
+        # a run interrupted in its first epoch: that epoch so far, until a whole one is saved
+        partial = None if best or epoch is not None or folder.epochs() else folder.partial()
+        meta = partial or get_meta(epoch)
         cfg = meta.cfg
         like = jax.eval_shape(
             lambda: model.init_params(jax.random.key(0), len(meta.vocab), cfg.hidden, cfg.layers)
         )
         checkpoints = folder if best else folder.checkpoints
         part = "ema" if cfg.ema else "params"
+        if partial is not None:
+            return SavedModel(checkpoints.restore_partial_params(like, part), meta)
         return SavedModel(checkpoints.restore_params(like, meta.epoch, part), meta)
     finally:
         folder.close()

@@ -10,9 +10,11 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn
+from rich.text import Text
 
 # Keys of an epoch's record that the run adds; all others come from the train step's metrics.
 RUN_KEYS = (
@@ -56,21 +58,18 @@ class Reporter:
         console: Console | None = None,
     ):
         self.log = log or (lambda line: print(line, flush=True))
+        # remarks beside the run's record (stderr, so that a piped log stays the record)
+        self.note = log or (lambda line: print(line, file=sys.stderr, flush=True))
         if progress is None:
             progress = log is None and sys.stdout.isatty()
         self._progress = None
         if progress:
+            console = console or Console()
             self._progress = Progress(
                 TextColumn("epoch {task.fields[epoch]}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn(
-                    "batches · {task.fields[metrics]} · {task.fields[rate]:,.0f} "
-                    "{task.fields[unit]}/s ·"
-                ),
-                TimeRemainingColumn(),
-                TextColumn("left · run {task.fields[run_left]} left"),
-                console=console or Console(),
+                _Bar(console),
+                _Figures(console),
+                console=console,
                 transient=True,
             )
         self._task = None
@@ -91,6 +90,10 @@ class Reporter:
             f"{platform} device(s); checkpoints in {directory}"
         )
 
+        empty = run.corpus.empty
+        if empty:
+            names = ", ".join(Path(p).name for p in empty[:3]) + (", ..." if len(empty) > 3 else "")
+            self.note(f"skipped {len(empty)} empty file{'s' if len(empty) > 1 else ''} ({names})")
         left_out = run.corpus.left_out
         if left_out:
             chars = " ".join(ch if ch.isprintable() and not ch.isspace() else _escaped(ch)
@@ -142,7 +145,7 @@ class Reporter:
             self._progress.start()
             self._task = self._progress.add_task(
                 "", total=None, epoch=f"{epoch}/{epochs}", metrics="loss nan", rate=0.0,
-                unit=self.unit, run_left="?",
+                unit=self.unit, left="-:--:--", run_left="-:--:--",
             )  # fmt: skip
 
     @property
@@ -153,6 +156,11 @@ class Reporter:
     def rate(self, windows: int, seconds: float) -> float:
         """Throughput in this run's unit (`throughput`), for the bar and the epoch's record."""
         return windows * self._per_window / max(seconds, 1e-9)
+
+    def epoch_left(self, fraction: float) -> float:
+        """Seconds left in this epoch, `fraction` of it done, at its pace so far."""
+        elapsed = time.perf_counter() - self._epoch_began
+        return elapsed / max(fraction, 1e-9) - elapsed
 
     def run_left(self, fraction: float) -> float:
         """Seconds left in the run, `fraction` of this epoch done: its rest, and the epochs
@@ -172,6 +180,7 @@ class Reporter:
                 total=total,
                 metrics=step_metrics(means).replace("  ", " · "),
                 rate=self.rate(windows, seconds),
+                left=_clock(self.epoch_left(done / max(total, 1))),
                 run_left=_clock(self.run_left(done / max(total, 1))),
             )
 
@@ -195,6 +204,52 @@ class Reporter:
             self.log(f'----- Generating with seed: "{shown["seed"]}"')
             for t, text in shown["texts"].items():
                 self.log(f"----- temperature: {float(t)}\n{shown['seed']}{text}")
+
+
+def _bar_width(columns: int) -> int:
+    """The bar's length on a console of `columns`: shorter on narrow ones, for the figures."""
+    return 40 if columns >= 150 else 20 if columns >= 100 else 10
+
+
+class _Bar(BarColumn):
+    """The progress bar, as long as the console's width leaves room for (`_bar_width`)."""
+
+    def __init__(self, console: Console):
+        super().__init__(bar_width=_bar_width(console.width))
+        self._console = console
+
+    def render(self, task):
+        self.bar_width = _bar_width(self._console.width)
+        return super().render(task)
+
+
+class _Figures(ProgressColumn):
+    """The bar's figures in one column that fits the console's width: batches, step metrics,
+    rate, the epoch's and the run's time left; the least needed are left out first (the
+    metrics after the loss, then the rate, the run's time left, the loss), never the batch
+    count and the epoch's time left."""
+
+    def __init__(self, console: Console):
+        super().__init__()
+        self._console = console
+
+    def render(self, task) -> Text:
+        f = task.fields
+        batches = f"{task.completed:,.0f}/{task.total:,.0f}" if task.total else "?"
+        metrics = f["metrics"].split(" · ")
+        pieces = [  # (text, rank): the highest rank is left out first
+            (f"{batches} batches", 0),
+            *((m, 3 if i == 0 else 6) for i, m in enumerate(metrics)),
+            (f"{f['rate']:,.0f} {f['unit']}/s", 5),
+            (f"{f['left']} left", 1),
+            (f"run {f['run_left']} left", 4),
+        ]
+        # the epoch's column, the bar and the spaces between the three columns
+        room = self._console.width - len(f"epoch {f['epoch']}") - _bar_width(self._console.width)
+        room -= 3
+        while len(" · ".join(text for text, _ in pieces)) > room and len(pieces) > 2:
+            pieces.remove(max(pieces, key=lambda piece: piece[1]))
+        return Text(" · ".join(text for text, _ in pieces))
 
 
 def _escaped(ch: str) -> str:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from charjax import corpus as corpora
 from charjax import objective, step
-from charjax.config import MATH_FIELDS, Config, flag, shown
+from charjax.config import MATH_FIELDS, Config, flag, shown, typed
 from charjax.epoch import Position
 from charjax.errors import CharjaxError
 from charjax.integrity import Damaged
@@ -84,6 +84,8 @@ class Run:
     def meta(self, epoch: int, metrics: dict | None = None, position=None) -> Meta:
         """The record saved with a checkpoint; the prime is stored so sampling needs no corpus."""
         c = self.corpus
+        if position is not None:  # an interrupted epoch: its size, to tell how far it got
+            metrics = {"epoch_windows": self.windows, **(metrics or {})}
         return Meta(self.cfg, c.vocab.chars, c.sha256, c.prime, epoch, metrics or {}, position)
 
 
@@ -122,7 +124,7 @@ def fresh(cfg: Config, folder: RunDir) -> Run:
 def merge_resumed(saved: Config, given: dict) -> Config:
     """The saved config with the explicitly given flags applied; math-changing conflicts raise."""
     conflicts = [
-        f"{flag(k)} {shown(v)} (checkpoint has {shown(getattr(saved, k))})"
+        f"{_as_typed(k, v)} (checkpoint has {_as_typed(k, getattr(saved, k), plain=True)})"
         for k, v in given.items()
         if k in MATH_FIELDS and k != "text" and v != getattr(saved, k)
     ]
@@ -138,6 +140,14 @@ def merge_resumed(saved: Config, given: dict) -> Config:
             + "; drop these flags or start a new run in another --checkpoint-dir"
         )
     return saved.replace(**given)
+
+
+def _as_typed(name: str, value, plain: bool = False) -> str:
+    """`--hidden 32` (with `plain`: `32`); a switch or a repeatable flag as typed whole
+    (`--keep-case`, `--no-carry-state`, `--glob '*.py'`)."""
+    if isinstance(value, bool) or Config.__dataclass_fields__[name].metadata.get("repeat"):
+        return typed(name, value)
+    return shown(value) if plain else f"{flag(name)} {shown(value)}"
 
 
 def resume(given: dict, folder: RunDir, log, sharding) -> Run:
@@ -167,7 +177,8 @@ def resume(given: dict, folder: RunDir, log, sharding) -> Run:
         log(f"resuming from epoch {meta.epoch} in {folder.directory}")
     for name in sorted(given):
         if name != "text" and given[name] != getattr(saved, name):
-            log(f"  using {flag(name)} {shown(given[name])} (was {shown(getattr(saved, name))})")
+            was = _as_typed(name, getattr(saved, name), plain=True)
+            log(f"  using {_as_typed(name, given[name])} (was {was})")
     if partial:
         return _build(cfg, corpus, state, partial.epoch, partial.position)
     return _build(cfg, corpus, state, meta.epoch + 1, Position())

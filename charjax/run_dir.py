@@ -9,6 +9,7 @@ next start (`RunDir.repair_metrics`), so the record is the source of truth.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,16 @@ def lock_directory(directory: Path):
     return handle
 
 
+def _outermost_missing(directory: Path) -> Path | None:
+    """The outermost of `directory` and its parents that does not exist yet (None: it does)."""
+    missing = None
+    for path in (directory, *directory.parents):
+        if path.exists():
+            break
+        missing = path
+    return missing
+
+
 class RunDir:
     """One run's folder. `lock=True` (a training run's primary process) holds the lock; only
     the `primary` process writes metrics.jsonl and removes a superseded partial epoch."""
@@ -120,6 +131,8 @@ class RunDir:
     def __init__(self, directory, keep: int = 5, *, lock=False, create=True, primary=True):
         self.directory = Path(directory).expanduser().absolute()
         self.primary = primary
+        # the outermost folder this run makes (None: the folder was there), for `close`
+        self.created = _outermost_missing(self.directory) if lock else None
         self._lock = lock_directory(self.directory) if lock else None
         try:
             self.checkpoints = Checkpoints(self.directory, keep, create=create)
@@ -211,6 +224,13 @@ class RunDir:
             append_metrics(self.directory, latest.metrics)
 
     def close(self) -> None:
+        """Release the folder. The folders this run made are removed if they hold nothing but
+        the lock (a failed start: a run that saved anything leaves files); a folder that was
+        there before is never touched."""
         self.checkpoints.close()
+        if self.created is not None and self.created.is_dir():
+            lock = self.directory / LOCK_FILE
+            if all(p.is_dir() or p == lock for p in self.created.rglob("*")):
+                shutil.rmtree(self.created, ignore_errors=True)
         if self._lock is not None:
             self._lock.close()

@@ -76,6 +76,8 @@ def train_run(
     primary = parallel.is_primary()
     if not primary:  # in a multi-process run only process 0 talks
         log, progress = (lambda line: None), False
+    if resume:
+        _check_resumable(Path(checkpoint_dir).expanduser())
     report, mesh, folder = Reporter(progress=progress, log=log), parallel.data_mesh(), None
     try:
         folder = RunDir(checkpoint_dir, cfg.keep, lock=primary, primary=primary)
@@ -98,7 +100,16 @@ def train_run(
     finally:
         report.close()
         if folder is not None:
-            folder.close()
+            folder.close()  # after a failed start, removes the folder it made
+
+
+def _check_resumable(directory: Path) -> None:
+    """--resume names a folder that exists (it is never created for a resume)."""
+    if not directory.is_dir():
+        raise CharjaxError(
+            f"no run to resume in {directory.absolute()}: the folder does not exist; check "
+            "--checkpoint-dir, or drop --resume to start a new run there"
+        )
 
 
 def _set_up(cfg: Config, folder: RunDir, resume: bool, given: dict, report, mesh) -> run.Run:

@@ -2,6 +2,7 @@
 the divergence guard's one-line ending, scoring, and sampling a sequence model."""
 
 import dataclasses
+import io
 import json
 import logging
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from util import quiet
 
-from charjax import cli, guard, runner
+from charjax import cli, guard, inference, runner
 from charjax.checkpoint import Checkpoints
 from charjax.cli.common import quiet_process
 from charjax.config import Config, flag
@@ -98,12 +99,15 @@ def test_train_flags_come_from_the_config_in_named_groups():
         if f.metadata.get("cli", True):
             assert flag(f.name) in flags[f.name].option_strings
             assert f.metadata["help"] in flags[f.name].help
-    assert "lower" not in flags and "rho" not in flags  # fields without a flag
+    assert "rho" not in flags and "epsilon" not in flags  # fields without a flag
+    assert flags["lower"].option_strings == ["--keep-case", "--no-keep-case"]
     assert flags["optimizer"].choices == ("rmsprop", "adam")
     assert flags["temperatures"].type("0.2,1") == (0.2, 1.0)
     args = parser.parse_args(["--hidden", "32", "--carry-state"])
     given = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
     assert given == {"hidden": 32, "carry_state": True}  # only what was given (for --resume)
+    args = parser.parse_args(["--glob", "*.py", "--keep-case", "--glob", "*.md"])
+    assert (args.glob, args.lower) == (("*.py", "*.md"), False)  # repeatable; turns lower off
 
 
 def test_flags_are_never_abbreviated(capsys):
@@ -112,6 +116,26 @@ def test_flags_are_never_abbreviated(capsys):
     assert err.count("\n") == 1 and "unrecognized arguments: --epoch 2" in err
     assert cli.sample_main(["--temp", "0.5"]) == 2
     assert "unrecognized arguments: --temp" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "main,argv,says",
+    [
+        (cli.train_main, ["--epoch", "2"], "--epoch 2; did you mean --epochs? (see"),
+        (cli.train_main, ["--learning_rate", "1"], "; did you mean --learning-rate?"),
+        (cli.sample_main, ["--temprature=0.5"], "--temprature=0.5; did you mean --temperature?"),
+        (
+            cli.sample_main,
+            ["--temprature", "1", "--lenght", "5"],
+            "did you mean --temperature for --temprature, --length for --lenght?",
+        ),
+        (cli.score_main, ["--zzz"], "unrecognized arguments: --zzz (see charjax-score --help)"),
+    ],
+)
+def test_a_misspelt_flag_gets_a_suggestion_never_a_guess(capsys, main, argv, says):
+    assert main([*argv, "--checkpoint-dir", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err
 
 
 def test_sample_streams_the_same_bytes_as_one_call(tiny_cfg, tmp_path, capsys):
@@ -252,3 +276,105 @@ def test_quiet_process_drops_closed_loop_leftovers_passes_other_errors_on_once(m
         assert heard == ["ValueError('a bug')", "ValueError('another bug')"]
     finally:
         absl_log.setLevel(level)
+
+
+def test_a_folder_of_code_trains_by_glob_and_resume_holds_to_its_choice(capsys, tmp_path):
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "main.py").write_text("Import pkg\nPrint(pkg.Answer)\n" * 8)
+    (src / "pkg" / "__init__.py").write_bytes(b"")
+    (src / "pkg" / "core.py").write_text("Answer = 42  # The answer\n" * 8)
+    (src / "README.txt").write_text("not picked")
+    ck = str(tmp_path / "run")
+    tiny = ["--maxlen", "10", "--hidden", "8", "--temperatures", "", "--quiet"]
+    code = ["--text", str(src), "--recursive", "--glob", "*.py", "--keep-case"]
+    assert cli.train_main([*code, *tiny, "--epochs", "1", "--checkpoint-dir", ck]) == 0
+    out, err = capsys.readouterr()
+    assert "skipped 1 empty file (__init__.py)" in err and "skipped" not in out
+    saved = inference.load(ck)
+    assert saved.meta.cfg.glob == ("*.py",) and not saved.meta.cfg.lower
+    assert "I" in saved.meta.vocab and "#" in saved.meta.vocab  # the case kept; *.py only
+    resume = ["--resume", "--epochs", "2", "--checkpoint-dir", ck]
+    for flags, says in [
+        (["--no-keep-case"], "--no-keep-case (checkpoint has --keep-case)"),
+        (["--glob", "*.md"], "--glob '*.md' (checkpoint has --glob '*.py')"),
+    ]:
+        assert cli.train_main([*resume, *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err
+    (src / "pkg" / "extra.py").write_text("more = 1\n")  # a changed selection
+    assert cli.train_main(resume) == 2
+    assert "is not the one the checkpoint" in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_sample_labels_its_texts_reads_a_prime_file_and_ends_its_line_on_ctrl_c(
+    tiny_cfg, tmp_path, capsys, monkeypatch
+):
+    cfg = tiny_cfg.replace(epochs=1, temperatures=())
+    _tiny_run(cfg, tmp_path / "run")
+    ck = ["--checkpoint-dir", str(tmp_path / "run"), "--length", "30"]
+    two = [*ck, "--temperature", "0.5,1"]
+    assert cli.sample_main(two) == 0  # piped: the texts alone, their order on stderr
+    piped = capsys.readouterr()
+    assert "──" not in piped.out and len(piped.out) == 2 * 31
+    assert "2 texts, in this order: temperature 0.5; temperature 1" in piped.err
+    terminal = _Terminal()
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "stdout", terminal)
+        assert cli.sample_main([*two, "--no-prime", "--num-samples", "2"]) == 0
+    lines = terminal.getvalue().splitlines()
+    assert [line for line in lines if line.startswith("──")] == [
+        "── temperature 0.5, sample 1 ──", "── temperature 0.5, sample 2 ──",
+        "── temperature 1, sample 1 ──", "── temperature 1, sample 2 ──",
+    ] and lines[0].startswith("──")  # fmt: skip
+    capsys.readouterr()
+    # --prime-file: a long or multi-line prime, the same as --prime with its text
+    prime = tmp_path / "prime.txt"
+    prime.write_text("the lazy dog.\nthe quick fox ")
+    assert cli.sample_main([*ck, "--json", "--prime-file", str(prime)]) == 0
+    from_file = capsys.readouterr().out
+    assert cli.sample_main([*ck, "--json", "--prime", prime.read_text()]) == 0
+    assert capsys.readouterr().out == from_file
+    for argv, says in [
+        (["--prime-file", str(prime), "--prime", "x"], "not allowed with argument"),
+        (["--prime-file", str(tmp_path / "none.txt")], "none.txt does not exist"),
+        (["--prime-file", str(tmp_path)], "is a folder"),
+    ]:
+        assert cli.sample_main([*ck, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err
+
+    # Ctrl-C while a text streams: the message starts on a line of its own
+    def interrupted(*args, **kw):
+        yield ["the fox"]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inference, "stream_texts", interrupted)
+    assert cli.sample_main(ck) == 130
+    out, err = capsys.readouterr()
+    assert out == "the fox\n" and err.endswith("\ncharjax-sample: interrupted\n")
+
+
+class _ClosedPipe(io.StringIO):
+    def write(self, text=""):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    flush = write
+
+
+def test_every_command_ends_quietly_on_a_closed_pipe(capsys, monkeypatch):
+    from charjax.cli.common import PIPE_CLOSED
+
+    def writes(args):
+        print("a line")
+        return 0
+
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert cli.train_main(["--help"]) == PIPE_CLOSED == 141  # even --help | head
+    assert cli.run(writes, cli.sample_parser(), []) == PIPE_CLOSED  # what every command runs in
+    assert capsys.readouterr().err == ""

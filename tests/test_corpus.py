@@ -195,10 +195,10 @@ def test_bad_files_in_a_folder_are_named(tmp_path):
     folder.mkdir()
     with pytest.raises(CharjaxError, match=r"holds no \*\.txt files"):
         _load(str(folder))
-    (folder / "a.txt").write_text("a fine text")
     (folder / "b.txt").write_bytes(b"")
-    with pytest.raises(CharjaxError, match=r"b\.txt is empty"):
+    with pytest.raises(CharjaxError, match=r"b\.txt is empty"):  # every file empty
         _load(str(folder))
+    (folder / "a.txt").write_text("a fine text")
     (folder / "b.txt").write_bytes(b"\x00\x01binary")
     with pytest.raises(CharjaxError, match=r"b\.txt looks like a binary file"):
         _load(str(folder))
@@ -215,3 +215,31 @@ def test_a_line_without_breaks_is_still_read_in_blocks_and_paths_may_hold_colons
     pieces = [used for used, _ in corpora._texts([path], 0, True)]
     assert "".join(pieces) == "x" * 100 and max(len(p) for p in pieces) <= 4 * 4 + 4
     assert len(_load(str(path)).ids) == 100
+
+
+def test_a_folder_of_code_by_glob_with_its_empty_files_skipped(tmp_path):
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "run.py").write_text("Print(1)\n")
+    (src / "pkg" / "__init__.py").write_bytes(b"")
+    (src / "pkg" / "core.py").write_text("x = 2\n")
+    (src / "pkg" / "notes.md").write_text("# Notes\n")
+    (src / "pkg" / "data.txt").write_text("not code")
+    with pytest.raises(CharjaxError, match=r"holds no \*\.py files \(add --recursive"):
+        _load(str(tmp_path), glob=("*.py",))
+    code = _load(str(src), recursive=True, glob=("*.py",), lower=False)
+    sep = corpora.SEPARATOR
+    assert code.vocab.decode(code.ids) == "x = 2\n" + sep + "Print(1)\n"  # sorted by path
+    assert code.empty == (str(src / "pkg" / "__init__.py"),)
+    both = _load(str(src), recursive=True, glob=("*.py", "*.md"), lower=False)
+    assert both.vocab.decode(both.ids) == "x = 2\n" + sep + "# Notes\n" + sep + "Print(1)\n"
+    lowered = _load(str(src), recursive=True, glob=("*.py",))
+    assert "P" in code.vocab.chars and "P" not in lowered.vocab.chars and lowered.prime == "x = "
+    # the fingerprint covers the files picked: another pattern, or a new matching file, shows
+    assert len({code.sha256, both.sha256}) == 2
+    (src / "pkg" / "extra.txt").write_text("still not code")
+    assert _load(str(src), recursive=True, glob=("*.py",), lower=False).sha256 == code.sha256
+    (src / "pkg" / "extra.py").write_text("y = 3\n")
+    assert _load(str(src), recursive=True, glob=("*.py",), lower=False).sha256 != code.sha256
+    with pytest.raises(CharjaxError, match="--glob needs a non-empty"):
+        Config(glob=()).check()

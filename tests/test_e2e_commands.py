@@ -134,6 +134,21 @@ def test_sample_modes_primes_and_unknown_chars(tiny_run):
     assert greedy.returncode == 0 and len(greedy.stdout) == 6
 
 
+def test_a_closed_pipe_ends_sampling_quietly(tiny_run):
+    """`charjax-sample --length 100000 | head -c 200`: no message, the exit status of a Unix
+    tool killed by SIGPIPE."""
+    _, ckpt = tiny_run
+    script = [sys.executable, str(REPO / "scripts" / "sample.py"), "--checkpoint-dir", str(ckpt)]
+    with subprocess.Popen(
+        [*script, "--length", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        head = process.stdout.read(200)
+        process.stdout.close()  # like head: the reader goes away
+        err = process.stderr.read().decode()
+        assert process.wait(timeout=300) == 141, err
+    assert len(head) == 200 and err.count("\n") == 1 and err.startswith("epoch 1, mode")
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [

@@ -62,7 +62,7 @@ def test_bad_training_inputs_are_one_line(capsys, texts, tmp_path):
         (["--text", good, "--temperatures", "0.5,-1"], "--temperatures must be finite"),
         (["--text", good, "--temperatures", "inf"], "--temperatures must be finite"),
         (["--text", good, "--checkpoint-dir", texts / "file" / "sub"], "cannot write checkpoints"),
-        (["--resume", "--checkpoint-dir", tmp_path / "nothing"], "nothing to resume"),
+        (["--resume", "--checkpoint-dir", tmp_path / "nothing"], "no run to resume in"),
     ]
     for argv, needle in cases:
         argv = [str(a) for a in argv]

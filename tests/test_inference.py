@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from util import quiet, same_trees
 
-from charjax import inference, optim, runner
+from charjax import cli, epoch, inference, optim, runner
 from charjax.errors import CharjaxError
 
 
@@ -37,3 +37,38 @@ def test_a_model_is_read_without_its_optimizer(tiny_cfg, tmp_path, monkeypatch):
     assert record["mode"] == "window" and not unknown
     assert np.isfinite(record["bits_per_char"]) and record["chars_scored"] == 92 - cfg.maxlen
     jax.clear_caches()
+
+
+def test_an_interrupted_first_epoch_is_read_until_a_whole_one_is_saved(
+    tiny_cfg, tmp_path, monkeypatch, capsys
+):
+    cfg = tiny_cfg.replace(epochs=1, temperatures=(), steps_per_call=1, save_every=1)
+    real = epoch.iterate
+
+    def killed(*args, **kw):  # like kill -9 after two steps, each saved by --save-every 1
+        for i, done in enumerate(real(*args, **kw)):
+            if i == 2:
+                raise SystemExit("killed")
+            yield done
+
+    monkeypatch.setattr(epoch, "iterate", killed)
+    with pytest.raises(SystemExit):
+        runner.train_run(cfg, tmp_path, log=quiet)
+    saved = inference.load(tmp_path)
+    done, total = saved.meta.position.windows, saved.meta.metrics["epoch_windows"]
+    assert done == 2 * cfg.batch_size < total
+    assert saved.interrupted == f"epoch 1, {100 * done // total} % trained"
+    ck = ["--checkpoint-dir", str(tmp_path)]
+    for main, argv in [
+        (cli.sample_main, ["--length", "20"]),
+        (cli.score_main, []),
+        (cli.export_main, ["--json", str(tmp_path / "model.json")]),
+    ]:
+        assert main([*ck, *argv]) == 0
+        assert f"using epoch 1, {100 * done // total} % trained" in capsys.readouterr().err
+    with pytest.raises(CharjaxError, match="no checkpoint"):
+        inference.load(tmp_path, epoch=1)  # an epoch asked for by number is a whole one
+    monkeypatch.setattr(epoch, "iterate", real)
+    state, _ = runner.train_run(cfg, tmp_path, resume=True, given={}, log=quiet)
+    whole = inference.load(tmp_path)
+    assert whole.interrupted is None and same_trees(whole.params, state.params)

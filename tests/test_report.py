@@ -1,6 +1,7 @@
 """What a person sees: the epoch line and the progress bar show every step metric."""
 
 import io
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -78,3 +79,25 @@ def test_sequence_runs_count_chars_and_temperatures_read_as_typed():
     Reporter(log=lines.append).epoch_finished(record, 5)
     assert lines[0].endswith("12.3 s  98,765 chars/s")
     assert "----- temperature: 0.5\nabcd" in lines and "----- temperature: 1.0\nabef" in lines
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_the_progress_bar_fits_a_narrow_terminal(width):
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=width)
+    report = Reporter(progress=True, log=lambda line: None, console=console)
+    report.epoch_started(12, 60)
+    report._epoch_began -= 10  # ten seconds into the epoch, 117 of its 1,408 batches done
+    means = {"loss": 1.23456, "grad_norm": 0.25}
+    report.chunk_done(117, 1408, 117 * 128, means, 10.0)
+    report.close()
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # no colours, cursor moves
+    lines = screen.replace("\r", "\n").splitlines()
+    assert max(len(line) for line in lines) <= width
+    line = [line for line in lines if "117/" in line][-1]  # the bar after the update
+    assert line.startswith("epoch 12/60 ")
+    assert re.search(r"117/1,408 batches .* 0:01:5\d left", line), line  # never left out
+    if width >= 100:
+        assert "loss 1.2346" in line
+    if width >= 120:
+        assert "run 1:" in line and "1,498 windows/s" in line

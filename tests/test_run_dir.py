@@ -69,3 +69,20 @@ def test_epochs_partials_and_metrics_in_one_folder(tmp_path):
     assert folder.metrics() == [{"epoch": 3, "loss": 2.0 / 3}]
     folder.close()
     run_dir.lock_directory(tmp_path / "run").close()  # released
+
+
+def test_a_failed_start_removes_only_the_folders_it_made(tmp_path):
+    made = RunDir(tmp_path / "new" / "run", lock=True)
+    assert made.created == tmp_path / "new"
+    made.close()
+    assert not (tmp_path / "new").exists()  # the run's folder and the parent it made
+    there = tmp_path / "there"
+    there.mkdir()
+    kept = RunDir(there / "run", lock=True)
+    (there / "run" / "notes.txt").write_text("something of the user's")
+    kept.close()
+    assert (there / "run" / "notes.txt").exists()  # not only the lock: left alone
+    again = RunDir(there, lock=True)
+    assert again.created is None
+    again.close()
+    assert there.is_dir()  # it was there before

@@ -75,6 +75,7 @@ def test_resume_refuses_conflicts_and_fresh_runs_refuse_full_dirs(tiny_cfg, tmp_
         runner.train_run(tiny_cfg, tmp_path, log=quiet)
     with pytest.raises(CharjaxError, match="--hidden 32"):
         runner.train_run(tiny_cfg, tmp_path, resume=True, given={"hidden": 32}, log=quiet)
+    (tmp_path / "empty").mkdir()  # (a folder that does not exist: `test_a_failed_start...`)
     with pytest.raises(CharjaxError, match="nothing to resume"):
         runner.train_run(tiny_cfg, tmp_path / "empty", resume=True, log=quiet)
 
@@ -385,3 +386,14 @@ def test_best_without_keep_best_is_one_line(tiny_cfg, tmp_path):
         inference.load(tmp_path, best=True)
     with pytest.raises(CharjaxError, match="--val-fraction > 0"):
         cfg.replace(val_fraction=0.0, keep_best=True).check()
+
+
+def test_a_failed_start_leaves_no_folder_and_resume_needs_one(tmp_path):
+    binary = tmp_path / "data.bin"
+    binary.write_bytes(b"\x00\x01\x02 not text")
+    with pytest.raises(CharjaxError, match="looks like a binary file"):
+        runner.train_run(Config(text=str(binary)), tmp_path / "runs" / "a", log=quiet)
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(CharjaxError, match=r"^no run to resume in .*nowhere: the folder does"):
+        runner.train_run(Config(), tmp_path / "nowhere", resume=True, log=quiet)
+    assert not (tmp_path / "nowhere").exists()

@@ -1,7 +1,7 @@
 """What every command shares: the parser (one-line usage errors, --debug, no abbreviations),
 flags generated from the `Config` fields' metadata, number parsing, and `run`, which applies
-the process-wide settings of a command (`quiet_process`) and turns every failure into one line
-on stderr."""
+the process-wide settings of a command (`quiet_process`), turns every failure into one line on
+stderr and a closed stdout pipe into a quiet end."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import fields
+from difflib import get_close_matches
 
 from charjax.config import GROUPS, Config, flag
 from charjax.errors import CharjaxError, Interrupted, os_error
@@ -21,7 +22,7 @@ from charjax.errors import CharjaxError, Interrupted, os_error
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line (the flag, the problem, where to look), with the
     --debug flag every command has (`run` reads it). Flags are never abbreviated: `--epoch` on
-    a command that has only `--epochs` is an error, not a guess."""
+    a command that has only `--epochs` is an error, not a guess (the error suggests it)."""
 
     def __init__(self, **kw):
         super().__init__(allow_abbrev=False, **kw)
@@ -29,6 +30,33 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, with a guess for each misspelt flag in the error (on every Python)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self.guesses(extras)}")
+        return parsed
+
+    def guesses(self, words: list[str]) -> str:
+        """'; did you mean --epochs?' for the flags among `words` that are close to one of
+        this command's (`--learning_rate` -> `--learning-rate`, `--temprature` ->
+        `--temperature`, `--epoch` -> `--epochs`: never taken, only suggested); '' if none."""
+        options = [o for o in self._option_string_actions if o.startswith("--")]
+        found = []
+        for word in words:
+            if not word.startswith("-") or self._negative_number_matcher.match(word):
+                continue
+            name = word.split("=", 1)[0]
+            dashed = "--" + name.lstrip("-").replace("_", "-")
+            close = [dashed] if dashed in options else get_close_matches(dashed, options, 1, 0.7)
+            if close:
+                found.append((name, close[0]))
+        if not found:
+            return ""
+        if len(found) == 1:
+            return f"; did you mean {found[0][1]}?"
+        return "; did you mean " + ", ".join(f"{g} for {n}" for n, g in found) + "?"
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -55,6 +83,21 @@ class _JoinPaths(argparse.Action):
         setattr(namespace, self.dest, os.pathsep.join(values))
 
 
+class _Repeat(argparse.Action):
+    """A repeatable flag -> a tuple of its values, in the order given (`--glob a --glob b`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, (*getattr(namespace, self.dest, ()), values))
+
+
+class _Inverted(argparse.BooleanOptionalAction):
+    """A switch that sets its field to False (`--keep-case`: lower = False; `--no-keep-case`:
+    True)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, option_string.startswith("--no-"))
+
+
 TYPES = {"int": int, "float": finite, "str": str, "tuple[float, ...]": floats}
 
 
@@ -70,7 +113,10 @@ def config_flags(parser: argparse.ArgumentParser) -> dict[str, argparse._Argumen
             continue
         kw = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"]}
         if f.type == "bool":  # --x / --no-x: a preset's True can be turned off
-            kw["action"] = argparse.BooleanOptionalAction
+            kw["action"] = _Inverted if meta.get("inverted") else argparse.BooleanOptionalAction
+        elif meta.get("repeat"):
+            kw["help"] += f" (default: {' '.join(getattr(defaults, f.name))})"
+            kw.update(action=_Repeat, metavar=meta.get("metavar"))
         else:
             default = getattr(defaults, f.name)
             shown = ",".join(f"{t:g}" for t in default) if isinstance(default, tuple) else default
@@ -102,15 +148,49 @@ def checkpoint_dir_flag(parser, *, epoch: bool = False) -> None:
         )
 
 
+PIPE_CLOSED = 141  # 128 + SIGPIPE: how a Unix tool that was writing into a closed pipe ends
+
+
+def closed_pipe() -> int:
+    """stdout's reader went away (`charjax-sample | head -c 200`): end quietly, as Unix tools do
+    (no message; exit status `PIPE_CLOSED`). What is still buffered for stdout, and the flush at
+    exit, then go to the null device instead of raising again."""
+    out = sys.stdout
+    if out is not None and out is sys.__stdout__:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, out.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
+    return PIPE_CLOSED
+
+
+def note_interrupted(saved, prog: str) -> None:
+    """Say on stderr that a model read is an interrupted epoch (no whole epoch exists yet)."""
+    if saved.interrupted:
+        print(
+            f"{prog}: no whole epoch is saved yet: using {saved.interrupted} (where the "
+            "training was interrupted; charjax-train --resume finishes it)",
+            file=sys.stderr,
+        )
+
+
 def run(main: Callable[[argparse.Namespace], int], parser, argv) -> int:
     """Run a command; every failure ends as one line on stderr (`--debug`: the traceback)."""
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed as one line
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # --help | head
+            return closed_pipe()
         return done.code
     quiet_process()
     try:
         return main(args)
+    except BrokenPipeError:
+        return closed_pipe()
     except Interrupted as e:
         print(f"{parser.prog}: {e}", file=sys.stderr)
         return 130

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from charjax.cli.common import Parser, checkpoint_dir_flag
+from charjax.cli.common import Parser, checkpoint_dir_flag, note_interrupted
 from charjax.errors import CharjaxError
 
 
@@ -18,7 +18,13 @@ def export_parser() -> argparse.ArgumentParser:
         "file), or its weights, vocabulary and recipe as JSON for other runtimes.",
     )
     checkpoint_dir_flag(p, epoch=True)
-    p.add_argument("--html", metavar="PAGE", help="write the web page here (e.g. model.html)")
+    p.add_argument(
+        "--html",
+        metavar="PAGE",
+        help="write the web page here (e.g. model.html); opened with #generate at the end of "
+        "its address (model.html#generate) it generates once as it loads, with its default "
+        "settings (for screenshots)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the JSON export here (docs/export.md)")
     p.add_argument("--title", default=None, help="the page's title (default: the run's folder)")
     return p
@@ -32,6 +38,7 @@ def export(args: argparse.Namespace) -> int:
     from charjax import export, inference
 
     saved = inference.load(args.checkpoint_dir, args.epoch)
+    note_interrupted(saved, "charjax-export")
     if args.json:
         path = export.write(args.json, json.dumps(export.to_json(saved)), "JSON export")
         print(f"wrote {path} (epoch {saved.meta.epoch})", file=sys.stderr)

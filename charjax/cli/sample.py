@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from charjax.cli.common import Parser, checkpoint_dir_flag, finite, floats
+from charjax.cli.common import Parser, checkpoint_dir_flag, finite, floats, note_interrupted
 from charjax.config import READINGS
 
 
@@ -17,10 +17,17 @@ def sample_parser() -> argparse.ArgumentParser:
         description="Generate text from a checkpoint. Text goes to stdout, diagnostics to stderr.",
     )
     checkpoint_dir_flag(p, epoch=True)
-    p.add_argument(
+    primes = p.add_mutually_exclusive_group()
+    primes.add_argument(
         "--prime",
         default=None,
         help="text to start from (default: the first maxlen chars of the training text)",
+    )
+    primes.add_argument(
+        "--prime-file",
+        metavar="PATH",
+        default=None,
+        help="start from the text of this UTF-8 file (a long or multi-line prime)",
     )
     p.add_argument("--length", type=int, default=400, help="chars to generate (default: 400)")
     p.add_argument(
@@ -72,8 +79,10 @@ def sample(args: argparse.Namespace) -> int:
     from charjax import inference
 
     saved = inference.load(args.checkpoint_dir, args.epoch, args.best)
+    note_interrupted(saved, "charjax-sample")
     inference.check_temperatures(args.temperature)  # before the prime, as always
-    prime_ids, prime, skipped = inference.encode_prime(saved, args.prime, args.unknown)
+    given = args.prime if args.prime_file is None else read_prime(args.prime_file)
+    prime_ids, prime, skipped = inference.encode_prime(saved, given, args.unknown)
     if skipped:
         skipped = json.dumps(skipped, ensure_ascii=False)
         print(f"skipping prime characters not in the vocabulary: {skipped}", file=sys.stderr)
@@ -106,20 +115,67 @@ def sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_prime(path: str) -> str:
+    """The text of --prime-file, whole (newlines kept); a bad path is one line."""
+    from pathlib import Path
+
+    from charjax.errors import CharjaxError
+
+    where = Path(path).expanduser()
+    try:
+        text = where.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CharjaxError(f"--prime-file {path} does not exist; pass a UTF-8 text file") from None
+    except IsADirectoryError:
+        raise CharjaxError(f"--prime-file {path} is a folder; pass a UTF-8 text file") from None
+    except UnicodeDecodeError as e:
+        raise CharjaxError(
+            f"--prime-file {path} is not valid UTF-8 (bad byte at offset {e.start}); convert it "
+            "to UTF-8"
+        ) from None
+    except OSError as e:
+        raise CharjaxError(f"cannot read --prime-file {path} ({e.strerror or e})") from None
+    if not text:
+        raise CharjaxError(f"--prime-file {path} is empty; pass a file with the text to start from")
+    return text
+
+
+def _labels(args: argparse.Namespace) -> list[str]:
+    """What tells the texts apart, in their order: their temperature (and sample number)."""
+    n = args.num_samples
+    return [
+        f"temperature {t:g}" + (f", sample {i + 1}" if n > 1 else "")
+        for t in args.temperature
+        for i in range(n)
+    ]
+
+
 def _print_streaming(blocks, prime: str, args: argparse.Namespace) -> None:
     """Each text followed by a newline (texts may contain newlines). The first is written as
     it is generated; the others (more temperatures or samples) follow when it is done. On a
-    terminal each text comes after its prime, dimmed (`--no-prime`: not shown)."""
+    terminal each text comes after its prime, dimmed (`--no-prime`: not shown), and several
+    are labelled by a header line each; piped, stdout holds the texts alone and stderr says
+    their order. Ctrl-C ends the line being written, so the message starts on its own."""
     out = sys.stdout
-    lead = f"\x1b[2m{prime}\x1b[0m" if out.isatty() and not args.no_prime else ""
-    rest = [[] for _ in range(len(args.temperature) * args.num_samples - 1)]
-    out.write(lead)
-    for texts in blocks:
-        out.write(texts[0])
+    terminal = out.isatty()
+    lead = f"\x1b[2m{prime}\x1b[0m" if terminal and not args.no_prime else ""
+    labels = _labels(args)
+    heads = [f"── {label} ──\n" if terminal and len(labels) > 1 else "" for label in labels]
+    if not terminal and len(labels) > 1:
+        print(f"{len(labels)} texts, in this order: {'; '.join(labels)}", file=sys.stderr)
+    rest = [[] for _ in range(len(labels) - 1)]
+    out.write(heads[0] + lead)
+    try:
+        for texts in blocks:
+            out.write(texts[0])
+            out.flush()
+            for kept, text in zip(rest, texts[1:], strict=True):
+                kept.append(text)
+    except KeyboardInterrupt:
+        out.write("\n")
         out.flush()
-        for kept, text in zip(rest, texts[1:], strict=True):
-            kept.append(text)
+        raise
     out.write("\n")
-    for kept in rest:
-        out.write(lead + "".join(kept) + "\n")
+    for head, kept in zip(heads[1:], rest, strict=True):
+        out.write(head + lead + "".join(kept) + "\n")
     out.flush()

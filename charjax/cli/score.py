@@ -8,7 +8,7 @@ import contextlib
 import json
 import sys
 
-from charjax.cli.common import Parser, checkpoint_dir_flag, finite
+from charjax.cli.common import Parser, checkpoint_dir_flag, finite, note_interrupted
 from charjax.config import READINGS
 
 
@@ -91,6 +91,7 @@ def score(args: argparse.Namespace) -> int:
             args.dynamic_rule, args.dynamic_lr, args.dynamic_decay, tune=args.dynamic_tune
         )
     saved = inference.load(args.checkpoint_dir, args.epoch, args.best)
+    note_interrupted(saved, "charjax-score")
     with _progress_bar() as progress:
         record, unknown = inference.score_text(
             saved,
