@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from charjax import parallel
@@ -18,11 +19,27 @@ from charjax.config import Config
 ROOT = Path(__file__).resolve().parents[1]  # the repository: `python -m benchmarks...` runs here
 
 
-def wait(process: subprocess.Popen) -> float:
-    """Reap `process` -> its peak RSS in MB (Linux reports KiB)."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss / 1024
+def wait(process: subprocess.Popen, every: float = 0.01) -> float:
+    """Reap `process` -> its peak RSS in MB, polled from its own /proc VmHWM (the kernel's
+    ru_maxrss of a child counts the memory of the parent it was forked from)."""
+    peak_kib = 0
+    while True:
+        pid, status = os.waitpid(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return peak_kib / 1024
+        peak_kib = max(peak_kib, high_water_kib(process.pid))
+        time.sleep(every)
+
+
+def high_water_kib(pid: int) -> int:
+    """The process' peak resident memory so far (VmHWM), 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            line = next((line for line in f if line.startswith("VmHWM:")), "VmHWM: 0 kB")
+    except OSError:
+        return 0
+    return int(line.split()[1])
 
 
 def run(command: list[str], env: dict | None = None) -> tuple[str, float]:

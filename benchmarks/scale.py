@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.child import wait
+from benchmarks.child import high_water_kib, wait
 from charjax import corpus
 from charjax.cli import train_command
 
@@ -72,8 +72,9 @@ def measure(chars: int, workdir: Path, limit: float = 1800.0) -> dict:
         evaluated = _first(lambda: '"val_loss"' in records(), process, t0, limit)
         first_save = _first(saved, process, t0, limit)
     finally:
+        running_kib = high_water_kib(process.pid)  # before the kill: a killed process' is gone
         process.send_signal(signal.SIGKILL)
-        peak_mb = wait(process)
+        peak_mb = max(wait(process), running_kib / 1024)
     return {
         "chars": chars,
         "startup_s": round(startup, 2),

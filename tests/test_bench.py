@@ -43,6 +43,7 @@ def test_time_rounds_alternates_the_functions_after_a_first_call_of_each():
 
 def test_a_child_reports_its_stdout_and_its_own_peak_memory():
     big = "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); print('done')"
+    big += "; import time; time.sleep(0.5)"  # held long enough to be seen by the polling
     out, peak_mb = child.run([sys.executable, "-c", big])
     small_out, small_mb = child.run([sys.executable, "-c", "print('small')"])
     assert out == "done\n" and small_out == "small\n"
