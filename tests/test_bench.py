@@ -3,8 +3,12 @@
 import json
 import os
 
+import pytest
+
 from charjax.bench import gpu
 from charjax.config import Config
+
+pytestmark = pytest.mark.slow  # each trains real recipes on the corpus
 
 
 def test_device_check_writes_its_json_on_cpu(nietzsche_dir, tmp_path):

@@ -26,6 +26,7 @@ def test_guard_off_or_hopeless_ends_with_one_line(capsys, tiny_text, tmp_path):
     assert Checkpoints(tmp_path / "a").epochs() == []
 
 
+@pytest.mark.slow
 def test_score_command(tiny_cfg, tmp_path, capsys, monkeypatch):
     cfg = tiny_cfg.replace(epochs=1, temperatures=())
     _tiny_run(cfg, tmp_path / "run")
@@ -109,6 +110,7 @@ def test_flags_are_never_abbreviated(capsys):
     assert "unrecognized arguments: --temp" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sample_streams_the_same_bytes_as_one_call(tiny_cfg, tmp_path, capsys):
     cfg = tiny_cfg.replace(epochs=1, temperatures=())
     _tiny_run(cfg, tmp_path / "run")
