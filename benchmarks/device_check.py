@@ -51,9 +51,10 @@ def run_tests(root: Path, out: Path, timeout: float) -> dict:
     workers = ["-n", "4"] if importlib.util.find_spec("xdist") else []
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     t0 = time.perf_counter()
+    # addopts' -n 2 dropped (workers only where xdist is); --all: slow tests among them run too
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rf", "--tb=short", "-p", "no:cacheprovider",
-         "-o", "addopts=", *workers, *DEVICE_TESTS],  # addopts' -n 2: only where xdist is
+         "-o", "addopts=", "--all", *workers, *DEVICE_TESTS],
         cwd=root, capture_output=True, text=True, timeout=timeout, check=False, env=env,
     )  # fmt: skip
     (out / "tests.log").write_text(done.stdout + done.stderr)

@@ -1,4 +1,16 @@
-"""Shared fixtures: the real corpus (data dir, cache or checked download) and tiny texts."""
+"""Shared fixtures (the real corpus: data dir, cache or checked download; tiny texts) and the two
+test tiers.
+
+Tests marked `slow` (they start subprocesses, train for more than a few seconds, run Node.js or
+strace, or kill processes) are deselected by default, so that the fast tier runs in a couple of
+minutes:
+
+    python -m pytest -q          # the fast tier
+    python -m pytest -q --all    # everything (what CI runs)
+    python -m pytest -q -m slow  # only the slow tier: an explicit -m decides on its own
+
+A slow test named by its node ID (`tests/test_x.py::test_y`) runs without --all too. Tests that
+need the corpus sit in both tiers: without it, the fast tier fails as well."""
 
 import os
 import sys
@@ -23,6 +35,56 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 from util import TINY_TEXT
 
 from charjax.config import Config
+
+_SLOW_LEFT_OUT = pytest.StashKey[int]()  # how many slow tests this run deselected
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--all",
+        action="store_true",
+        help="also run the tests marked slow (deselected by default; an explicit -m overrides)",
+    )
+
+
+def _named(item, config) -> bool:
+    """Whether the command line names `item` by its node ID: `file::test`, or a parametrized
+    test's base name for all its cases."""
+    test = item.nodeid.partition("::")[2]
+    for arg in map(str, config.args):
+        path, _, name = arg.partition("::")
+        if name and (config.invocation_params.dir / path).resolve() == item.path:
+            if test == name or test.startswith((name + "[", name + "::")):
+                return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast tier: without --all or -m, the tests marked slow are deselected (never skipped:
+    a deselected test is not run, a skipped one would read as a pass that did not happen)."""
+    if config.getoption("--all") or config.getoption("markexpr"):
+        return
+    slow = [i for i in items if i.get_closest_marker("slow") and not _named(i, config)]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        chosen = set(map(id, slow))
+        items[:] = [i for i in items if id(i) not in chosen]
+        config.stash[_SLOW_LEFT_OUT] = len(slow)
+        if hasattr(config, "workeroutput"):  # a pytest-xdist worker: tell the controller
+            config.workeroutput["slow_left_out"] = len(slow)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist: the workers collect, the controller reports."""
+    left_out = getattr(node, "workeroutput", {}).get("slow_left_out", 0)
+    node.config.stash[_SLOW_LEFT_OUT] = max(node.config.stash.get(_SLOW_LEFT_OUT, 0), left_out)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    left_out = config.stash.get(_SLOW_LEFT_OUT, 0)
+    if left_out:
+        terminalreporter.write_line(f"{left_out} slow tests deselected: --all runs them too")
 
 
 @pytest.fixture

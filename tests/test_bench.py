@@ -41,6 +41,7 @@ def test_time_rounds_alternates_the_functions_after_a_first_call_of_each():
     assert all(t.work == (2, 2) for t in timings.values())
 
 
+@pytest.mark.slow
 def test_a_child_reports_its_stdout_and_its_own_peak_memory():
     big = "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); print('done')"
     big += "; import time; time.sleep(0.5)"  # held long enough to be seen by the polling
@@ -52,6 +53,7 @@ def test_a_child_reports_its_stdout_and_its_own_peak_memory():
         child.run([sys.executable, "-c", "1 / 0"])
 
 
+@pytest.mark.slow
 def test_device_check_writes_its_json_on_cpu(nietzsche_dir, tmp_path):
     parts = ("environment", "default_float32", "peak_device_memory", "pytorch")
     result = device_check.check(tmp_path, quick=True, tests=False, only=parts)
@@ -73,6 +75,7 @@ def test_device_check_refuses_a_part_it_does_not_have(tmp_path, capsys, monkeypa
     assert "no part named no_such_part" in err and "long_streams" in err
 
 
+@pytest.mark.slow
 def test_preset_timing_trains_the_preset_with_its_masks(
     nietzsche_dir, tmp_path, capsys, monkeypatch
 ):

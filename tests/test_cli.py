@@ -32,6 +32,7 @@ def test_guard_off_or_hopeless_ends_with_one_line(capsys, tiny_text, tmp_path):
     assert Checkpoints(tmp_path / "a").epochs() == []
 
 
+@pytest.mark.slow
 def test_score_command(tiny_cfg, tmp_path, capsys, monkeypatch):
     cfg = tiny_cfg.replace(epochs=1, temperatures=())
     _tiny_run(cfg, tmp_path / "run")
@@ -138,6 +139,7 @@ def test_a_misspelt_flag_gets_a_suggestion_never_a_guess(capsys, main, argv, say
     assert err.count("\n") == 1 and says in err
 
 
+@pytest.mark.slow
 def test_sample_streams_the_same_bytes_as_one_call(tiny_cfg, tmp_path, capsys):
     cfg = tiny_cfg.replace(epochs=1, temperatures=())
     _tiny_run(cfg, tmp_path / "run")

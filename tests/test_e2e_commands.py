@@ -14,6 +14,7 @@ import pytest
 from charjax import cli
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test starts the scripts in subprocesses
 
 
 def run(script: str, *args, env=None):

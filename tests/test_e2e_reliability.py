@@ -127,6 +127,7 @@ def test_resume_checks_corpus_and_model(capsys, texts, tmp_path):
         _one_line_error(capsys, 2, cli.sample_main, argv, needle)
 
 
+@pytest.mark.slow
 def test_thousands_of_distinct_chars_work(capsys, tmp_path):
     chars = "".join(chr(c) for c in range(0x4E00, 0x4E00 + 3000))  # CJK ideographs
     text = tmp_path / "cjk.txt"
@@ -213,6 +214,7 @@ def long_text(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_is_exact(long_text, tmp_path):
     slow = ("--batch-size", "8", "--step", "1")  # ~900 steps: epochs long enough to interrupt
     reference = subprocess.run(
@@ -273,6 +275,7 @@ def _resume_flag(ck) -> list[str]:
 KILLS = 6  # the third and sixth inside a save (10 took 97 s of the CI's ~10-minute budget)
 
 
+@pytest.mark.slow
 def test_kill_fuzz_many_sigkills_some_inside_saves_lose_nothing(long_text, tmp_path):
     """SIGKILL at 6 seeded random moments, every third one while a checkpoint is being
     written (the run saves every 3 steps); each time the run resumes, and it ends bit-identical

@@ -48,6 +48,7 @@ def test_epoch_takes_every_batch_including_the_last_partial_one(tiny_cfg):
     assert np.isfinite(loss) and loss > 0
 
 
+@pytest.mark.slow
 def test_chunk_size_does_not_change_the_numbers(tiny_cfg):
     corpus, ids, split = _setup(tiny_cfg)
     results = []

@@ -54,6 +54,7 @@ def trained(request, tmp_path_factory):
     return directory / "run"
 
 
+@pytest.mark.slow
 def test_the_javascript_lstm_equals_charjax(trained, tmp_path, capsys):
     saved = inference.load(trained)
     path = tmp_path / "model.json"
@@ -95,6 +96,7 @@ def test_the_json_layout(trained, tmp_path):
     assert exported["dense"]["kernel"]["shape"] == [16, len(saved.meta.vocab)]
 
 
+@pytest.mark.slow
 def test_the_page_is_one_offline_file(trained, tmp_path, capsys):
     page = tmp_path / "page.html"
     argv = ["--checkpoint-dir", str(trained), "--html", str(page), "--title", "Tiny </script>"]

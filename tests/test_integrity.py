@@ -96,6 +96,7 @@ def _limited(limit: int):
     return set_limit
 
 
+@pytest.mark.slow
 def test_a_save_that_fails_ends_in_one_line_and_the_run_resumes(tiny_cfg, tmp_path):
     ck = tmp_path / "ck"
     runner.train_run(tiny_cfg.replace(epochs=1, temperatures=()), ck, log=quiet)

@@ -71,6 +71,7 @@ def _results(started) -> dict:
     return dict(np.load(out))
 
 
+@pytest.mark.slow
 def test_four_devices_match_one(tiny_text, tmp_path):
     """Both the original windows (batch 30) and carried streams (6 streams, each device carrying
     its rows; with weight-drop, recurrent dropout and EMA) are padded to 32 / 8 rows over 4
@@ -105,6 +106,7 @@ def _restore_params(directory):
     return meta, ckpts.restore(like).params
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_a_dead_peer_stops_the_other(tiny_text, tmp_path):
     """Two processes (one CPU device each, gloo collectives) train like one with two devices.
     Process 1 is killed after epoch 2: process 0 stops within --peer-timeout with one line

@@ -32,7 +32,13 @@ VARIED = dict(
 
 
 @pytest.mark.parametrize(
-    "extra", [{}, REGULARISED, VARIED], ids=["plain", "regularised", "varied-streams"]
+    "extra",
+    [
+        {},
+        pytest.param(REGULARISED, marks=pytest.mark.slow),
+        pytest.param(VARIED, marks=pytest.mark.slow),
+    ],
+    ids=["plain", "regularised", "varied-streams"],
 )
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_cfg, tmp_path, extra):
     cfg = dataclasses.replace(tiny_cfg, epochs=3, **extra)
@@ -100,6 +106,7 @@ def test_validation_each_epoch_is_the_held_out_score(tiny_cfg, tmp_path):
     assert "val_loss" not in none[0]
 
 
+@pytest.mark.slow
 def test_sequence_runs_are_reproducible_and_learn(tiny_cfg, tmp_path):
     cfg = tiny_cfg.replace(
         objective="sequence",
@@ -172,6 +179,7 @@ def test_guard_recovers_from_a_nan_epoch(tiny_cfg, tmp_path, monkeypatch):
     assert Checkpoints(tmp_path / "run").epochs() == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_new_flags_are_checked_and_resume_keeps_the_model(capsys, tiny_cfg, tmp_path):
     bad = [
         (dict(val_fraction=1.0), "--val-fraction must be in [0, 1)"),
@@ -288,6 +296,7 @@ def test_a_run_says_where_its_model_is_and_a_finished_run_says_so(tiny_cfg, tmp_
     assert "  using --temperatures 0.5,1.0 (was '')" in lines  # as typed, not a Python repr
 
 
+@pytest.mark.slow
 def test_max_chars_that_drops_chars_says_which(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("abc abc abc abc\n" * 10 + "xyz Äq", encoding="utf-8")
@@ -303,6 +312,7 @@ def test_max_chars_that_drops_chars_says_which(tmp_path):
     assert corpora.load(cfg.replace(max_chars=0)).left_out == ""
 
 
+@pytest.mark.slow
 def test_step_records_evaluations_and_saves_inside_epochs(tiny_cfg, tmp_path, monkeypatch):
     """--log-every and --eval-every add step records to metrics.jsonl (the epochs' records stay
     as they were); a crash mid-epoch with --save-every resumes from the last save and ends
@@ -346,6 +356,7 @@ def test_step_records_evaluations_and_saves_inside_epochs(tiny_cfg, tmp_path, mo
     assert same_trees(resumed, whole)
 
 
+@pytest.mark.slow
 def test_keep_best_outlives_rotation_and_patience_stops_a_stalled_run(
     tiny_cfg, tmp_path, monkeypatch, capsys
 ):

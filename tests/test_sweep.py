@@ -20,6 +20,7 @@ def test_parse_recipes_skips_comments_and_refuses_repeated_names():
         sweep.parse_recipes("--hidden 8")
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_recipe_and_tabulates_best_first(tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
@@ -68,6 +69,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_a_time_limit_stops_the_runs_each_saving_and_tabulates_them_as_cut(
     tmp_path, capsys, monkeypatch
 ):
