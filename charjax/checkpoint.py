@@ -5,10 +5,14 @@ checkpoint is either whole or absent; a folder left half-written by a killed pro
 listed and is removed on the next start. A save that fails (a full disk, a read-only or
 unwritable folder) removes its temporary folder and ends in one line (`SaveFailed`). Every
 record carries digests of the state and of itself (`integrity`), checked by every restore: a
-damaged checkpoint is `integrity.Damaged`, never silently wrong numbers. An interrupted epoch
-(Ctrl-C, `--save-every`) is kept apart in `partial/`. What the records hold, and the rest of a
-run's folder, is `run_dir`'s business. Importing this module changes nothing process-wide: the
-commands keep orbax's own logs of a failed save out of their output at start-up
+damaged checkpoint is `integrity.Damaged` (what is wrong in the user's words: a file missing,
+cut short or undecodable, arrays or record not matching their digest), never silently wrong
+numbers. A read the OS refuses (an I/O error, no permission) is `ReadFailed`, and a device out
+of memory is raised as it is: neither is damage, which a resume would move aside. An
+interrupted epoch (Ctrl-C, `--save-every`) is kept apart in `partial/`. What the records
+hold, and the rest of a run's folder, is `run_dir`'s business. Importing this module changes
+nothing process-wide: the commands keep orbax's own reports of a failed save or restore (logs,
+the errors of its abandoned reads and writes) out of their output at start-up
 (`cli.common.quiet_process`).
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -24,7 +29,6 @@ import orbax.checkpoint as ocp
 
 from charjax import integrity
 from charjax.errors import CharjaxError, os_error
-from charjax.integrity import Damaged
 
 PARTIAL = "partial"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint still being written
@@ -107,20 +111,48 @@ def _restore(manager: ocp.CheckpointManager, step: int, like, sharding=None, wha
     where = what or f"checkpoint {step} in {manager.directory}"
     try:
         restored = manager.restore(step, args=args)
-    except ValueError as e:
-        if "structure" in str(e):
-            raise _other_layout(step, manager.directory) from None
-        raise _unreadable(where, e) from e
     except Exception as e:
-        raise _unreadable(where, e) from e
+        raise _read_failed(e, where, step, manager.directory, ("structure",)) from e
     meta = integrity.check_record(restored["meta"], where)
     return integrity.check_state(restored["state"], meta, where), meta
 
 
-def _unreadable(where: str, error: Exception) -> Damaged:
-    first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
-    cause = f"{type(error).__name__}: {first}"
-    return Damaged(f"{where} is damaged: its files cannot be read ({cause})")
+# TensorStore's own errors ("NOT_FOUND: ...", "DATA_LOSS: ..."): files, never a layout
+_STATUS = re.compile(r"[A-Z][A-Z_]+: ")
+
+
+def _read_failed(error: Exception, where: str, step: int, directory, layout=()) -> CharjaxError:
+    """Why a restore failed, in one line: orbax's ValueError naming one of the words `layout`
+    (a state of another layout), else `_unreadable`."""
+    text = str(error)
+    if isinstance(error, ValueError) and any(w in text for w in layout):
+        if not _STATUS.match(text):
+            return _other_layout(step, directory)
+    return _unreadable(where, error)
+
+
+class ReadFailed(CharjaxError):
+    """The OS refused to read a checkpoint (an I/O error, no permission, too many open
+    files): not known to be damaged, so a resume leaves it where it is."""
+
+
+def _unreadable(where: str, error: Exception) -> CharjaxError:
+    """`integrity.Damaged` for a checkpoint whose files are missing or whose bytes cannot be
+    decoded. What is no damage, which a resume would move aside, is not `Damaged`: an OS error
+    other than a missing file is `ReadFailed`, and a device out of memory (a model too big for
+    it) is raised as it is (jax's RESOURCE_EXHAUSTED, which the commands say in one line)."""
+    seen = error
+    while seen is not None:
+        if "RESOURCE_EXHAUSTED" in str(seen):
+            raise seen
+        seen = seen.__cause__ or seen.__context__
+    reason = os_error(error)
+    if reason is not None and reason != os.strerror(errno.ENOENT):
+        return ReadFailed(
+            f"could not read {where}: {reason}; it is left as it is: check the disk (or the "
+            "folder's permissions) and run the command again"
+        )
+    return integrity.unreadable(where, error)
 
 
 def _read_meta(manager: ocp.CheckpointManager, step: int, where: str) -> dict:
@@ -153,12 +185,8 @@ def _restore_params(manager: ocp.CheckpointManager, step: int, like_params, part
     meta = _read_meta(manager, step, where)
     try:
         state = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
-    except ValueError as e:
-        if "structure" in str(e) or "shape" in str(e):
-            raise _other_layout(step, manager.directory) from None
-        raise _unreadable(where, e) from e
     except Exception as e:
-        raise _unreadable(where, e) from e
+        raise _read_failed(e, where, step, manager.directory, ("structure", "shape")) from e
     return integrity.check_state(state, meta, where, parts=[part])[part]
 
 
@@ -174,13 +202,18 @@ class Checkpoints:
             )
         self.keep = keep
         self._manager = _manager(self.directory, keep, create)
+        self._failed = False  # a save failed: its writes still in flight may leave files
 
     def epochs(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
     def save(self, epoch: int, state, meta: dict) -> None:
         """Write epoch `epoch` (state pytree + JSON-able meta) and prune old ones."""
-        _save(self._manager, epoch, state, meta, f"epoch {epoch}")
+        try:
+            _save(self._manager, epoch, state, meta, f"epoch {epoch}")
+        except SaveFailed:
+            self._failed = True
+            raise
 
     def _epoch_or_latest(self, epoch: int | None) -> int:
         have = self.epochs()
@@ -239,11 +272,14 @@ class Checkpoints:
     def save_partial(self, step: int, state, meta: dict) -> None:
         """Save an interrupted epoch under its optimizer step (which only grows, so a second
         interruption of the same epoch is a newer save); the epoch is in `meta`."""
-        manager = self._partial_manager(create=True)
+        manager, failed = self._partial_manager(create=True), True
         try:
             _save(manager, step, state, meta, f"epoch {meta.get('epoch')} so far")
+            failed = False
         finally:
             manager.close()
+            if failed:  # what its writes still in flight left
+                remove_unfinished(self.directory / PARTIAL)
 
     def partial_meta(self) -> dict | None:
         """Metadata of the interrupted epoch (with its `position`), or None if there is none."""
@@ -290,3 +326,5 @@ class Checkpoints:
         # otherwise a run that fails early can leave a thread logging at interpreter exit.
         self._manager.wait_until_finished()
         self._manager.close()
+        if self._failed:  # a failed save's writes still in flight when it removed its folder
+            remove_unfinished(self.directory)

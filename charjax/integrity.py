@@ -10,13 +10,16 @@ line, never silently wrong parameters.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import re
 
 import jax
 import numpy as np
 
-from charjax.errors import CharjaxError
+from charjax.errors import CharjaxError, os_error
 
 DIGESTS = "digests"  # record key: {part: sha256} of the state's parts
 RECORD = "record_sha256"  # record key: sha256 of the record without this key
@@ -25,6 +28,47 @@ SEALED_FROM = 3  # records of this format and later always carry their digests
 
 class Damaged(CharjaxError):
     """A checkpoint whose files cannot be read, or whose contents are not what was written."""
+
+
+def unreadable(where: str, error: BaseException) -> Damaged:
+    """`Damaged` for a checkpoint whose files orbax or TensorStore could not read, in the user's
+    words: which part (its record, or its params, opt_state, ... arrays) and how (a file
+    missing, cut short, undecodable or refused by the OS). The library's own message (a
+    TensorStore spec of many lines) stays in the chain of causes, which --debug shows."""
+    return Damaged(f"{where} is damaged: {_what_failed(error)}")
+
+
+_ARRAYS = re.compile(r'(?:Error reading|Metadata at) "([A-Za-z0-9_]+)[./]')  # "params.lstm...
+_MISSING = ("NOT_FOUND", "does not exist", "not found")
+_CUT = ("OUT_OF_RANGE", "Truncated", "byte range", "nexpected end")
+
+
+def _what_failed(error: BaseException) -> str:
+    """'a file of its params arrays is missing or cut short', 'its record file is missing',
+    'a file of its arrays cannot be read (Input/output error)', ... from the messages in
+    `error`'s chain of causes."""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 16:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(e) for e in chain)
+    arrays = _ARRAYS.search(text)
+    decoding = any(isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) for e in chain)
+    if "meta/metadata" in text or (decoding and not arrays):  # orbax's name of the record
+        holder = "its record file"
+    else:
+        holder = f"a file of its {arrays.group(1)} arrays" if arrays else "a file of its arrays"
+    reason = os_error(error)
+    missing = reason == os.strerror(errno.ENOENT) or any(m in text for m in _MISSING)
+    if missing or any(isinstance(e, FileNotFoundError) for e in chain):
+        return f"{holder} is missing"
+    if any(m in text for m in _CUT):
+        return f"{holder} is missing or cut short"
+    if reason is not None:
+        return f"{holder} cannot be read ({reason})"
+    if holder == "its record file":
+        return f"{holder} is not valid JSON"
+    return f"{holder} cannot be decoded (its bytes are not what was written)"
 
 
 def _parts(tree) -> dict:

@@ -20,6 +20,8 @@ import time
 import traceback
 from collections.abc import Callable
 
+from charjax.errors import CharjaxError
+
 KEY = "charjax/beat/{}"
 
 
@@ -114,22 +116,25 @@ def watch(timeout: float, hint: str) -> PeerWatch | None:
 
 
 def fail(error: Exception, debug: bool = False) -> None:
-    """This process's run failed in a way no user can fix (a collective broke: most likely
-    a peer died). Give the watch time to name a lost peer (it ends the process); failing that,
-    print the error in one line. Either way end the process without JAX's shutdown barrier,
-    which would wait for a dead peer until its own timeout."""
+    """This process's run failed: in a way no user can fix (a collective broke: most likely
+    a peer died), or a `CharjaxError` (out of memory). Give the watch time to name a lost peer
+    (it ends the process); failing that, print the error in one line. Either way end the
+    process without JAX's shutdown barrier, which would wait for a dead peer until its own
+    timeout."""
     if _watch is None:
         return
     _watch._thread.join(_watch.timeout + 3 * _watch.interval)
     if debug:
         traceback.print_exception(error)
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    print(
-        f"charjax-train: unexpected error: {type(error).__name__}: {first[:300]} (rerun with "
-        "--debug for the traceback)",
-        file=sys.stderr,
-        flush=True,
-    )
+    if isinstance(error, CharjaxError):  # one the user can fix (a model too big: out of memory)
+        line = f"charjax-train: error: {first}"
+    else:
+        line = (
+            f"charjax-train: unexpected error: {type(error).__name__}: {first[:300]} (rerun "
+            "with --debug for the traceback)"
+        )
+    print(line, file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(1)
 

@@ -150,10 +150,11 @@ def _as_typed(name: str, value, plain: bool = False) -> str:
     return shown(value) if plain else f"{flag(name)} {shown(value)}"
 
 
-def resume(given: dict, folder: RunDir, log, sharding) -> Run:
+def resume(given: dict, folder: RunDir, log, sharding, note=None) -> Run:
     """Continue from the latest complete epoch, or from inside the epoch after it; a damaged
-    checkpoint is named, moved aside, and the newest intact one before it is used."""
-    meta, state = _newest_intact(folder, given, log, sharding)
+    checkpoint is named (by `note`, a remark beside the run's log: default `log`), moved
+    aside, and the newest intact one before it is used."""
+    meta, state = _newest_intact(folder, given, note or log, sharding)
     partial = meta if meta.position is not None else None
     saved = meta.cfg
     if partial and given.get("steps_per_call", saved.steps_per_call) != saved.steps_per_call:
@@ -184,7 +185,7 @@ def resume(given: dict, folder: RunDir, log, sharding) -> Run:
     return _build(cfg, corpus, state, meta.epoch + 1, Position())
 
 
-def _newest_intact(folder: RunDir, given: dict, log, sharding):
+def _newest_intact(folder: RunDir, given: dict, note, sharding):
     """(record, state) of the newest checkpoint that reads back whole: the interrupted epoch,
     then the epochs from the latest down. Each damaged one is named in a line and moved aside
     (it would be written again); none intact is one line."""
@@ -200,7 +201,7 @@ def _newest_intact(folder: RunDir, given: dict, log, sharding):
             return meta, folder.restore(like, epoch, sharding)
         except Damaged as e:
             aside = folder.set_aside(epoch)
-            log(f"{e}; moved it to {aside.name} and trying the checkpoint before it")
+            note(f"{e}; moved it to {aside.name} and trying the checkpoint before it")
             damaged += 1
     if not damaged:  # at most a save that never finished
         raise CharjaxError(f"nothing to resume: no checkpoints in {folder.directory}")

@@ -115,7 +115,7 @@ def _check_resumable(directory: Path) -> None:
 def _set_up(cfg: Config, folder: RunDir, resume: bool, given: dict, report, mesh) -> run.Run:
     """The run, fresh or resumed; the folder keeps the run's own --keep."""
     if resume:
-        this = run.resume(given, folder, report.log, parallel.replicated(mesh))
+        this = run.resume(given, folder, report.log, parallel.replicated(mesh), report.note)
     else:
         this = run.fresh(cfg, folder)
     folder.keep(this.cfg.keep)

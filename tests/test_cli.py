@@ -8,12 +8,16 @@ import logging
 import subprocess
 import sys
 import threading
+import types
+import warnings
 from pathlib import Path
 
+import jax
+import orbax.checkpoint as ocp
 import pytest
-from util import quiet
+from util import orbax_like, quiet
 
-from charjax import cli, guard, inference, runner
+from charjax import cli, guard, inference, runner, step
 from charjax.checkpoint import Checkpoints
 from charjax.cli.common import quiet_process
 from charjax.config import Config, flag
@@ -210,11 +214,12 @@ def test_every_preset_is_a_valid_recipe_named_in_the_help():
 # In a fresh process: the process-wide settings before, after importing the modules that save and
 # read checkpoints, and after a command (`charjax-plot`, ending in an error) started.
 SETTINGS = """
-import json, logging, sys, threading
+import json, logging, sys, threading, warnings
+shown = warnings.showwarning
 def settings():
     asyncio_filters = [type(f).__name__ for f in logging.getLogger("asyncio").filters]
     hooks = [sys.unraisablehook is sys.__unraisablehook__,
-             threading.excepthook is threading.__excepthook__]
+             threading.excepthook is threading.__excepthook__, warnings.showwarning is shown]
     return [*hooks, logging.getLogger("absl").level, asyncio_filters]
 before = settings()
 import charjax.checkpoint, charjax.inference, charjax.run_dir, charjax.runner
@@ -232,10 +237,10 @@ def test_importing_the_library_leaves_the_process_alone_a_command_quiets_it(tmp_
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     before, imported, started, code = json.loads(done.stdout)
-    assert before == [True, True, logging.NOTSET, []]
+    assert before == [True, True, True, logging.NOTSET, []]
     assert imported == before
     assert code == 2 and "charjax-plot: error:" in done.stderr
-    assert started == [False, False, logging.CRITICAL, ["DropUnretrievedWriteErrors"]]
+    assert started == [False, False, False, logging.CRITICAL, ["DropUnretrievedOrbaxErrors"]]
 
 
 class _Unraisable:
@@ -278,6 +283,32 @@ def test_quiet_process_drops_closed_loop_leftovers_passes_other_errors_on_once(m
         assert heard == ["ValueError('a bug')", "ValueError('another bug')"]
     finally:
         absl_log.setLevel(level)
+
+
+def test_quiet_process_drops_orbax_read_leftovers_and_unawaited_coroutines_only(monkeypatch):
+    heard = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda a: heard.append(repr(a.exc_value)))
+    monkeypatch.setattr(threading, "excepthook", lambda a: heard.append(repr(a.exc_value)))
+    monkeypatch.setattr(warnings, "showwarning", lambda m, *a, **k: heard.append(str(m)))
+    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])
+    level = logging.getLogger("absl").level
+    try:
+        quiet_process()
+        orbax_read = orbax_like("_read_array_index_and_device_put")()
+        other_read = orbax_like("another_coroutine")()
+        for coroutine in (orbax_read, other_read):  # as Python reports a failed finalization
+            error = Exception("Encountered error while reading array index")
+            sys.unraisablehook(types.SimpleNamespace(exc_value=error, object=coroutine))
+            coroutine.close()
+        assert heard == ["Exception('Encountered error while reading array index')"]
+        heard.clear()
+        for name in ("async_deserialize", "my_coroutine", "async_deserialize.<locals>.x"):
+            warnings.showwarning(
+                RuntimeWarning(f"coroutine '{name}' was never awaited"), RuntimeWarning, "f", 1
+            )
+        assert heard == ["coroutine 'my_coroutine' was never awaited"]
+    finally:
+        logging.getLogger("absl").setLevel(level)
 
 
 def test_a_folder_of_code_trains_by_glob_and_resume_holds_to_its_choice(capsys, tmp_path):
@@ -380,3 +411,34 @@ def test_every_command_ends_quietly_on_a_closed_pipe(capsys, monkeypatch):
     assert cli.train_main(["--help"]) == PIPE_CLOSED == 141  # even --help | head
     assert cli.run(writes, cli.sample_parser(), []) == PIPE_CLOSED  # what every command runs in
     assert capsys.readouterr().err == ""
+
+
+OOM = "RESOURCE_EXHAUSTED: Out of memory allocating 57600000000 bytes."
+
+
+def _out_of_memory(*args, **kw):
+    raise jax.errors.JaxRuntimeError(OOM)
+
+
+def test_a_model_too_big_for_memory_ends_in_one_line_naming_its_flags(
+    capsys, monkeypatch, tiny_cfg, tiny_text, tmp_path
+):
+    monkeypatch.setattr(step, "init_state", _out_of_memory)  # as --hidden 60000 does on CPU
+    argv = ["--text", str(tiny_text), "--hidden", "60000", "--temperatures", ""]
+    assert cli.train_main([*argv, "--checkpoint-dir", str(tmp_path / "big")]) == 2
+    assert capsys.readouterr().err == (
+        "charjax-train: error: out of memory allocating 57.6 GB (the model or batch does not "
+        "fit the device); lower --hidden, --layers, --batch-size or --maxlen\n"
+    )
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    _tiny_run(tiny_cfg.replace(epochs=1, temperatures=()), run)
+    # a read that runs out of memory is no damage (a resume would move the epoch aside)
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", _out_of_memory)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="RESOURCE_EXHAUSTED"):
+        inference.load(run)
+    assert cli.sample_main(["--checkpoint-dir", str(run), "--num-samples", "9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of memory allocating 57.6 GB" in err, err
+    assert err.endswith("lower --num-samples or --length, or sample on a device with more memory\n")
+    assert Checkpoints(run).epochs() == [1]

@@ -3,6 +3,7 @@ resume exactly."""
 
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -344,3 +345,54 @@ def test_odd_sampling_and_environment_inputs(capsys, texts, tmp_path, monkeypatc
     monkeypatch.setenv("CHARJAX_CPU_DEVICES", "two")
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     _one_line_error(capsys, 2, cli.train_main, ["--checkpoint-dir", ck], "CHARJAX_CPU_DEVICES")
+
+
+def test_a_damaged_epoch_is_one_line_for_every_command_that_reads_it(capsys, texts, tmp_path):
+    run = tmp_path / "run"
+    argv = ["--text", str(texts / "good.txt"), "--epochs", "1", "--keep-best", *TINY]
+    assert cli.train_main([*argv, "--checkpoint-dir", str(run)]) == 0
+    for path in (run / "1" / "state").glob("ocdbt.process_*/d/*"):
+        path.write_bytes(path.read_bytes()[:64])  # cut short, as an unfinished copy leaves it
+    for path in (run / "best" / "1" / "state").glob("ocdbt.process_*/d/*"):
+        path.unlink()
+    capsys.readouterr()
+    said = "is damaged: a file of its params arrays is missing"  # (or cut short)
+    ck = ["--checkpoint-dir", str(run)]
+    for main, command in [
+        (cli.sample_main, [*ck, "--length", "5"]),
+        (cli.sample_main, [*ck, "--length", "5", "--best"]),
+        (cli.score_main, [*ck, str(texts / "other.txt")]),
+        (cli.score_main, [*ck, "--best"]),
+        (cli.export_main, [*ck, "--json", str(tmp_path / "model.json")]),
+    ]:
+        _one_line_error(capsys, 2, main, command, said)
+    assert not (tmp_path / "model.json").exists()
+
+
+def _address_space(limit: int):
+    """A child's address-space limit: an allocation past it fails at once, on any machine
+    (without it, one with enough memory and overcommit would try to fill 57.6 GB)."""
+
+    def set_limit():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return set_limit
+
+
+@pytest.mark.slow
+def test_a_model_too_big_for_memory_ends_in_one_line_naming_the_flags(texts, tmp_path):
+    train = [sys.executable, "-c", "import sys; from charjax.cli import train_main; "
+             "sys.exit(train_main(sys.argv[1:]))"]  # fmt: skip
+    big = tmp_path / "big"
+    argv = ["--text", str(texts / "good.txt"), "--hidden", "60000", "--maxlen", "10",
+            "--epochs", "1", "--temperatures", "", "--checkpoint-dir", str(big)]  # fmt: skip
+    done = subprocess.run(
+        [*train, *argv], capture_output=True, text=True, timeout=300,
+        preexec_fn=_address_space(16 << 30),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "charjax-train: error: out of memory allocating 57.6 GB (the model or batch does not "
+        "fit the device); lower --hidden, --layers, --batch-size or --maxlen\n"
+    )
+    assert not big.exists()  # the folder it made is gone: nothing was saved

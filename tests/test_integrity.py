@@ -13,14 +13,16 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import jax.numpy as jnp
+import orbax.checkpoint as ocp
 import pytest
-from util import quiet, same_trees
+from util import orbax_like, quiet, same_trees
 
 from charjax import cli, integrity, runner
-from charjax.checkpoint import TMP_SUFFIX, Checkpoints, SaveFailed
-from charjax.cli.common import DropUnretrievedWriteErrors
+from charjax.checkpoint import TMP_SUFFIX, Checkpoints, ReadFailed, SaveFailed
+from charjax.cli.common import DropUnretrievedOrbaxErrors
 from charjax.errors import CharjaxError
 from charjax.integrity import Damaged
 
@@ -50,12 +52,16 @@ def _truncate(run):  # each array file, as a sync cut short leaves them
         path.write_bytes(path.read_bytes()[:64])
 
 
-def _flip(run):  # bad storage: a flipped bit every 512 bytes, so that every array is hit
+def _flip_every_512(path):  # bad storage: a flipped bit every 512 bytes
+    data = bytearray(path.read_bytes())
+    for at in range(256, len(data), 512):
+        data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _flip(run):  # in every array file, so that every array is hit
     for path in _array_files(run, 2):
-        data = bytearray(path.read_bytes())
-        for at in range(256, len(data), 512):
-            data[at] ^= 0x10
-        path.write_bytes(bytes(data))
+        _flip_every_512(path)
 
 
 def _break_record(run):
@@ -86,6 +92,76 @@ def test_a_damaged_epoch_is_named_skipped_on_resume_and_refused_for_sampling(
     assert Checkpoints(run).epochs() == [1, 2, 3] and (run / "2.damaged").is_dir()
 
 
+def _wrapped(cause: Exception) -> Exception:
+    """`cause` as orbax wraps a failed array read: in an error holding a TensorStore spec."""
+    try:
+        try:
+            raise cause
+        except Exception as e:
+            raise Exception(
+                "Encountered error while reading array index: (slice(0, 16, 1),). See full "
+                "TensorStore details: <bound method pybind11_detail_function_record_v1.spec of "
+                "TensorStore({\n  'base': {\n    'driver': 'zarr',\n  },\n})>."
+            ) from e
+    except Exception as e:
+        return e
+
+
+READING = 'Error reading "{}/0" in OCDBT database at local file "/r/2/state/": '
+
+
+def test_unreadable_files_are_named_in_the_users_words():
+    cases = [
+        (ValueError("OUT_OF_RANGE: " + READING.format("params.lstm.bias") + "Requested byte "
+                    "range [0, 1947) is not valid for value of size 1000"),
+         "a file of its params arrays is missing or cut short"),
+        (ValueError("FAILED_PRECONDITION: " + READING.format("opt_state.0.mu.dense.kernel") +
+                    "Truncated Zstd-compressed stream; at byte 0"),
+         "a file of its opt_state arrays is missing or cut short"),
+        (ValueError('NOT_FOUND: Error opening "zarr" driver: Metadata at "ema.dense.bias/.zarray" '
+                    "in OCDBT database does not exist [tensorstore_spec[1]='{...}']"),
+         "a file of its ema arrays is missing"),
+        (ValueError("PERMISSION_DENIED: " + READING.format("params.dense.bias") +
+                    "[os_error_code='13']"),
+         "a file of its params arrays cannot be read (Permission denied)"),
+        (ValueError("DATA_LOSS: " + READING.format("params.dense.bias") + "checksum mismatch"),
+         "a file of its params arrays cannot be decoded (its bytes are not what was written)"),
+    ]  # fmt: skip
+    for cause, said in cases:
+        damaged = integrity.unreadable("epoch 2 in /r", _wrapped(cause))
+        assert str(damaged) == f"epoch 2 in /r is damaged: {said}"
+    record = FileNotFoundError("File /r/2/meta/metadata not found.")
+    assert str(integrity.unreadable("epoch 2 in /r", record)).endswith("its record file is missing")
+    try:
+        json.loads('{"epoch": 2, "vocab')
+    except json.JSONDecodeError as e:
+        broken = integrity.unreadable("epoch 2 in /r", e)
+    assert str(broken).endswith(": its record file is not valid JSON")
+
+
+def test_an_os_error_while_reading_is_named_and_the_epoch_left_in_place(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    runner.train_run(tiny_cfg.replace(epochs=1, temperatures=()), run, log=quiet)
+    failing = ValueError("UNKNOWN: " + READING.format("params.dense.bias") + "[os_error_code='5']")
+
+    def restore(*args, **kw):
+        raise _wrapped(failing)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", restore)
+    with pytest.raises(ReadFailed) as failed:
+        runner.train_run(tiny_cfg, run, resume=True, given={"epochs": 2}, log=quiet)
+    assert str(failed.value) == (
+        f"could not read epoch 1 in {run}: Input/output error; it is left as it is: check the "
+        "disk (or the folder's permissions) and run the command again"
+    )
+    assert not isinstance(failed.value, Damaged)
+    monkeypatch.undo()  # the disk is back: the run goes on from where it was
+    _, history = runner.train_run(tiny_cfg, run, resume=True, given={"epochs": 2}, log=quiet)
+    assert [m["epoch"] for m in history] == [2] and not list(run.glob("*.damaged"))
+
+
 def _limited(limit: int):
     """A child's file-size limit: writing past `limit` bytes fails with EFBIG (SIGXFSZ off)."""
 
@@ -94,6 +170,9 @@ def _limited(limit: int):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     return set_limit
+
+
+NO_SHARED_CACHE = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
 
 
 @pytest.mark.slow
@@ -108,6 +187,7 @@ def test_a_save_that_fails_ends_in_one_line_and_the_run_resumes(tiny_cfg, tmp_pa
         text=True,
         timeout=120,
         preexec_fn=_limited(4096),  # every array file of a checkpoint is larger
+        env=NO_SHARED_CACHE,  # whose entries it would cut short for the processes after it
     )
     assert full.returncode == 2, full.stderr
     assert full.stderr.count("\n") == 1, full.stderr
@@ -120,15 +200,15 @@ def test_a_save_that_fails_ends_in_one_line_and_the_run_resumes(tiny_cfg, tmp_pa
     assert f"resuming from epoch 1 in {ck}" in lines and Checkpoints(ck).epochs() == [1, 2, 3]
 
 
-def _unretrieved_task_log(error: Exception, caplog) -> list[str]:
-    """What asyncio logs when a task that raised `error` is collected unretrieved (as orbax's
-    write tasks are when a save fails)."""
+def _unretrieved_task_log(error, caplog) -> list[str]:
+    """What asyncio logs when a task that raised `error` (or ran the coroutine function
+    `error`) is collected unretrieved (as orbax's tasks are when a save or restore fails)."""
 
     async def write():
         raise error
 
     loop = asyncio.new_event_loop()
-    task = loop.create_task(write())
+    task = loop.create_task(error() if callable(error) else write())
     loop.run_until_complete(asyncio.sleep(0))
     loop.close()
     with caplog.at_level(logging.ERROR, logger="asyncio"):
@@ -137,9 +217,9 @@ def _unretrieved_task_log(error: Exception, caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
 
 
-def test_failed_write_tasks_are_not_logged_again_other_task_errors_are(caplog, monkeypatch):
+def test_failed_orbax_tasks_are_not_logged_again_other_task_errors_are(caplog, monkeypatch):
     # the filter every command adds at start-up (`quiet_process`), here alone
-    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [DropUnretrievedWriteErrors()])
+    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [DropUnretrievedOrbaxErrors()])
     disk = ValueError(
         "OUT_OF_RANGE: Failed to write 5864 bytes: File too large [os_error_code='27']"
     )
@@ -147,6 +227,12 @@ def test_failed_write_tasks_are_not_logged_again_other_task_errors_are(caplog, m
     caplog.clear()
     logged = _unretrieved_task_log(ValueError("a bug"), caplog)
     assert len(logged) == 1 and logged[0].startswith("Task exception was never retrieved")
+    caplog.clear()
+    read = orbax_like("_read_array_index_and_device_put", "Encountered error while reading")
+    assert _unretrieved_task_log(read, caplog) == []  # Damaged already said it, once
+    caplog.clear()
+    other = orbax_like("another_coroutine", "Encountered error while reading")
+    assert len(_unretrieved_task_log(other, caplog)) == 1
 
 
 @pytest.fixture
@@ -188,3 +274,85 @@ def test_resume_with_only_an_unfinished_save_says_there_is_nothing(tiny_cfg, tmp
     (tmp_path / "partial" / f"3{TMP_SUFFIX}").mkdir(parents=True)  # a save killed midway
     with pytest.raises(CharjaxError, match="nothing to resume: no checkpoints in"):
         runner.train_run(tiny_cfg, tmp_path, resume=True, given={}, log=quiet)
+
+
+CLI = "import sys; from charjax import cli; sys.exit(getattr(cli, sys.argv[1])(sys.argv[2:]))"
+
+
+def _command(name: str, *argv) -> subprocess.CompletedProcess:
+    """A command run as a user runs it, in its own process (its hooks and filters installed)."""
+    return subprocess.run(
+        [sys.executable, "-c", CLI, name, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+PROBE = """
+import shutil, sys
+from pathlib import Path
+from charjax import inference
+from charjax.cli.common import quiet_process
+from charjax.integrity import Damaged
+quiet_process()
+run = Path(sys.argv[1])
+for path in sorted((run / sys.argv[2] / "state").glob("ocdbt.process_*/d/*")):
+    copy = run.with_name("probe")
+    shutil.copytree(run, copy)
+    (copy / path.relative_to(run)).write_bytes(b"")
+    try:
+        inference.load(copy)
+    except Damaged:
+        print(path)
+    shutil.rmtree(copy)
+"""
+
+
+def _params_files(run, epoch) -> list[Path]:
+    """The array files that epoch `epoch`'s parameters are read from: each one, emptied in a
+    copy, makes reading the parameters fail (found in a process of its own, whose leftovers of
+    the failed reads are dropped as a command drops them)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, str(run), str(epoch)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert probe.returncode == 0 and not probe.stderr, probe.stderr
+    return [Path(line) for line in probe.stdout.splitlines()]
+
+
+PARAMS_DAMAGE = {
+    "truncated": lambda path: path.write_bytes(path.read_bytes()[:1000]),
+    "deleted": lambda path: path.unlink(),
+    "byte-flipped": _flip_every_512,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", list(PARAMS_DAMAGE))
+def test_a_damaged_params_file_is_one_line_on_stderr_for_sample_and_resume(
+    damage, tiny_cfg, tmp_path
+):
+    # a model whose parameters span many array reads: a failed one leaves orbax's other reads
+    # behind, which Python would report at exit, each with a TensorStore spec of ~60 lines
+    cfg = tiny_cfg.replace(epochs=2, hidden=128, layers=2, temperatures=())
+    run = tmp_path / "run"
+    runner.train_run(cfg, run, log=quiet)
+    files = _params_files(run, 2)
+    assert files, "no array file holds the parameters"
+    for path in files:
+        PARAMS_DAMAGE[damage](path)
+    sample = _command("sample_main", "--checkpoint-dir", run, "--length", "10")
+    assert sample.returncode == 2, sample.stderr
+    assert sample.stderr.count("\n") == 1, sample.stderr
+    assert sample.stderr.startswith(f"charjax-sample: error: epoch 2 in {run} is damaged: ")
+    assert "TensorStore" not in sample.stderr and "Exception" not in sample.stderr
+    resumed = _command("train_main", "--resume", "--epochs", "3", "--checkpoint-dir", run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.count("\n") == 1, resumed.stderr
+    assert resumed.stderr.startswith(f"epoch 2 in {run} is damaged: "), resumed.stderr
+    assert resumed.stderr.endswith("moved it to 2.damaged and trying the checkpoint before it\n")
+    assert f"resuming from epoch 1 in {run}" in resumed.stdout
+    assert Checkpoints(run).epochs() == [1, 2, 3]

@@ -72,7 +72,7 @@ def train(args: argparse.Namespace) -> int:
     parallel.request_cpu_devices()  # before jax starts its backends
     parallel.tune_host_malloc()
     from charjax import peers, runner
-    from charjax.errors import CharjaxError
+    from charjax.errors import CharjaxError, out_of_memory
 
     # An optional persistent compilation cache that cannot be written (a full disk) is harmless:
     # the run goes on, and the disk's own problem is reported where it matters, at a save.
@@ -100,7 +100,10 @@ def train(args: argparse.Namespace) -> int:
     except (CharjaxError, KeyboardInterrupt):
         raise
     except Exception as e:
-        peers.fail(e, args.debug)  # multi-process: a lost peer is named, the process ends
+        too_big = out_of_memory(e, "charjax-train")  # a model or batch too big: one line
+        peers.fail(too_big or e, args.debug)  # multi-process: a lost peer is named, it ends
+        if too_big is not None:
+            raise too_big from e
         raise
     peers.stop()
     return 0
