@@ -1,8 +1,8 @@
 """Shared fixtures (the real corpus: data dir, cache or checked download; tiny texts) and the two
 test tiers.
 
-Tests marked `slow` (they start subprocesses, train for more than a few seconds, run Node.js or
-strace, or kill processes) are deselected by default, so that the fast tier runs in a couple of
+Tests marked `slow` (they start subprocesses, train or compile for more than ~10 s on a 2-core
+host, run Node.js or strace, or kill processes) are deselected by default, so that the fast tier runs in a couple of
 minutes:
 
     python -m pytest -q          # the fast tier

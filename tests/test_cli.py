@@ -27,6 +27,7 @@ def _tiny_run(cfg, directory, **kw):
     return runner.train_run(cfg, directory, log=quiet, **kw)
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_guard_off_or_hopeless_ends_with_one_line(capsys, tiny_text, tmp_path):
     base = ["--text", str(tiny_text), "--maxlen", "10", "--hidden", "8", "--temperatures", ""]
     argv = [*base, "--learning-rate", "1e38", "--epochs", "1", "--checkpoint-dir"]
@@ -88,6 +89,7 @@ def test_score_command(tiny_cfg, tmp_path, capsys, monkeypatch):
     assert "is not the one the checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_sequence_model_samples_statefully_by_default(tiny_cfg, tmp_path, capsys):
     cfg = tiny_cfg.replace(objective="sequence", step=10, epochs=1, temperatures=())
     _tiny_run(cfg, tmp_path / "run")
@@ -311,6 +313,7 @@ def test_quiet_process_drops_orbax_read_leftovers_and_unawaited_coroutines_only(
         logging.getLogger("absl").setLevel(level)
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_a_folder_of_code_trains_by_glob_and_resume_holds_to_its_choice(capsys, tmp_path):
     src = tmp_path / "src"
     (src / "pkg").mkdir(parents=True)
@@ -345,6 +348,7 @@ class _Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_sample_labels_its_texts_reads_a_prime_file_and_ends_its_line_on_ctrl_c(
     tiny_cfg, tmp_path, capsys, monkeypatch
 ):

@@ -44,6 +44,7 @@ def _mean_loss_grad(params, carry, inputs, targets):
     return jax.grad(mean_loss, has_aux=True)(params)
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_gradient_rms_is_the_root_mean_square_of_each_steps_gradient():
     params = _params(vocab=9, hidden=8)
     ids = np.asarray(jax.random.randint(jax.random.key(2), (23,), 0, 9), np.int32)
@@ -61,6 +62,7 @@ def test_gradient_rms_is_the_root_mean_square_of_each_steps_gradient():
         dynamic.gradient_rms(params, ids[:5], segment=5)
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_the_rms_step_divides_by_the_gradient_rms_and_pulls_back_by_each_weights_share():
     params, base = _params(vocab=9, hidden=8), _params(vocab=9, hidden=8, seed=1)
     ids = np.asarray(jax.random.randint(jax.random.key(3), (41,), 0, 9), np.int32)

@@ -20,6 +20,7 @@ def _nll(logits, target) -> float:
     return float(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(target)))
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_window_score_is_the_mean_loss_of_every_window():
     params = _params()
     ids = np.asarray(jax.random.randint(jax.random.key(1), (40,), 0, 9), np.int32)

@@ -39,6 +39,7 @@ def test_a_model_is_read_without_its_optimizer(tiny_cfg, tmp_path, monkeypatch):
     jax.clear_caches()
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_an_interrupted_first_epoch_is_read_until_a_whole_one_is_saved(
     tiny_cfg, tmp_path, monkeypatch, capsys
 ):

@@ -31,6 +31,7 @@ def _assert_close(a, b):
         assert np.abs(np.asarray(x)).max() > 1e-3  # not vacuously equal
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_stacked_layers_all_steps_and_a_given_carry_match():
     params = model.init_params(jax.random.key(4), 9, 16, layers=2)
     ids = jax.random.randint(jax.random.key(5), (16, 4), 0, 9)
@@ -70,6 +71,7 @@ def test_a_varied_window_length_takes_the_xla_loops_and_ends_its_carry_there():
     _assert_close(fused[0], model.forward(params, ids[:, :4], kernel="xla", all_steps=True)[0])
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_a_training_epoch_matches(tiny_cfg):
     cfg = dataclasses.replace(tiny_cfg, steps_per_call=2, max_chars=3000)
     from charjax import corpus as corpora

@@ -4,6 +4,7 @@ stacked layers with outputs at every step, a given initial carry)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from charjax import lstm, lstm_scan, model
 
@@ -56,6 +57,7 @@ def test_fast_gradients_of_stacked_layers_and_all_steps_equal_autodiff():
         assert np.abs(np.asarray(a)).max() > 1e-3
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_lstm_recurrence_carry_gradient():
     """d(initial carry) of the fast recurrence equals autodiff's (used when carries chain)."""
     recurrent = jax.random.normal(jax.random.key(0), (4, 16)) * 0.3
@@ -77,6 +79,7 @@ def test_lstm_recurrence_carry_gradient():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_unrolled_loops_give_the_same_numbers():
     """`--unroll` (GPU-shaped loops) changes speed, not math: values and gradients of every
     path (the original model's, stacked layers with all steps, the masked scan) agree."""

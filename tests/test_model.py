@@ -4,6 +4,7 @@ carries, every position), stacked layers, dropout, and the state each layer star
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from charjax import lstm, model
 from charjax.draws import Draws, apply_dropout
@@ -65,6 +66,7 @@ def test_forward_matches_a_hand_written_cell_loop():
     np.testing.assert_allclose(logits, h @ p["dense"]["kernel"] + p["dense"]["bias"], atol=1e-5)
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_left_padding_with_valid_mask_equals_the_short_window():
     params = model.init_params(jax.random.key(3), 9, 6)
     short = jnp.array([[3, 1, 4]])
@@ -108,6 +110,7 @@ def test_layers_shapes_and_names():
     assert params["lstm_1"]["bias"][5:10].tolist() == [1.0] * 5  # forget gate starts open
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_dropout_is_keyed_scaled_and_off_without_a_key():
     x = jnp.ones((200, 50))
     a = apply_dropout(x, 0.3, jax.random.key(0))

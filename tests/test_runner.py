@@ -130,6 +130,7 @@ def test_sequence_runs_are_reproducible_and_learn(tiny_cfg, tmp_path):
     assert "chars_per_s" in ha[0] and "windows_per_s" not in ha[0]  # every position: chars
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_divergence_guard_restores_and_halves_the_learning_rate(tiny_cfg, tmp_path):
     """A huge learning rate blows the loss up; the guard rolls back and halves it, and no
     saved epoch is ever far above the best one before it, or non-finite."""
@@ -225,6 +226,7 @@ def test_a_run_of_the_older_window_order_samples_but_does_not_resume(tiny_cfg, t
 
 
 @pytest.mark.parametrize("streams", [False, True], ids=["windows", "carried-streams"])
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_mid_epoch_resume_in_process(tiny_cfg, tmp_path, streams):
     """An epoch stopped after one chunk, saved as a partial, resumes to the uninterrupted result
     (with --carry-state, the streams' LSTM state is saved and restored too); a second

@@ -48,6 +48,7 @@ def test_same_key_same_text_other_key_other_text(params, mode):
     assert (gen(7)[0] != gen(7)[1]).any()  # each temperature has its own key
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_changing_temperature_key_or_filter_values_does_not_recompile(params):
     """Values are traced; only switching top-k/top-p filtering on or off is static (so that the
     loop holds no per-char conditional), and each way compiles once."""

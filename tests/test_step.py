@@ -101,6 +101,7 @@ def _first_windows(cfg):
     )
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_dropout_steps_are_deterministic_per_step_and_differ_from_no_dropout(tiny_cfg):
     cfg = tiny_cfg.replace(dropout=0.3, layers=2)
     state, (inputs, targets, weights), context, step = _first_windows(cfg)
@@ -140,6 +141,7 @@ def test_carried_state_goes_from_each_window_to_the_next(tiny_cfg):
         cfg.replace(step=5).check()
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_a_varied_window_is_the_window_of_its_length_with_a_step_scaled_by_it(tiny_cfg):
     """--vary-length: a batch of windows `length` long, padded to the longest, trains as the
     same windows unpadded (loss, carry, gradient direction), the step scaled by
@@ -183,6 +185,7 @@ def test_bfloat16_matmuls_keep_float32_parameters(tiny_cfg):
     assert bf16_loss == pytest.approx(results["float32"][1], abs=0.05)
 
 
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_ema_follows_the_parameters_and_weight_drop_is_keyed_per_step(tiny_cfg):
     from charjax.step import eval_params
 
@@ -262,7 +265,13 @@ def _three_steps(cfg):
     return done.state.params
 
 
-@pytest.mark.parametrize("recipe", list(_RECIPES))
+FAST_RECIPES = ("plain", "all at once")  # in the fast tier; the others run with --all
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [r if r in FAST_RECIPES else pytest.param(r, marks=pytest.mark.slow) for r in _RECIPES],
+)
 def test_three_steps_of_each_recipe_give_the_recorded_parameters(tiny_cfg, recipe):
     changes, (digest, total) = _RECIPES[recipe]
     params = _three_steps(tiny_cfg.replace(steps_per_call=3, **changes))

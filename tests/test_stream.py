@@ -27,6 +27,7 @@ def test_block_keys_are_the_split_keys_whatever_the_length():
 
 
 @pytest.mark.parametrize("mode", sample.MODES)
+@pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_the_blocks_joined_are_generates_ids(params, mode):
     options = dict(length=45, mode=mode, maxlen=8, num_samples=2, top_k=5, top_p=0.9)
     temps = [0.0, 0.7, 1.3]
