@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-# One compilation cache for the whole session, inherited by the CLI subprocesses: the same tiny
+# One compilation cache for the whole test run, inherited by the CLI subprocesses: the same tiny
 # programs are compiled once instead of once per process. (Set before anything imports jax.)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="charjax-xla-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
