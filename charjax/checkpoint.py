@@ -13,7 +13,7 @@ interrupted epoch (Ctrl-C, `--save-every`) is kept apart in `partial/`. What the
 hold, and the rest of a run's folder, is `run_dir`'s business. Importing this module changes
 nothing process-wide: the commands keep orbax's own reports of a failed save or restore (logs,
 the errors of its abandoned reads and writes) out of their output at start-up
-(`cli.common.quiet_process`).
+(`cli.process.quiet_process`).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 test tiers.
 
 Tests marked `slow` (they start subprocesses, train or compile for more than ~10 s on a 2-core
-host, run Node.js or strace, or kill processes) are deselected by default, so that the fast tier runs in a couple of
-minutes:
+host, run Node.js or strace, or kill processes) are deselected by default, so that the fast tier
+runs in a few minutes:
 
     python -m pytest -q          # the fast tier
     python -m pytest -q --all    # everything (what CI runs)

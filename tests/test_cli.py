@@ -19,7 +19,7 @@ from util import orbax_like, quiet
 
 from charjax import cli, guard, inference, runner, step
 from charjax.checkpoint import Checkpoints
-from charjax.cli.common import quiet_process
+from charjax.cli.process import quiet_process
 from charjax.config import Config, flag
 
 

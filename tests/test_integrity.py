@@ -22,7 +22,7 @@ from util import orbax_like, quiet, same_trees
 
 from charjax import cli, integrity, runner
 from charjax.checkpoint import TMP_SUFFIX, Checkpoints, ReadFailed, SaveFailed
-from charjax.cli.common import DropUnretrievedOrbaxErrors
+from charjax.cli.process import DropUnretrievedOrbaxErrors
 from charjax.errors import CharjaxError
 from charjax.integrity import Damaged
 
@@ -293,7 +293,7 @@ PROBE = """
 import shutil, sys
 from pathlib import Path
 from charjax import inference
-from charjax.cli.common import quiet_process
+from charjax.cli.process import quiet_process
 from charjax.integrity import Damaged
 quiet_process()
 run = Path(sys.argv[1])
