@@ -356,3 +356,22 @@ def test_a_damaged_params_file_is_one_line_on_stderr_for_sample_and_resume(
     assert resumed.stderr.endswith("moved it to 2.damaged and trying the checkpoint before it\n")
     assert f"resuming from epoch 1 in {run}" in resumed.stdout
     assert Checkpoints(run).epochs() == [1, 2, 3]
+
+
+def test_failed_orbax_futures_are_not_logged_again_other_future_errors_are(caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [DropUnretrievedOrbaxErrors()])
+
+    def logged(error):
+        loop = asyncio.new_event_loop()
+        future = loop.create_future()
+        future.set_exception(error)
+        loop.close()
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            del future
+            gc.collect()
+        return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+
+    assert logged(ValueError("No space left on device [os_error_code='28']")) == []
+    caplog.clear()
+    other = logged(ValueError("a bug"))
+    assert len(other) == 1 and other[0].startswith("Future exception was never retrieved")

@@ -115,14 +115,19 @@ def _orbax_coroutine(qualname: str) -> bool:
     return False
 
 
+# asyncio's messages for a task's or a future's error that nobody retrieved
+_UNRETRIEVED = ("Task exception was never retrieved", "Future exception was never retrieved")
+
+
 class DropUnretrievedOrbaxErrors(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" for orbax's tasks that failed on an
-    OS error (a full or read-only disk) or in reading an array (a damaged checkpoint): the
-    failed save or restore already said so in one line, and asyncio would log the same error
-    again, with a TensorStore spec, for each task when it is collected. Others pass."""
+    """Drops asyncio's "Task (or Future) exception was never retrieved" for orbax's tasks that
+    failed on an OS error (a full or read-only disk) or in reading an array (a damaged
+    checkpoint): the failed save or restore already said so in one line, and asyncio would log
+    the same error again, with a TensorStore spec, for each task when it is collected. Others
+    pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if error is None or not str(record.msg).startswith("Task exception was never retrieved"):
+        if error is None or not str(record.msg).startswith(_UNRETRIEVED):
             return True
         return os_error(error) is None and not _raised_by_orbax_read(error)
