@@ -372,6 +372,11 @@ def test_failed_orbax_futures_are_not_logged_again_other_future_errors_are(caplo
         return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
 
     assert logged(ValueError("No space left on device [os_error_code='28']")) == []
+    # a file of the save's temporary folder that an I/O error left unwritten, read back
+    unwritten = (
+        'NOT_FOUND: Error reading "a/.zarray" in OCDBT database at "2.orbax-checkpoint-tmp/"'
+    )
+    assert logged(ValueError(unwritten)) == []
     caplog.clear()
     other = logged(ValueError("a bug"))
     assert len(other) == 1 and other[0].startswith("Future exception was never retrieved")

@@ -119,15 +119,20 @@ def _orbax_coroutine(qualname: str) -> bool:
 _UNRETRIEVED = ("Task exception was never retrieved", "Future exception was never retrieved")
 
 
+# the folder orbax writes a checkpoint into before renaming it: an error naming it is a failed save
+_SAVE_TMP = ".orbax-checkpoint-tmp"
+
+
 class DropUnretrievedOrbaxErrors(logging.Filter):
     """Drops asyncio's "Task (or Future) exception was never retrieved" for orbax's tasks that
-    failed on an OS error (a full or read-only disk) or in reading an array (a damaged
-    checkpoint): the failed save or restore already said so in one line, and asyncio would log
-    the same error again, with a TensorStore spec, for each task when it is collected. Others
-    pass."""
+    failed on an OS error (a full or read-only disk), in writing a save's temporary folder (a
+    file it wrote could not be read back) or in reading an array (a damaged checkpoint): the
+    failed save or restore already said so in one line, and asyncio would log the same error
+    again, with a TensorStore spec, for each task when it is collected. Others pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if error is None or not str(record.msg).startswith(_UNRETRIEVED):
             return True
-        return os_error(error) is None and not _raised_by_orbax_read(error)
+        failed_save = os_error(error) is not None or _SAVE_TMP in str(error)
+        return not failed_save and not _raised_by_orbax_read(error)
