@@ -140,6 +140,28 @@ class Config:
         metavar="D",
     )
     layers: int = _field(1, "stacked LSTM layers", "model", math=True)
+    cell: str = _field(
+        "lstm",
+        "recurrent cell of every layer: lstm (Keras' LSTM, the original), lnlstm (layer "
+        "normalisation inside the LSTM), mogrifier (input and state gate each other for "
+        "--mogrify-rounds rounds before each LSTM step)",
+        "model",
+        math=True,
+        choices=("lstm", "lnlstm", "mogrifier"),
+    )
+    mogrify_rounds: int = _field(
+        5, "with --cell mogrifier: rounds of gating before each step", "model", math=True,
+        metavar="R",
+    )  # fmt: skip
+    mogrify_rank: int = _field(
+        0,
+        "with --cell mogrifier: rank of the stacked layers' gating matrices (two thin factors "
+        "each, cheaper than a full H x H); 0 = full rank. The first layer reads chars, whose "
+        "gating is a lookup at any rank",
+        "model",
+        math=True,
+        metavar="K",
+    )
     dropout: float = _field(
         0.0, "dropout on each LSTM layer's outputs while training", "model", math=True
     )
@@ -281,7 +303,10 @@ class Config:
 
     def check(self) -> Config:
         """Raise a `CharjaxError` naming the first nonsensical value's flag; return self."""
-        positive = ("maxlen", "step", "hidden", "layers", "batch_size", "steps_per_call", "keep")
+        positive = (
+            "maxlen", "step", "hidden", "layers", "batch_size", "steps_per_call", "keep",
+            "mogrify_rounds",
+        )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise CharjaxError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
@@ -296,6 +321,7 @@ class Config:
             "eval_every",
             "save_every",
             "vary_length",
+            "mogrify_rank",
         ):
             if getattr(self, name) < 0:
                 raise CharjaxError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")

@@ -34,13 +34,15 @@ def _tensor(x) -> dict:
 
 def to_json(saved: SavedModel) -> dict:
     """The exported model: format, vocabulary, recipe (the training file by name only, not its
-    path), epoch, default prime and the weights of
-    every LSTM layer (Keras layout: kernel [inputs, 4H], recurrent_kernel [H, 4H], bias [4H],
-    gates i, f, c, o) and of the dense layer (kernel [H, V], bias [V])."""
+    path), epoch, default prime, the cell (`charjax.cells`) and the weights of every layer
+    (Keras layout: kernel [inputs, 4H], recurrent_kernel [H, 4H], bias [4H], gates i, f, c, o;
+    plus the cell's own) and of the dense layer (kernel [H, V], bias [V])."""
     params = saved.params
-    layers = [params[model.layer_name(n)] for n in range(model.layers_of(params))]
+    cell = model.cell_of(params)
+    layers = [params[model.layer_name(n, cell)] for n in range(model.layers_of(params))]
     return {
         "format": FORMAT,
+        "cell": cell,
         "vocab": saved.meta.vocab,
         "recipe": {**saved.meta.cfg.to_dict(), "text": Path(saved.meta.cfg.text).name},
         "epoch": saved.meta.epoch,
@@ -72,8 +74,10 @@ def to_html(saved: SavedModel, title: str) -> str:
 def _recipe_line(saved: SavedModel) -> str:
     cfg = saved.meta.cfg
     size = model.num_params(saved.params)
+    cell = {"lstm": "LSTM", "lnlstm": "LN-LSTM", "mogrifier": "Mogrifier LSTM"}[cfg.cell]
     return (
-        f"{cfg.layers} x LSTM({cfg.hidden}), {len(saved.meta.vocab)} chars, {size:,} parameters; "
+        f"{cfg.layers} x {cell}({cfg.hidden}), {len(saved.meta.vocab)} chars, {size:,} "
+        "parameters; "
         f"epoch {saved.meta.epoch}"
     )
 

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from charjax import lstm, lstm_scan
+from charjax import cells, lstm, lstm_scan
 from charjax.draws import NONE, Draws
 from charjax.errors import CharjaxError
 
@@ -70,10 +70,38 @@ class Dense(nn.Module):
         return lstm.matmul(h, kernel, self.dtype) + bias
 
 
-def layer_name(n: int) -> str:
-    """Parameter-tree name of LSTM layer n (0-based): 'lstm', 'lstm_1', ... (the first keeps
-    the one-layer model's name, so its checkpoints and the Keras parity test are unchanged)."""
-    return CELL if n == 0 else f"{CELL}_{n}"
+class Recurrent(nn.Module):
+    """A layer of a registered cell other than the LSTM (`charjax.cells`), trained through
+    autodiff of its scan. Input and output as `LSTM`'s (ids int32[B, T] or features float32[T,
+    B, F] -> (final (h, c), outputs float32[T, B, H])); `draws` as there."""
+
+    cell: str
+    features: int
+    hidden: int
+    options: cells.Options = cells.PLAIN
+    dtype: str | None = None
+    loop: lstm_scan.Loop = lstm_scan.PLAIN
+
+    @nn.compact
+    def __call__(self, x, carry=None, valid=None, outputs=True, draws: Draws = NONE):
+        del outputs  # the scan emits them anyway
+        cell = cells.CELLS[self.cell]
+        ids = jnp.issubdtype(x.dtype, jnp.integer)
+        shapes = cell.shapes(self.features, self.hidden, ids, self.options)
+        params = {name: self.param(name, init, shape) for name, (init, shape) in shapes.items()}
+        params = {**params, "recurrent_kernel": draws.recurrent_kernel(params["recurrent_kernel"])}
+        x = x.T if ids else x  # time-major
+        hmask = None if valid is not None else draws.h_mask(x.shape[1], self.hidden)
+        length = None if valid is not None else draws.length
+        return cells.scan(cell, params, x, carry, valid, self.dtype, self.loop.unroll, hmask,
+                          length)  # fmt: skip
+
+
+def layer_name(n: int, cell: str = "lstm") -> str:
+    """Parameter-tree name of layer n (0-based) of a `cell`: 'lstm', 'lstm_1', ... (the first
+    keeps the one-layer model's name, so its checkpoints and the Keras parity test are
+    unchanged); 'lnlstm', 'lnlstm_1', ... for another cell: a tree names its cell."""
+    return cell if n == 0 else f"{cell}_{n}"
 
 
 class CharLSTM(nn.Module):
@@ -81,11 +109,12 @@ class CharLSTM(nn.Module):
 
     `carry` is a tuple with one (h, c) float32[B, H] per layer. Logits are float32[B, T, V]
     after every step with `all_steps`, else float32[B, V] after the last step (the original
-    model). `draws` (training): each layer takes its own (`Draws.layer`, the keys folded with
-    the layer's index): dropout on its outputs (the stacked layers' inputs and the Dense
-    input), weight-drop on its recurrent kernel, recurrent dropout on the h fed back, and with
-    a window length the returned carry is the state after that many steps (the steps after
-    it are padding: their logits are computed and change nothing).
+    model). `cell` names the layers' cell (`charjax.cells`; `options` its options). `draws`
+    (training): each layer takes its own (`Draws.layer`, the keys folded with the layer's
+    index): dropout on its outputs (the stacked layers' inputs and the Dense input),
+    weight-drop on its recurrent kernel, recurrent dropout on the h fed back, and with a window
+    length the returned carry is the state after that many steps (the steps after it are
+    padding: their logits are computed and change nothing).
     """
 
     vocab_size: int
@@ -93,6 +122,8 @@ class CharLSTM(nn.Module):
     layers: int = 1
     dtype: str | None = None  # "bfloat16": matmuls in bf16 (GPU/TPU); parameters stay float32
     loop: lstm_scan.Loop = lstm_scan.PLAIN  # how the LSTM time loops run (speed only)
+    cell: str = "lstm"
+    options: cells.Options = cells.PLAIN
 
     @nn.compact
     def __call__(self, ids, carry=None, valid=None, *, all_steps=False, draws: Draws = NONE):
@@ -101,7 +132,12 @@ class CharLSTM(nn.Module):
         for n in range(self.layers):
             top = n == self.layers - 1
             features = self.vocab_size if n == 0 else self.hidden
-            layer = LSTM(features, self.hidden, self.dtype, self.loop, name=layer_name(n))
+            name = layer_name(n, self.cell)
+            if self.cell == "lstm":
+                layer = LSTM(features, self.hidden, self.dtype, self.loop, name=name)
+            else:
+                layer = Recurrent(self.cell, features, self.hidden, self.options, self.dtype,
+                                  self.loop, name=name)  # fmt: skip
             layer_draws = draws.layer(n)
             layer_carry, outputs = layer(x, carries[n], valid, all_steps or not top, layer_draws)
             new.append(layer_carry)
@@ -113,31 +149,45 @@ class CharLSTM(nn.Module):
         return tuple(new), logits
 
 
-# The recurrent cells a model can stack, by parameter-tree name: each module gives its layer's
-# `dims(params)` and `zero_state(batch, hidden)`. Another cell adds its module here and a layer.
-CELLS = {"lstm": lstm}
-CELL = "lstm"
-
-
-def shape_of(params: dict) -> tuple[int, int]:
-    """(vocab_size, hidden) read off a parameter tree (its first layer, asked of its cell)."""
-    return CELLS[CELL].dims(params[layer_name(0)])
+def cell_of(params: dict) -> str:
+    """The cell a parameter tree's layers are made of (its first layer is named after it)."""
+    for name in cells.CELLS:
+        if name in params:
+            return name
+    raise CharjaxError(f"no recurrent layer in a parameter tree of {sorted(params)}")
 
 
 def layers_of(params: dict) -> int:
     """Number of stacked recurrent layers in a parameter tree."""
-    return sum(1 for name in params if name.startswith(CELL))
+    cell = cell_of(params)
+    return sum(1 for name in params if name == cell or name.startswith(cell + "_"))
+
+
+def options_of(params: dict) -> cells.Options:
+    """The cell options (`cells.Options`) a parameter tree was built with."""
+    cell = cell_of(params)
+    return cells.options_of([params[layer_name(n, cell)] for n in range(layers_of(params))])
+
+
+def shape_of(params: dict) -> tuple[int, int]:
+    """(vocab_size, hidden) read off a parameter tree (its first layer's kernels)."""
+    first = params[cell_of(params)]
+    return first["kernel"].shape[0], first["recurrent_kernel"].shape[0]
 
 
 def zero_carry(batch: int, hidden: int, layers: int) -> tuple:
-    """The state every layer starts from: one cell state per layer, for `batch` rows."""
-    return (CELLS[CELL].zero_state(batch, hidden),) * layers
+    """The state every layer starts from: zero (h, c) float32[batch, hidden] per layer (every
+    cell keeps an LSTM's state)."""
+    return (lstm.zero_state(batch, hidden),) * layers
 
 
-def init_params(key: jax.Array, vocab_size: int, hidden: int, layers: int = 1) -> dict:
-    """Fresh parameters with Keras' initialisers: {'lstm': {...}, ['lstm_1': ...,] 'dense': ...}."""
+def init_params(key: jax.Array, vocab_size: int, hidden: int, layers: int = 1,
+                cell: str = "lstm", options: cells.Options = cells.PLAIN) -> dict:  # fmt: skip
+    """Fresh parameters: {'lstm': {...}, ['lstm_1': ...,] 'dense': ...} (Keras' initialisers;
+    another cell's layers are named after it)."""
     ids = jnp.zeros((1, 1), jnp.int32)
-    return CharLSTM(vocab_size, hidden, layers).init(key, ids)["params"]
+    module = CharLSTM(vocab_size, hidden, layers, cell=cell, options=options)
+    return module.init(key, ids)["params"]
 
 
 def forward(
@@ -160,7 +210,8 @@ def forward(
     loop = lstm_scan.Loop(unroll or default_unroll(), fused_kernel(kernel))
     if jnp.issubdtype(ids.dtype, jnp.integer):
         ids = ids.astype(jnp.int32)
-    module = CharLSTM(*shape_of(params), layers_of(params), dtype, loop)
+    cell, options = cell_of(params), options_of(params)
+    module = CharLSTM(*shape_of(params), layers_of(params), dtype, loop, cell, options)
     return module.apply({"params": params}, ids, carry, valid, all_steps=all_steps, draws=draws)
 
 

@@ -43,13 +43,28 @@ def node() -> str:
     return found
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["1-layer", "2-layers"])
+MODELS = {  # each cell, stacked (the mogrifier's second layer with low-rank gating)
+    "1-layer": dict(layers=1),
+    "2-layers": dict(layers=2),
+    "lnlstm": dict(layers=2, cell="lnlstm"),
+    "mogrifier": dict(layers=2, cell="mogrifier", mogrify_rounds=5, mogrify_rank=4),
+}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(m, marks=[pytest.mark.slow] if "cell" in m else []) for m in MODELS.values()
+    ],
+    ids=list(MODELS),
+)
 def trained(request, tmp_path_factory):
-    directory = tmp_path_factory.mktemp(f"export{request.param}")
+    directory = tmp_path_factory.mktemp("export")
     text = directory / "tiny.txt"
     text.write_text(TINY_TEXT, encoding="utf-8")
-    cfg = Config(text=str(text), maxlen=10, hidden=16, layers=request.param, batch_size=32,
-                 epochs=3, steps_per_call=4, temperatures=(), learning_rate=0.02)  # fmt: skip
+    cfg = Config(text=str(text), maxlen=10, hidden=16, batch_size=32, epochs=3,
+                 steps_per_call=4, temperatures=(), learning_rate=0.02,
+                 **request.param)  # fmt: skip
     runner.train_run(cfg, directory / "run", log=quiet)
     return directory / "run"
 
@@ -92,7 +107,9 @@ def test_the_json_layout(trained, tmp_path):
     decoded = np.frombuffer(__import__("base64").b64decode(first["kernel"]["data"]), "<f4").reshape(
         first["kernel"]["shape"]
     )
-    np.testing.assert_array_equal(decoded, saved.params["lstm"]["kernel"])
+    cell = saved.meta.cfg.cell
+    assert exported["cell"] == cell and set(first) == set(saved.params[cell])
+    np.testing.assert_array_equal(decoded, saved.params[cell]["kernel"])
     assert exported["dense"]["kernel"]["shape"] == [16, len(saved.meta.vocab)]
 
 

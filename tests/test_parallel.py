@@ -30,8 +30,11 @@ streams = cfg.replace(objective="sequence", carry_state=True, step=10, layers=2,
                       epochs=1, weight_drop=0.3, ema=0.9,  # weight masks alike on every device
                       recurrent_dropout=0.2,  # recurrent masks by row index: alike too
                       vary_length=2)  # the lengths replicated, the padding masked alike
+mogrifier = streams.replace(cell="mogrifier", mogrify_rounds=3, mogrify_rank=4)
+lnlstm = streams.replace(cell="lnlstm")
 out = {}
-for name, c in (("windows", cfg), ("streams", streams)):
+for name, c in (("windows", cfg), ("streams", streams), ("mogrifier", mogrifier),
+                ("lnlstm", lnlstm)):
     state, history = runner.train_run(c, sys.argv[4] + name, log=lambda *a: None)
     out[name + ":losses"] = [m["loss"] for m in history]
     out[name + ":val"] = [m["val_loss"] for m in history]  # windows: split over the devices
@@ -74,9 +77,9 @@ def _results(started) -> dict:
 @pytest.mark.slow
 def test_four_devices_match_one(tiny_text, tmp_path):
     """Both the original windows (batch 30) and carried streams (6 streams, each device carrying
-    its rows; with weight-drop, recurrent dropout and EMA) are padded to 32 / 8 rows over 4
-    devices and give the 1-device numbers, held-out losses (windows scored over the 4 devices)
-    included. (The two runs go side by side: each waits on its own compilations most of the
+    its rows; with weight-drop, recurrent dropout and EMA; of each cell) are padded to 32 / 8
+    rows over 4 devices and give the 1-device numbers, held-out losses (windows scored over the
+    4 devices) included. (The two runs go side by side: each waits on its own compilations most of the
     time.)"""
     batch_size = 30  # does not split over 4 devices: padded to 32 with zero-weight rows
     started = [_start_training(n, tiny_text, batch_size, tmp_path) for n in (1, 4)]
@@ -87,7 +90,8 @@ def test_four_devices_match_one(tiny_text, tmp_path):
     assert not np.allclose(one["windows:dense/kernel"], 0)
     assert int(four["score:devices"]) == 4 and int(one["score:devices"]) == 1
     np.testing.assert_allclose(four["score:split"], four["score:one"], rtol=1e-6)
-    assert "streams:lstm_1/kernel" in one
+    assert "streams:lstm_1/kernel" in one and "lnlstm:lnlstm_1/cell_gain" in one
+    assert "mogrifier:mogrifier_1/mogrify_q_left" in one
 
 
 def _free_port() -> int:

@@ -37,8 +37,13 @@ VARIED = dict(
         {},
         pytest.param(REGULARISED, marks=pytest.mark.slow),
         pytest.param(VARIED, marks=pytest.mark.slow),
+        pytest.param({**VARIED, "cell": "lnlstm"}, marks=pytest.mark.slow),
+        pytest.param(
+            {**REGULARISED, "layers": 2, "cell": "mogrifier", "mogrify_rank": 4},
+            marks=pytest.mark.slow,
+        ),
     ],
-    ids=["plain", "regularised", "varied-streams"],
+    ids=["plain", "regularised", "varied-streams", "lnlstm", "mogrifier"],
 )
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_cfg, tmp_path, extra):
     cfg = dataclasses.replace(tiny_cfg, epochs=3, **extra)

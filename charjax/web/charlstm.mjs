@@ -1,6 +1,7 @@
-// charjax's stacked LSTM in plain JavaScript: the same math as charjax/lstm.py (Keras layout,
-// gates i, f, c, o) for sampling statefully from an exported model. No dependencies: a web page
-// embeds this file as it is, and Node imports it (tests/test_export.py).
+// charjax's stacked LSTM in plain JavaScript: the same math as charjax/cells.py (Keras layout,
+// gates i, f, c, o; cells lstm, lnlstm and mogrifier) for sampling statefully from an exported
+// model. No dependencies: a web page embeds this file as it is, and Node imports it
+// (tests/test_export.py).
 
 /** Float32Array of a tensor {shape, dtype: "float32", data: base64 little-endian}. */
 export function decodeTensor(tensor) {
@@ -13,22 +14,29 @@ export function decodeTensor(tensor) {
   return values;
 }
 
-/** A model from charjax-export's JSON: {vocab, layers: [{kernel, recurrent_kernel, bias}], dense}. */
+/** A model from charjax-export's JSON: {vocab, cell, layers: [{kernel, recurrent_kernel, bias,
+ * and the cell's own tensors}], dense}. */
 export function loadModel(exported) {
-  const layers = exported.layers.map((layer) => ({
-    kernel: decodeTensor(layer.kernel), // [inputs, 4H], row-major
-    recurrent: decodeTensor(layer.recurrent_kernel), // [H, 4H]
-    bias: decodeTensor(layer.bias), // [4H]
-    inputs: layer.kernel.shape[0],
-    hidden: layer.recurrent_kernel.shape[0],
-  }));
+  const layers = exported.layers.map((layer) => {
+    const tensors = {};
+    for (const [name, tensor] of Object.entries(layer)) tensors[name] = decodeTensor(tensor);
+    return {
+      ...tensors,
+      recurrent: tensors.recurrent_kernel, // [H, 4H]; kernel [inputs, 4H], bias [4H]
+      inputs: layer.kernel.shape[0],
+      hidden: layer.recurrent_kernel.shape[0],
+      shapes: Object.fromEntries(Object.entries(layer).map(([n, t]) => [n, t.shape])),
+    };
+  });
   const dense = {
     kernel: decodeTensor(exported.dense.kernel), // [H, V]
     bias: decodeTensor(exported.dense.bias), // [V]
   };
   const chars = Array.from(exported.vocab);
   const index = new Map(chars.map((ch, i) => [ch, i]));
-  return { layers, dense, chars, index, lower: exported.recipe.lower !== false };
+  const cell = exported.cell || "lstm";
+  if (!(cell in CELLS)) throw new Error(`unknown cell ${cell}: this page runs ${Object.keys(CELLS)}`);
+  return { layers, dense, chars, index, cell, lower: exported.recipe.lower !== false };
 }
 
 const sigmoid = (x) => 1 / (1 + Math.exp(-x));
@@ -38,48 +46,119 @@ export function zeroState(model) {
   return model.layers.map((l) => ({ h: new Float32Array(l.hidden), c: new Float32Array(l.hidden) }));
 }
 
-/** Read one char id: updates `state` in place, returns the logits (Float64Array[V]). */
-export function step(model, state, id) {
-  let below = null; // the layer below's h (null: the first layer reads the id)
-  model.layers.forEach((layer, n) => {
-    const H = layer.hidden, G = 4 * H;
-    const z = new Float64Array(G);
-    for (let j = 0; j < G; j++) z[j] = layer.bias[j];
-    if (below === null) {
-      const row = id * G; // x @ kernel for a one-hot x is a row of the kernel
-      for (let j = 0; j < G; j++) z[j] += layer.kernel[row + j];
-    } else {
-      for (let k = 0; k < below.length; k++) {
-        const x = below[k];
-        if (x === 0) continue;
-        const row = k * G;
-        for (let j = 0; j < G; j++) z[j] += x * layer.kernel[row + j];
+/** x [n] @ matrix [n, m] (row-major, starting at `offset`) added to out [m]. */
+function addProduct(out, x, matrix, offset = 0) {
+  const m = out.length;
+  for (let k = 0; k < x.length; k++) {
+    const xk = x[k];
+    if (xk === 0) continue;
+    const row = offset + k * m;
+    for (let j = 0; j < m; j++) out[j] += xk * matrix[row + j];
+  }
+  return out;
+}
+
+/** x [n] @ matrix [n, m] -> a new Float64Array[m]. */
+const product = (x, matrix, m, offset = 0) => addProduct(new Float64Array(m), x, matrix, offset);
+
+/** The layer's input projection x @ kernel [4H] (no bias): a kernel row for a char id. */
+function projectInput(layer, x) {
+  const G = 4 * layer.hidden;
+  if (typeof x === "number") return Float64Array.from(layer.kernel.subarray(x * G, (x + 1) * G));
+  return product(x, layer.kernel, G);
+}
+
+/** Zero mean, unit variance over v (layer normalisation without gain; eps as charjax's). */
+function normalise(v) {
+  const mean = v.reduce((a, b) => a + b, 0) / v.length;
+  const variance = v.reduce((a, b) => a + (b - mean) ** 2, 0) / v.length;
+  const scale = 1 / Math.sqrt(variance + 1e-5);
+  return v.map((x) => (x - mean) * scale);
+}
+
+/** Each gate's H values of z [4H] normalised separately, times gain [4H]. */
+function gateNorm(z, gain) {
+  const H = z.length / 4, out = new Float64Array(z.length);
+  for (let q = 0; q < 4; q++) {
+    const part = normalise(z.slice(q * H, (q + 1) * H));
+    for (let k = 0; k < H; k++) out[q * H + k] = part[k] * gain[q * H + k];
+  }
+  return out;
+}
+
+/** The LSTM update of {h, c} in place from pre-activations z [4H]; `norm` is applied to c
+ * before its tanh (lnlstm). */
+function update(state, z, norm = (c) => c) {
+  const { h, c } = state, H = h.length;
+  for (let k = 0; k < H; k++) {
+    const i = sigmoid(z[k]), f = sigmoid(z[H + k]), g = Math.tanh(z[2 * H + k]);
+    c[k] = f * c[k] + i * g;
+  }
+  const shown = norm(c);
+  for (let k = 0; k < H; k++) h[k] = sigmoid(z[3 * H + k]) * Math.tanh(shown[k]);
+}
+
+/** A mogrifier round's matrix (`name` q or r, round k): x [n] -> x @ M [m], full or low-rank. */
+function gateProduct(layer, name, k, x, m) {
+  const full = layer[`mogrify_${name}`];
+  if (full) return product(x, full, m, k * x.length * m);
+  const [, n, rank] = layer.shapes[`mogrify_${name}_left`];
+  const thin = product(x, layer[`mogrify_${name}_left`], rank, k * n * rank);
+  return product(thin, layer[`mogrify_${name}_right`], m, k * rank * m);
+}
+
+const count = (layer, name) => {
+  const shape = layer.shapes[`mogrify_${name}`] || layer.shapes[`mogrify_${name}_left`];
+  return shape ? shape[0] : 0;
+};
+
+// Each cell: (layer, state {h, c} updated in place, x: a char id or the layer below's h).
+const CELLS = {
+  lstm(layer, state, x) {
+    const z = projectInput(layer, x);
+    for (let j = 0; j < z.length; j++) z[j] += layer.bias[j];
+    addProduct(z, state.h, layer.recurrent);
+    update(state, z);
+  },
+  lnlstm(layer, state, x) {
+    const G = 4 * layer.hidden;
+    const input = gateNorm(projectInput(layer, x), layer.input_gain);
+    const recurrent = gateNorm(product(state.h, layer.recurrent, G), layer.recurrent_gain);
+    const z = input.map((v, j) => v + recurrent[j] + layer.bias[j]);
+    update(state, z, (c) => normalise(c).map((v, k) => v * layer.cell_gain[k] + layer.cell_bias[k]));
+  },
+  mogrifier(layer, state, x) {
+    const H = layer.hidden, F = layer.inputs, G = 4 * H;
+    const rounds = count(layer, "q") + count(layer, "r");
+    let h = Float64Array.from(state.h);
+    // x as a vector: a char id is one-hot
+    let input = typeof x === "number" ? new Float64Array(F).fill(0) : Float64Array.from(x);
+    if (typeof x === "number") input[x] = 1;
+    for (let r = 0; r < rounds; r++) {
+      if (r % 2 === 0) {
+        const gate = gateProduct(layer, "q", r >> 1, h, F);
+        input = input.map((v, j) => v * 2 * sigmoid(gate[j]));
+      } else {
+        const gate = gateProduct(layer, "r", r >> 1, input, H);
+        h = h.map((v, k) => v * 2 * sigmoid(gate[k]));
       }
     }
-    const { h, c } = state[n];
-    for (let k = 0; k < H; k++) {
-      const hk = h[k];
-      if (hk === 0) continue;
-      const row = k * G;
-      for (let j = 0; j < G; j++) z[j] += hk * layer.recurrent[row + j];
-    }
-    for (let k = 0; k < H; k++) {
-      const i = sigmoid(z[k]), f = sigmoid(z[H + k]), g = Math.tanh(z[2 * H + k]);
-      const o = sigmoid(z[3 * H + k]);
-      c[k] = f * c[k] + i * g;
-      h[k] = o * Math.tanh(c[k]);
-    }
-    below = h;
+    const z = product(input, layer.kernel, G);
+    for (let j = 0; j < G; j++) z[j] += layer.bias[j];
+    addProduct(z, h, layer.recurrent);
+    update(state, z);
+  },
+};
+
+/** Read one char id: updates `state` in place, returns the logits (Float64Array[V]). */
+export function step(model, state, id) {
+  let below = id; // the first layer reads the id, each layer above the h below it
+  model.layers.forEach((layer, n) => {
+    CELLS[model.cell](layer, state[n], below);
+    below = state[n].h;
   });
-  const V = model.chars.length;
-  const logits = new Float64Array(V);
-  for (let v = 0; v < V; v++) logits[v] = model.dense.bias[v];
-  for (let k = 0; k < below.length; k++) {
-    const x = below[k];
-    const row = k * V;
-    for (let v = 0; v < V; v++) logits[v] += x * model.dense.kernel[row + v];
-  }
-  return logits;
+  const logits = Float64Array.from(model.dense.bias);
+  return addProduct(logits, below, model.dense.kernel);
 }
 
 /** Softmax probabilities of logits. */
