@@ -1,6 +1,7 @@
 """`python scripts/bench.py`: training windows/s, compile time, sampling latency and peak memory
 of the default recipe, optionally beside Keras 3; or a preset's training speed on one and on all
-devices; or start-up time and peak memory on big corpora; or the device check.
+devices; or each cell's training speed; or start-up time and peak memory on big corpora; or the
+device check.
 
 Timings are medians of repeats measured in one process, compile time apart (`timing`,
 `measure`); the peak-RSS run and the Keras baseline run in child processes (`child`) so that
@@ -53,6 +54,12 @@ def parser() -> argparse.ArgumentParser:
         "separate processes can differ)",
     )
     p.add_argument(
+        "--cells",
+        action="store_true",
+        help="instead: training chars/s of --preset quality with each --cell, and with the "
+        "LSTM trained through autodiff (--lstm-kernel autodiff), in rounds, in one process",
+    )
+    p.add_argument(
         "--parts",
         metavar="NAME,...",
         help="with --device-check: only these parts (names as in device_check.json)",
@@ -82,7 +89,7 @@ def main(argv=None) -> int:
         except CharjaxError as e:
             p.error(str(e))
         return 0
-    results = preset(args) if args.preset else default(args)
+    results = cells(args) if args.cells else preset(args) if args.preset else default(args)
     _write(args.json, results)
     return 0
 
@@ -101,6 +108,19 @@ def preset(args) -> dict:
         + f"; medians of {repeats} x {steps} steps, alternating",
         flush=True,
     )
+    return results
+
+
+def cells(args) -> dict:
+    """--cells: --preset quality's training chars/s with each cell."""
+    from benchmarks import measure
+    from benchmarks.environment import environment
+
+    steps, repeats = (10, 2) if args.quick else (50, 5)
+    results = {**environment(), **measure.bench_cells(steps, repeats)}
+    for name, rate in results["cells_chars_per_s"].items():
+        print(f"--preset quality, {name}: {rate:,.0f} chars/s", flush=True)
+    print(f"medians of {repeats} x {steps} steps, in rounds", flush=True)
     return results
 
 

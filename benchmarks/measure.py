@@ -94,23 +94,54 @@ def bench_preset(name: str, steps: int, repeats: int) -> dict:
     `steps` steps, compile apart: a lead for whether one device or several suit it on this
     host ($CHARJAX_CPU_DEVICES sets a run's count; a process of one device can differ)."""
     cfg = Config(**PRESETS[name])
-    text = corpus.load(cfg)
-    split = corpus.split(text, cfg)
-    keys, context = run_context(cfg, split)
-    loops = {}
-    for n in sorted({1, len(jax.devices())}):
-        state = step.init_state(keys.init, text.vocab.size, cfg)
-        mesh = parallel.data_mesh(jax.devices()[:n])
-        loops[n] = training(cfg, text.ids, split, state, keys.data, mesh, context=context)
-    calls, per_window = max(1, steps // cfg.steps_per_call), objective.of(cfg).chars_per_window
-    timings = time_rounds(
-        {n: (lambda loop=loop: next(loop)) for n, loop in loops.items()},
-        repeats,
-        calls=calls,
-        work=lambda chunk: windows_of(chunk) * per_window,
-    )
+    variants = {str(n): (cfg, n) for n in sorted({1, len(jax.devices())})}
     return {
         "preset": name,
-        "preset_chars_per_s": {str(n): t.rate for n, t in timings.items()},
-        "preset_steps_per_repeat": calls * cfg.steps_per_call,
+        "preset_chars_per_s": _chars_per_s(variants, steps, repeats),
+        "preset_steps_per_repeat": max(1, steps // cfg.steps_per_call) * cfg.steps_per_call,
     }
+
+
+# --cells: each cell in --preset quality, and the LSTM through autodiff (no hand-written backward)
+CELL_VARIANTS = {
+    "lstm": {},
+    "lstm, autodiff": {"lstm_kernel": "autodiff"},
+    "lnlstm": {"cell": "lnlstm"},
+    "mogrifier": {"cell": "mogrifier"},
+    "mogrifier, rank 32": {"cell": "mogrifier", "mogrify_rank": 32},
+}
+
+
+def bench_cells(steps: int, repeats: int) -> dict:
+    """Training chars/s of `--preset quality` with each cell (`CELL_VARIANTS`) on all of this
+    process's devices, in rounds, medians of `repeats` x `steps` steps, compile apart."""
+    cfg = Config(**PRESETS["quality"])
+    variants = {name: (cfg.replace(**flags), len(jax.devices()))
+                for name, flags in CELL_VARIANTS.items()}  # fmt: skip
+    return {
+        "cells_chars_per_s": _chars_per_s(variants, steps, repeats),
+        "cells_steps_per_repeat": max(1, steps // cfg.steps_per_call) * cfg.steps_per_call,
+    }
+
+
+def _chars_per_s(variants: dict, steps: int, repeats: int) -> dict:
+    """{name: training chars/s} of each (config, device count) in `variants` (one corpus,
+    the same for all), timed in rounds: medians of `repeats` x `steps` steps, compile apart."""
+    loops, per_window, calls = {}, {}, {}
+    for name, (cfg, devices) in variants.items():
+        text = corpus.load(cfg)
+        split = corpus.split(text, cfg)
+        keys, context = run_context(cfg, split)
+        state = step.init_state(keys.init, text.vocab.size, cfg)
+        mesh = parallel.data_mesh(jax.devices()[:devices])
+        loops[name] = training(cfg, text.ids, split, state, keys.data, mesh, context=context)
+        per_window[name] = objective.of(cfg).chars_per_window
+        calls = max(1, steps // cfg.steps_per_call)
+    timings = time_rounds(
+        {name: (lambda loop=loop, name=name: (name, next(loop))) for name, loop in loops.items()},
+        repeats,
+        calls=calls,
+        sync=lambda result: jax.block_until_ready(result[1]),
+        work=lambda result: windows_of(result[1]) * per_window[result[0]],
+    )
+    return {name: t.rate for name, t in timings.items()}

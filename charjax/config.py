@@ -232,10 +232,12 @@ class Config:
     )
     lstm_kernel: str = _field(
         "auto",
-        "training loops: xla (scans), pallas (one fused kernel per direction; GPU, interpreted "
-        "on CPU), auto = by platform (speed only: the same math)",
+        "training loops: xla (scans with the LSTM's hand-written backward), pallas (one fused "
+        "kernel per direction; GPU, interpreted on CPU), autodiff (scans differentiated by "
+        "autodiff, as the other cells train: slower, for comparison), auto = by platform "
+        "(speed only: the same math)",
         "devices",
-        choices=("auto", "xla", "pallas"),
+        choices=("auto", "xla", "pallas", "autodiff"),
     )
     sample_length: int = _field(400, "chars generated per temperature after each epoch", "sampling")
     temperatures: tuple[float, ...] = _field(
@@ -389,6 +391,11 @@ class Config:
             raise CharjaxError(
                 f"--vary-length {self.vary_length} would make windows of {self.maxlen} chars "
                 f"empty (each is --maxlen +- 2D long): use a D below {-(-self.maxlen // 2)}"
+            )
+        if self.lstm_kernel == "pallas" and self.cell != "lstm":
+            raise CharjaxError(
+                f"--lstm-kernel pallas fuses the LSTM's loops, and --cell {self.cell} runs XLA "
+                "scans: drop --lstm-kernel pallas, or train --cell lstm"
             )
         if self.dtype not in ("float32", "bfloat16"):
             raise CharjaxError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")

@@ -20,10 +20,13 @@ from charjax.lstm import cell, cell_with_gates, input_projection, matmul, row_su
 class Loop(NamedTuple):
     """How the time loops run (speed only: the same math). `unroll`: time steps per loop
     iteration (a GPU loop iteration costs microseconds of control); `fused`: the training scans
-    as one Pallas kernel per direction (`lstm_fused`), where the shape allows."""
+    as one Pallas kernel per direction (`lstm_fused`), where the shape allows; `autodiff`: the
+    LSTM trained through autodiff of the plain scan instead of the hand-written backward (what
+    the other cells do; for comparison)."""
 
     unroll: int = 1
     fused: bool = False
+    autodiff: bool = False
 
 
 PLAIN = Loop()  # one time step per iteration, XLA scans

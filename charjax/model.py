@@ -133,7 +133,7 @@ class CharLSTM(nn.Module):
             top = n == self.layers - 1
             features = self.vocab_size if n == 0 else self.hidden
             name = layer_name(n, self.cell)
-            if self.cell == "lstm":
+            if self.cell == "lstm" and not self.loop.autodiff:
                 layer = LSTM(features, self.hidden, self.dtype, self.loop, name=name)
             else:
                 layer = Recurrent(self.cell, features, self.hidden, self.options, self.dtype,
@@ -205,9 +205,10 @@ def forward(
     """Pure forward pass: ids int[B, T] -> (carry, logits); see `CharLSTM`. Ids of any integer
     dtype (the corpus keeps them narrow) are widened to int32 here, inside the jitted caller.
     `unroll`: time steps per LSTM loop iteration, 0 = the platform's (`default_unroll`);
-    `kernel`: the training loops' "xla" scans or "pallas" fused kernels, "auto" by platform."""
+    `kernel`: the training loops' "xla" scans or "pallas" fused kernels, "auto" by platform,
+    or "autodiff": the LSTM's plain scan differentiated by autodiff (`lstm_scan.Loop`)."""
     dtype = None if dtype in (None, "float32") else dtype
-    loop = lstm_scan.Loop(unroll or default_unroll(), fused_kernel(kernel))
+    loop = lstm_scan.Loop(unroll or default_unroll(), fused_kernel(kernel), kernel == "autodiff")
     if jnp.issubdtype(ids.dtype, jnp.integer):
         ids = ids.astype(jnp.int32)
     cell, options = cell_of(params), options_of(params)

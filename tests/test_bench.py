@@ -108,3 +108,28 @@ def test_preset_timing_trains_the_preset_with_its_masks(
     split = corpus.split(corpus.load(long_streams), long_streams)
     batches = -(-objective.of(long_streams).windows(split) // long_streams.batch_size)
     assert int(contexts[0].total_steps) == long_streams.epochs * batches > 0
+
+
+@pytest.mark.slow
+def test_cell_timing_trains_each_cell_of_the_preset(nietzsche_dir, tmp_path, capsys, monkeypatch):
+    """`scripts/bench.py --cells` times --preset quality with each variant of `CELL_VARIANTS`
+    (here two of them), each training its own cell."""
+    from benchmarks import measure
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # main asks for devices
+    two = {name: measure.CELL_VARIANTS[name] for name in ("lstm, autodiff", "lnlstm")}
+    monkeypatch.setattr(measure, "CELL_VARIANTS", two)
+    trained, init_state = [], measure.step.init_state
+
+    def watched(key, vocab_size, cfg):
+        trained.append(cfg)
+        return init_state(key, vocab_size, cfg)
+
+    monkeypatch.setattr(measure.step, "init_state", watched)
+    out = tmp_path / "cells.json"
+    assert cli.main(["--cells", "--quick", "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert set(saved["cells_chars_per_s"]) == set(two)
+    assert all(rate > 0 for rate in saved["cells_chars_per_s"].values())
+    assert [(c.cell, c.lstm_kernel) for c in trained] == [("lstm", "autodiff"), ("lnlstm", "auto")]
+    assert "--preset quality, lnlstm: " in capsys.readouterr().out

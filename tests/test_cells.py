@@ -125,7 +125,14 @@ def _training_draws(length):
                  length=jnp.int32(length))  # fmt: skip
 
 
-@pytest.mark.parametrize("case", CASES)
+SLOW = pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param("lstm", marks=SLOW), "lnlstm", pytest.param("mogrifier", marks=SLOW),
+     "mogrifier-rank"],
+)  # fmt: skip
 def test_each_cells_training_gradient_equals_autodiff_of_its_equations(case):
     """The training path (draws: locked dropout, weight-drop, recurrent dropout and a window
     length; autodiff of the scan, or the LSTM's hand-written backward) against jax.grad of
@@ -152,6 +159,24 @@ def test_each_cells_training_gradient_equals_autodiff_of_its_equations(case):
             want = want[key.key]
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, err_msg=str(path))
     assert any(np.abs(g).max() > 1e-3 for g in jax.tree.leaves(grads))
+
+
+def test_the_lstm_through_autodiff_equals_its_hand_written_backward():
+    """--lstm-kernel autodiff: the LSTM trained as the other cells are, the same numbers."""
+    params = _params("lstm", seed=2)
+    draws = _training_draws(length=6)
+
+    def value_and_grad(kernel):
+        def f(p):
+            carry, logits = model.forward(p, IDS, all_steps=True, draws=draws, kernel=kernel)
+            return (logits**2).sum() + sum(h.sum() for h, _ in carry)
+
+        return jax.jit(jax.value_and_grad(f))(params)
+
+    (value, grads), (want_value, want) = value_and_grad("autodiff"), value_and_grad("xla")
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    for got, expected in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_a_tree_names_its_cell_and_options_and_the_lstm_tree_is_unchanged():
@@ -192,9 +217,11 @@ def test_the_config_builds_its_cell_and_refuses_bad_options():
         cfg.replace(mogrify_rank=-1).check()
     with pytest.raises(CharjaxError, match="--cell must be one of lstm, lnlstm, mogrifier"):
         cfg.replace(cell="gru").check()
+    with pytest.raises(CharjaxError, match="drop --lstm-kernel pallas, or train --cell lstm"):
+        cfg.replace(lstm_kernel="pallas").check()
 
 
-@pytest.mark.parametrize("case", ["lnlstm", "mogrifier-rank"])
+@pytest.mark.parametrize("case", ["lnlstm", pytest.param("mogrifier-rank", marks=SLOW)])
 def test_sampling_each_cell_is_deterministic_per_key(case):
     params = _params(case)
     prime = np.array([1, 5, 2, 7, 3])
@@ -211,6 +238,7 @@ def test_sampling_each_cell_is_deterministic_per_key(case):
         assert (gen(7, mode) != gen(8, mode)).any()
 
 
+@SLOW
 @pytest.mark.parametrize("case", ["lnlstm", "mogrifier"])
 def test_dynamic_evaluation_adapts_with_each_cell(case):
     params = model.init_params(jax.random.key(0), 9, 16, 1, *CASES[case])

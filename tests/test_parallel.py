@@ -79,8 +79,8 @@ def test_four_devices_match_one(tiny_text, tmp_path):
     """Both the original windows (batch 30) and carried streams (6 streams, each device carrying
     its rows; with weight-drop, recurrent dropout and EMA; of each cell) are padded to 32 / 8
     rows over 4 devices and give the 1-device numbers, held-out losses (windows scored over the
-    4 devices) included. (The two runs go side by side: each waits on its own compilations most of the
-    time.)"""
+    4 devices) included. (The two runs go side by side: each waits on its own compilations
+    most of the time.)"""
     batch_size = 30  # does not split over 4 devices: padded to 32 with zero-weight rows
     started = [_start_training(n, tiny_text, batch_size, tmp_path) for n in (1, 4)]
     one, four = (_results(s) for s in started)
