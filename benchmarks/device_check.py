@@ -4,9 +4,9 @@ writes every figure to DIR/device_check.json.
 
 In order, each part timed and recorded even if a later one fails: versions and device; the
 tests that matter on an accelerator (Keras parity, determinism, resume, sampling, the fused
-kernels) run against it; the default recipe's compile time, a whole epoch's wall time and
-windows/s, in float32 (at the platform's `--unroll`, at 1, 20 and 60, in calls of 100 steps,
-with the Pallas kernels) and bfloat16; sampling latency (1 and 4 temperatures x 400 chars,
+kernels, the cells) run against it; the default recipe's compile time, a whole epoch's wall
+time and windows/s, in float32 (at the platform's `--unroll`, at 1, 20 and 60, in calls of 100
+steps, with the Pallas kernels) and bfloat16; sampling latency (1 and 4 temperatures x 400 chars,
 window and stateful); the `long-streams` preset's chars/s; the fused kernel's variants; peak
 device memory; and PyTorch `nn.LSTM` (cuDNN on a GPU) on the same batches when torch is
 importable. `--quick` cuts every part to a few steps: that is how the suite runs it on CPU, so
@@ -38,6 +38,7 @@ DEVICE_TESTS = [
     "tests/test_runner.py::test_resume_is_bit_identical_to_an_uninterrupted_run",
     "tests/test_sample.py",
     "tests/test_lstm_fused.py",
+    "tests/test_cells.py",
 ]
 
 

@@ -203,6 +203,7 @@ def _mogrifier_inputs(params, x, dtype):
 
 
 def _mogrifier_step(params, carry, inputs, dtype=None, hmask=None):
+    """The rounds (x and the h fed in gate each other), then the LSTM step on both."""
     h, c = carry
     gated = _masked(h, hmask)
     rounds = sum(_rounds_of(params))
@@ -214,7 +215,8 @@ def _mogrifier_step(params, carry, inputs, dtype=None, hmask=None):
             else:
                 gated = gated * 2 * jax.nn.sigmoid(_gate_matrix(params, "r", k // 2, x, dtype))
         xz = lstm.matmul(x, params["kernel"], dtype)
-    else:  # the first layer: x = scale * one-hot(id), its rounds are gathered rows
+    else:  # the first layer: x = scale * one-hot(id), its rounds are gathered rows (float32
+        # elementwise products: no matmul for --dtype to cast)
         scale = jnp.ones_like(gated[:, :1])  # [B, 1]
         for k in range(rounds):
             if k % 2 == 0:

@@ -392,6 +392,16 @@ class Config:
                 f"--vary-length {self.vary_length} would make windows of {self.maxlen} chars "
                 f"empty (each is --maxlen +- 2D long): use a D below {-(-self.maxlen // 2)}"
             )
+        if self.mogrify_rank and (self.cell != "mogrifier" or self.layers < 2):
+            raise CharjaxError(
+                "--mogrify-rank sets the rank of a mogrifier's stacked layers: it needs --cell "
+                "mogrifier and --layers 2 or more (the first layer's gating is a lookup)"
+            )
+        if self.mogrify_rank >= self.hidden:
+            raise CharjaxError(
+                f"--mogrify-rank {self.mogrify_rank} is not below --hidden {self.hidden}: its "
+                "factors would outgrow the full matrix; use a smaller rank, or 0 (full)"
+            )
         if self.lstm_kernel == "pallas" and self.cell != "lstm":
             raise CharjaxError(
                 f"--lstm-kernel pallas fuses the LSTM's loops, and --cell {self.cell} runs XLA "

@@ -17,7 +17,12 @@ from charjax.errors import CharjaxError
 from charjax.inference import SavedModel
 from charjax.web import charlstm_path
 
-FORMAT = "charjax-export/1"
+# format 1: LSTM layers (kernel, recurrent_kernel, bias); 2: the layers of the `cell` it names
+FORMATS = {
+    "lstm": "charjax-export/1",
+    "lnlstm": "charjax-export/2",
+    "mogrifier": "charjax-export/2",
+}
 WEB = charlstm_path().parent
 MAX_PAGE_BYTES = 64 << 20  # browsers choke on larger pages; use --json for such models
 
@@ -41,7 +46,7 @@ def to_json(saved: SavedModel) -> dict:
     cell = model.cell_of(params)
     layers = [params[model.layer_name(n, cell)] for n in range(model.layers_of(params))]
     return {
-        "format": FORMAT,
+        "format": FORMATS.get(cell, "charjax-export/2"),
         "cell": cell,
         "vocab": saved.meta.vocab,
         "recipe": {**saved.meta.cfg.to_dict(), "text": Path(saved.meta.cfg.text).name},

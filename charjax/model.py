@@ -71,9 +71,10 @@ class Dense(nn.Module):
 
 
 class Recurrent(nn.Module):
-    """A layer of a registered cell other than the LSTM (`charjax.cells`), trained through
-    autodiff of its scan. Input and output as `LSTM`'s (ids int32[B, T] or features float32[T,
-    B, F] -> (final (h, c), outputs float32[T, B, H])); `draws` as there."""
+    """A layer of a registered cell (`charjax.cells`) trained through autodiff of its scan: the
+    cells other than the LSTM, and the LSTM under `--lstm-kernel autodiff`. Input and output
+    as `LSTM`'s (ids int32[B, T] or features float32[T, B, F] -> (final (h, c), outputs
+    float32[T, B, H])); `draws` as there."""
 
     cell: str
     features: int

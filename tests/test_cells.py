@@ -24,8 +24,14 @@ CASES = {
 
 
 def _params(case, layers=2, seed=0):
+    """A tree of `case`'s cell, every value moved off its initial one (gains off 1, shifts off
+    0: a misplaced gain or shift changes the numbers)."""
     cell, options = CASES[case]
-    return model.init_params(jax.random.key(seed), V, H, layers, cell, options)
+    params = model.init_params(jax.random.key(seed), V, H, layers, cell, options)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
+    moved = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    return jax.tree.unflatten(tree, moved)
 
 
 def _ln(v):
@@ -219,6 +225,12 @@ def test_the_config_builds_its_cell_and_refuses_bad_options():
         cfg.replace(cell="gru").check()
     with pytest.raises(CharjaxError, match="drop --lstm-kernel pallas, or train --cell lstm"):
         cfg.replace(lstm_kernel="pallas").check()
+    with pytest.raises(CharjaxError, match="--mogrify-rank .* needs --cell mogrifier and --layers"):
+        cfg.replace(layers=1).check()
+    with pytest.raises(CharjaxError, match="needs --cell mogrifier"):
+        cfg.replace(cell="lnlstm").check()
+    with pytest.raises(CharjaxError, match="--mogrify-rank 8 is not below --hidden 8"):
+        cfg.replace(mogrify_rank=8).check()
 
 
 @pytest.mark.parametrize("case", ["lnlstm", pytest.param("mogrifier-rank", marks=SLOW)])

@@ -34,12 +34,15 @@ export function loadModel(exported) {
   };
   const chars = Array.from(exported.vocab);
   const index = new Map(chars.map((ch, i) => [ch, i]));
+  if (!FORMATS.includes(exported.format)) throw new Error(`unknown format ${exported.format}`);
   const cell = exported.cell || "lstm";
-  if (!(cell in CELLS)) throw new Error(`unknown cell ${cell}: this page runs ${Object.keys(CELLS)}`);
+  if (!Object.hasOwn(CELLS, cell)) throw new Error(`unknown cell ${cell}: this reads ${Object.keys(CELLS)}`);
   return { layers, dense, chars, index, cell, lower: exported.recipe.lower !== false };
 }
 
 const sigmoid = (x) => 1 / (1 + Math.exp(-x));
+// 1: LSTM layers; 2: the layers of the cell named by `cell`
+const FORMATS = ["charjax-export/1", "charjax-export/2"];
 
 /** The zero state: per layer {h, c}, Float32Array[H] each. */
 export function zeroState(model) {
