@@ -116,7 +116,7 @@ def cells(args) -> dict:
     from benchmarks import measure
     from benchmarks.environment import environment
 
-    steps, repeats = (10, 2) if args.quick else (50, 5)
+    steps, repeats = (10, 2) if args.quick else (30, 3)
     results = {**environment(), **measure.bench_cells(steps, repeats)}
     for name, rate in results["cells_chars_per_s"].items():
         print(f"--preset quality, {name}: {rate:,.0f} chars/s", flush=True)

@@ -104,8 +104,8 @@ def bench_preset(name: str, steps: int, repeats: int) -> dict:
 
 # --cells: each cell in --preset quality, and the LSTM through autodiff (no hand-written backward)
 CELL_VARIANTS = {
-    "lstm": {},
-    "lstm, autodiff": {"lstm_kernel": "autodiff"},
+    "lstm": {"cell": "lstm"},
+    "lstm, autodiff": {"cell": "lstm", "lstm_kernel": "autodiff"},
     "lnlstm": {"cell": "lnlstm"},
     "mogrifier": {"cell": "mogrifier"},
     "mogrifier, rank 32": {"cell": "mogrifier", "mogrify_rank": 32},

@@ -414,10 +414,12 @@ class Config:
 
 # Named recipes (`charjax-train --preset NAME`): config values that explicit flags override.
 # quality: the lowest held-out loss measured within 20 minutes on this project's slowest 2-core
-# host (23 epochs there; README "Results"): long-streams with streams of 25 chars (four times
-# the updates for the same compute), dropout 0.2, weight-drop 0.2, Adam at 1e-2, --keep-best.
-# Recurrent and locked dropout, EMA and --vary-length measured no better within that budget:
-# they stay off.
+# host (docs/results.md "Cells"): two LN-LSTM(256) layers (`--cell lnlstm`, which beat the
+# LSTM there by ~0.02 nats/char at equal minutes), 11 epochs (16-18 minutes on 2026-12-03's
+# host), on carried streams of 25 chars (four times the updates of long-streams for the same
+# compute), dropout 0.2, weight-drop 0.2, Adam at 1e-2, --keep-best. `--cell lstm --epochs 23`
+# is the LSTM recipe before it. Recurrent and locked dropout, EMA and --vary-length measured no
+# better within that budget: they stay off.
 # long-streams: the same model on streams of 100 chars, dropout 0.3, no weight-drop, Adam at
 # 3e-3, 45 epochs: quality's forerunner, 1.321 nats/char held-out at epoch 29 in 11.3 training
 # minutes on a 2-core AMD EPYC with AVX-512 (2026-11-26); the device check times its training.
@@ -426,7 +428,8 @@ PRESETS = {
     "quality": dict(
         objective="sequence", carry_state=True, maxlen=25, step=25, batch_size=64, layers=2,
         hidden=256, dropout=0.2, optimizer="adam", learning_rate=0.01, warmup=50,
-        schedule="cosine", clip_norm=5.0, weight_drop=0.2, epochs=23, keep_best=True,
+        schedule="cosine", clip_norm=5.0, weight_drop=0.2, epochs=11, keep_best=True,
+        cell="lnlstm",
     ),
     "long-streams": dict(
         objective="sequence", carry_state=True, maxlen=100, step=100, batch_size=64, layers=2,

@@ -28,10 +28,10 @@ def train_parser() -> argparse.ArgumentParser:
         default=None,
         help="a named recipe; flags given beside it override its values. original: the Keras "
         "example (the defaults); quality: the lowest held-out loss measured in ~20 CPU minutes "
-        "(2x256 LSTM on carried streams of 25 chars, dropout 0.2, weight-drop 0.2, Adam 1e-2 "
-        "with warm-up and cosine decay, clip 5, 23 epochs, --keep-best); long-streams: its "
-        "forerunner (the same on streams of 100 chars, dropout 0.3, no weight-drop, Adam 3e-3, "
-        "45 epochs, --keep-best)",
+        "(2x256 layer-normalised LSTM on carried streams of 25 chars, dropout 0.2, weight-drop "
+        "0.2, Adam 1e-2 with warm-up and cosine decay, clip 5, 11 epochs, --keep-best); "
+        "long-streams: an LSTM forerunner (2x256 on streams of 100 chars, dropout 0.3, Adam "
+        "3e-3, 45 epochs, --keep-best)",
     )
     run.add_argument(
         "--quiet",
