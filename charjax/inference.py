@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jax
 
-from charjax import cells, corpus, evaluate, model, objective, sample, stream
+from charjax import corpus, evaluate, model, objective, sample, stream
 from charjax import dynamic as dynamic_evaluation
 from charjax.checkpoint import Checkpoints
 from charjax.errors import CharjaxError
@@ -68,12 +68,7 @@ def load(directory, epoch: int | None = None, best: bool = False) -> SavedModel:
         partial = None if best or epoch is not None or folder.epochs() else folder.partial()
         meta = partial or get_meta(epoch)
         cfg = meta.cfg
-        options = cells.Options.of(cfg)
-        like = jax.eval_shape(
-            lambda: model.init_params(
-                jax.random.key(0), len(meta.vocab), cfg.hidden, cfg.layers, cfg.cell, options
-            )
-        )
+        like = jax.eval_shape(lambda: model.init_params_of(jax.random.key(0), len(meta.vocab), cfg))
         checkpoints = folder if best else folder.checkpoints
         part = "ema" if cfg.ema else "params"
         if partial is not None:

@@ -172,8 +172,7 @@ def options_of(params: dict) -> cells.Options:
 
 def shape_of(params: dict) -> tuple[int, int]:
     """(vocab_size, hidden) read off a parameter tree (its first layer's kernels)."""
-    first = params[cell_of(params)]
-    return first["kernel"].shape[0], first["recurrent_kernel"].shape[0]
+    return lstm.dims(params[cell_of(params)])  # every cell keeps the LSTM's kernels
 
 
 def zero_carry(batch: int, hidden: int, layers: int) -> tuple:
@@ -189,6 +188,12 @@ def init_params(key: jax.Array, vocab_size: int, hidden: int, layers: int = 1,
     ids = jnp.zeros((1, 1), jnp.int32)
     module = CharLSTM(vocab_size, hidden, layers, cell=cell, options=options)
     return module.init(key, ids)["params"]
+
+
+def init_params_of(key: jax.Array, vocab_size: int, cfg) -> dict:
+    """Fresh parameters of the model a `Config` describes (size, layers, cell and its options)."""
+    options = cells.Options.of(cfg)
+    return init_params(key, vocab_size, cfg.hidden, cfg.layers, cfg.cell, options)
 
 
 def forward(

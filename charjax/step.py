@@ -19,7 +19,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from charjax import cells, model, objective, optim, parallel
+from charjax import model, objective, optim, parallel
 from charjax.config import Config
 from charjax.draws import NONE, Draws
 
@@ -56,8 +56,7 @@ def zero_streams(cfg: Config) -> tuple:
 
 
 def init_state(key: jax.Array, vocab_size: int, cfg: Config) -> TrainState:
-    options = cells.Options.of(cfg)
-    params = model.init_params(key, vocab_size, cfg.hidden, cfg.layers, cfg.cell, options)
+    params = model.init_params_of(key, vocab_size, cfg)
     opt_state = optim.make_optimizer(cfg).init(params)
     one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.int32)
     ema = jax.tree.map(jnp.copy, params) if cfg.ema else ()
