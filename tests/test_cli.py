@@ -232,6 +232,7 @@ print(json.dumps([before, imported, settings(), code]))
 """
 
 
+@pytest.mark.slow  # starts a Python process
 def test_importing_the_library_leaves_the_process_alone_a_command_quiets_it(tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", SETTINGS, str(tmp_path / "none")],

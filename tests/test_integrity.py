@@ -251,6 +251,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+@pytest.mark.slow  # mounts a tmpfs (a process)
 def test_a_full_disk_stops_the_run_in_one_line_and_resume_goes_on(tiny_cfg, small_disk):
     cfg = tiny_cfg.replace(epochs=1, temperatures=(), keep=1)
     run = small_disk / "run"

@@ -9,6 +9,9 @@ import pytest
 from charjax import lstm, model
 from charjax.draws import Draws, apply_dropout
 
+# the forward pass compiled whole (the tests compare values; op by op it compiles each op)
+forward = jax.jit(model.forward, static_argnames=("dtype", "all_steps", "unroll", "kernel"))
+
 
 def test_parameter_shapes_and_count():
     params = model.init_params(jax.random.key(0), 59, 128)
@@ -43,7 +46,7 @@ def test_keras_initialisers():
 def test_forward_shapes_and_jit():
     params = model.init_params(jax.random.key(0), 11, 8)
     ids = jax.random.randint(jax.random.key(1), (3, 7), 0, 11)
-    ((h, c),), logits = model.forward(params, ids)
+    ((h, c),), logits = forward(params, ids)
     assert h.shape == c.shape == (3, 8) and logits.shape == (3, 11) and logits.dtype == jnp.float32
     ((_, _),), jitted = jax.jit(model.forward)(params, ids)
     np.testing.assert_allclose(jitted, logits, rtol=1e-6, atol=1e-6)
@@ -62,7 +65,7 @@ def test_forward_matches_a_hand_written_cell_loop():
         i, f, g, o = np.split(z, 4, axis=-1)
         c = sig(f) * c + sig(i) * np.tanh(g)
         h = sig(o) * np.tanh(c)
-    _, logits = model.forward(params, jnp.asarray(ids))
+    _, logits = forward(params, jnp.asarray(ids))
     np.testing.assert_allclose(logits, h @ p["dense"]["kernel"] + p["dense"]["bias"], atol=1e-5)
 
 
@@ -72,8 +75,8 @@ def test_left_padding_with_valid_mask_equals_the_short_window():
     short = jnp.array([[3, 1, 4]])
     padded = jnp.array([[0, 0, 3, 1, 4]])
     valid = jnp.array([False, False, True, True, True])
-    ((h1, c1),), l1 = model.forward(params, short, valid=jnp.ones(3, bool))
-    ((h2, c2),), l2 = model.forward(params, padded, valid=valid)
+    ((h1, c1),), l1 = forward(params, short, valid=jnp.ones(3, bool))
+    ((h2, c2),), l2 = forward(params, padded, valid=valid)
     np.testing.assert_array_equal(h1, h2)
     np.testing.assert_array_equal(l1, l2)
 
@@ -81,9 +84,9 @@ def test_left_padding_with_valid_mask_equals_the_short_window():
 def test_carry_continues_a_sequence():
     params = model.init_params(jax.random.key(4), 9, 6)
     ids = jnp.array([[1, 2, 3, 4, 5, 6]])
-    _, whole = model.forward(params, ids)
-    carry, _ = model.forward(params, ids[:, :4])
-    _, rest = model.forward(params, ids[:, 4:], carry)
+    _, whole = forward(params, ids)
+    carry, _ = forward(params, ids[:, :4])
+    _, rest = forward(params, ids[:, 4:], carry)
     np.testing.assert_allclose(whole, rest, atol=1e-6)
 
 
@@ -94,10 +97,10 @@ def _params(vocab=9, hidden=8, layers=1, seed=0):
 def test_every_position_logits_equal_the_last_step_of_each_prefix():
     params = _params(layers=2, seed=3)
     ids = jax.random.randint(jax.random.key(4), (2, 6), 0, 9)
-    _, every = model.forward(params, ids, all_steps=True)
+    _, every = forward(params, ids, all_steps=True)
     assert every.shape == (2, 6, 9)
     for t in (1, 4, 6):
-        _, last = model.forward(params, ids[:, :t])
+        _, last = forward(params, ids[:, :t])
         np.testing.assert_allclose(every[:, t - 1], last, atol=1e-6)
 
 
@@ -121,11 +124,11 @@ def test_dropout_is_keyed_scaled_and_off_without_a_key():
     assert apply_dropout(x, 0.3, None) is x
     params = _params(layers=2)
     ids = jnp.array([[1, 2, 3, 4]])
-    plain = model.forward(params, ids)[1]
+    plain = forward(params, ids)[1]
     no_key = Draws(dropout=0.5)
-    assert jnp.array_equal(model.forward(params, ids, draws=no_key)[1], plain)
+    assert jnp.array_equal(forward(params, ids, draws=no_key)[1], plain)
     keyed = Draws(dropout=0.5, dropout_key=jax.random.key(0))
-    assert not jnp.array_equal(model.forward(params, ids, draws=keyed)[1], plain)
+    assert not jnp.array_equal(forward(params, ids, draws=keyed)[1], plain)
 
 
 def test_the_model_asks_the_cell_for_its_state_and_shape():
@@ -135,8 +138,8 @@ def test_the_model_asks_the_cell_for_its_state_and_shape():
     carry = model.zero_carry(4, 5, 3)
     assert len(carry) == 3 and all(h.shape == c.shape == (4, 5) for h, c in carry)
     assert all(not np.asarray(x).any() for x in jax.tree.leaves(carry))
-    _, from_zero = model.forward(params, jnp.array([[1, 2], [3, 4]]), model.zero_carry(2, 5, 3))
-    _, default = model.forward(params, jnp.array([[1, 2], [3, 4]]))
+    _, from_zero = forward(params, jnp.array([[1, 2], [3, 4]]), model.zero_carry(2, 5, 3))
+    _, default = forward(params, jnp.array([[1, 2], [3, 4]]))
     np.testing.assert_allclose(from_zero, default, atol=1e-6)
 
 
@@ -147,20 +150,20 @@ def test_locked_dropout_keeps_one_mask_per_sequence_and_weight_drop_masks_the_ke
     assert not (np.asarray(apply_dropout(x, 0.5, jax.random.key(0)))[1:] == locked[0]).all()
     params = _params(layers=2)
     ids = jnp.array([[1, 2, 3, 4], [4, 3, 2, 1]])
-    plain = model.forward(params, ids)[1]
+    plain = forward(params, ids)[1]
     key = jax.random.key(3)
     masks = Draws(weight_drop=0.5, weight_key=key)
-    dropped = model.forward(params, ids, draws=masks)[1]
+    dropped = forward(params, ids, draws=masks)[1]
     assert not jnp.array_equal(dropped, plain)
-    assert jnp.array_equal(dropped, model.forward(params, ids, draws=masks)[1])
+    assert jnp.array_equal(dropped, forward(params, ids, draws=masks)[1])
     no_key = Draws(weight_drop=0.5)
-    assert jnp.array_equal(model.forward(params, ids, draws=no_key)[1], plain)
+    assert jnp.array_equal(forward(params, ids, draws=no_key)[1], plain)
     # a kernel masked by hand gives the same numbers (layer n's mask: fold_in(key, n))
     masked = dict(params)
     for n, name in enumerate(("lstm", "lstm_1")):
         kernel = apply_dropout(params[name]["recurrent_kernel"], 0.5, jax.random.fold_in(key, n))
         masked[name] = {**params[name], "recurrent_kernel": kernel}
-    np.testing.assert_allclose(model.forward(masked, ids)[1], dropped, rtol=1e-6)
+    np.testing.assert_allclose(forward(masked, ids)[1], dropped, rtol=1e-6)
 
 
 def test_recurrent_dropout_masks_h_per_sequence_only_while_training():
@@ -169,29 +172,29 @@ def test_recurrent_dropout_masks_h_per_sequence_only_while_training():
     (loss after the last step) takes the mask too."""
     params = _params(layers=2)
     ids = jnp.array([[1, 2, 3, 4], [4, 3, 2, 1]])
-    plain = model.forward(params, ids, all_steps=True)[1]
+    plain = forward(params, ids, all_steps=True)[1]
     key = jax.random.key(4)
     masks = Draws(recurrent_dropout=0.5, recurrent_key=key)
-    dropped = model.forward(params, ids, all_steps=True, draws=masks)[1]
+    dropped = forward(params, ids, all_steps=True, draws=masks)[1]
     assert not jnp.array_equal(dropped, plain)
-    again = model.forward(params, ids, all_steps=True, draws=masks)[1]
+    again = forward(params, ids, all_steps=True, draws=masks)[1]
     assert jnp.array_equal(dropped, again)
     no_key = Draws(recurrent_dropout=0.5)
-    assert jnp.array_equal(model.forward(params, ids, all_steps=True, draws=no_key)[1], plain)
+    assert jnp.array_equal(forward(params, ids, all_steps=True, draws=no_key)[1], plain)
     assert jnp.array_equal(
-        model.forward(params, ids, all_steps=True, draws=Draws(dropout_key=key))[1], plain
+        forward(params, ids, all_steps=True, draws=Draws(dropout_key=key))[1], plain
     )
     # a row's mask follows its index in the whole batch: the second row alone, as row 1
-    second = model.forward(params, ids[1:], all_steps=True, draws=masks.replace(first_row=1))[1]
+    second = forward(params, ids[1:], all_steps=True, draws=masks.replace(first_row=1))[1]
     np.testing.assert_allclose(second[0], dropped[1], rtol=1e-6)
     valid = jnp.ones(4, bool)
-    masked_scan = model.forward(params, ids, valid=valid, all_steps=True, draws=masks)[1]
+    masked_scan = forward(params, ids, valid=valid, all_steps=True, draws=masks)[1]
     np.testing.assert_allclose(masked_scan, plain, rtol=1e-6)
     # the first step sees h = 0, so its outputs cannot change; later steps do
     np.testing.assert_allclose(dropped[:, 0], plain[:, 0], rtol=1e-6)
     one = {"lstm": params["lstm"], "dense": params["dense"]}
-    last = model.forward(one, ids)[1]
-    dropped_last = model.forward(one, ids, draws=masks)[1]
+    last = forward(one, ids)[1]
+    dropped_last = forward(one, ids, draws=masks)[1]
     assert not jnp.array_equal(dropped_last, last)
 
 

@@ -16,6 +16,8 @@ from charjax import corpus as corpora
 from charjax.errors import CharjaxError
 from charjax.step import StepContext, init_state, loss_sum, train_step
 
+STEP = jax.jit(train_step, static_argnames="cfg")  # one compiled step per config and shapes
+
 
 def _setup(cfg):
     corpus = corpora.load(cfg)
@@ -29,6 +31,7 @@ def _batch(ids, starts, cfg, n=None):
     return inputs, targets, jnp.ones(n, jnp.float32)
 
 
+@pytest.mark.slow  # op by op, a training step compiles each of its ops: ~15 s on 2 cores
 def test_train_step_jit_equals_no_jit(tiny_cfg):
     corpus, ids, starts = _setup(tiny_cfg)
     state = init_state(jax.random.key(0), corpus.vocab.size, tiny_cfg)
@@ -36,7 +39,7 @@ def test_train_step_jit_equals_no_jit(tiny_cfg):
     plain, metrics = train_step(state, *batch, tiny_cfg)
     assert set(metrics) == {"loss"}  # the step's metrics: what the epoch averages and shows
     loss = metrics["loss"]
-    jitted, jloss = loss_of(jax.jit(train_step, static_argnames="cfg")(state, *batch, tiny_cfg))
+    jitted, jloss = loss_of(STEP(state, *batch, tiny_cfg))
     np.testing.assert_allclose(loss, jloss, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), plain, jitted)
     assert loss.shape == () and loss.dtype == jnp.float32
@@ -46,7 +49,7 @@ def test_one_step_changes_every_leaf_and_steps_lower_the_loss(tiny_cfg):
     corpus, ids, starts = _setup(tiny_cfg)
     state = init_state(jax.random.key(0), corpus.vocab.size, tiny_cfg)
     batch = _batch(ids, starts, tiny_cfg)
-    step = jax.jit(train_step, static_argnames="cfg")
+    step = STEP
     new, first_loss = loss_of(step(state, *batch, tiny_cfg))
     changed = jax.tree.map(lambda a, b: bool((a != b).any()), new.params, state.params)
     assert all(jax.tree.leaves(changed)), changed
@@ -61,11 +64,11 @@ def test_padding_is_ignored_and_empty_batches_are_no_ops(tiny_cfg):
     state = init_state(jax.random.key(0), corpus.vocab.size, tiny_cfg)
     inputs, targets, _ = _batch(ids, starts, tiny_cfg)
     weights = jnp.zeros(tiny_cfg.batch_size).at[:5].set(1.0)
-    padded, loss_p = loss_of(train_step(state, inputs, targets, weights, tiny_cfg))
-    short, loss_s = loss_of(train_step(state, inputs[:5], targets[:5], weights[:5], tiny_cfg))
+    padded, loss_p = loss_of(STEP(state, inputs, targets, weights, tiny_cfg))
+    short, loss_s = loss_of(STEP(state, inputs[:5], targets[:5], weights[:5], tiny_cfg))
     np.testing.assert_allclose(loss_p, loss_s, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), padded, short)
-    same, _ = loss_of(train_step(state, inputs, targets, jnp.zeros_like(weights), tiny_cfg))
+    same, _ = loss_of(STEP(state, inputs, targets, jnp.zeros_like(weights), tiny_cfg))
     assert same_trees(same, state)
 
 
@@ -97,7 +100,7 @@ def _first_windows(cfg):
         state,
         batch,
         StepContext(jax.random.key(5), 100),
-        jax.jit(train_step, static_argnames="cfg"),
+        STEP,
     )
 
 
@@ -124,7 +127,7 @@ def test_carried_state_goes_from_each_window_to_the_next(tiny_cfg):
     assert jax.tree.map(jnp.shape, state.carry) == (((3, 16), (3, 16)),)
     first, second = np.array([0, 300, 600]), np.array([10, 310, 610])
     ones = jnp.ones(3)
-    step = jax.jit(train_step, static_argnames="cfg")
+    step = STEP
     x1, y1 = objective.of(cfg).batch(ids, first)
     after1, _ = loss_of(step(state, x1, y1, ones, cfg))
     carry1, _ = model.forward(state.params, x1, all_steps=True)
@@ -154,7 +157,7 @@ def test_a_varied_window_is_the_window_of_its_length_with_a_step_scaled_by_it(ti
     starts, ones, length = np.array([0, 300, 600]), jnp.ones(3), 7
     x, y = objective.of(varied).batch(corpus.ids, starts)
     assert x.shape == y.shape == (3, 16)  # maxlen + 2 * 3: the longest window
-    step = jax.jit(train_step, static_argnames="cfg")
+    step = STEP
     padded, loss_v = loss_of(step(state, x, y, ones, varied, length=jnp.int32(length)))
     exact = streams.replace(maxlen=length, step=length)
     short, loss_s = loss_of(step(state, x[:, :length], y[:, :length], ones, exact))
@@ -174,7 +177,7 @@ def test_bfloat16_matmuls_keep_float32_parameters(tiny_cfg):
     for dtype in ("float32", "bfloat16"):
         cfg = tiny_cfg.replace(dtype=dtype)
         state = init_state(jax.random.key(0), corpus.vocab.size, cfg)
-        step = jax.jit(train_step, static_argnames="cfg")
+        step = STEP
         for _ in range(5):
             state, loss = loss_of(step(state, inputs, targets, jnp.ones(32), cfg))
         results[dtype] = (state, float(loss))
