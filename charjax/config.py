@@ -305,124 +305,153 @@ class Config:
 
     def check(self) -> Config:
         """Raise a `CharjaxError` naming the first nonsensical value's flag; return self."""
-        positive = (
-            "maxlen", "step", "hidden", "layers", "batch_size", "steps_per_call", "keep",
-            "mogrify_rounds",
-        )  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise CharjaxError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "unroll",
-            "epochs",
-            "max_chars",
-            "sample_length",
-            "warmup",
-            "log_every",
-            "patience",
-            "eval_every",
-            "save_every",
-            "vary_length",
-            "mogrify_rank",
-        ):
-            if getattr(self, name) < 0:
-                raise CharjaxError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise CharjaxError(
-                f"--learning-rate must be a positive number, got {self.learning_rate}"
-            )
-        if not (0 <= self.rho < 1 and self.epsilon > 0):
-            raise CharjaxError(
-                f"RMSprop needs 0 <= rho < 1 and epsilon > 0, got {self.rho}, {self.epsilon}"
-            )
-        if any(not math.isfinite(t) or t < 0 for t in self.temperatures):
-            raise CharjaxError(
-                f"--temperatures must be finite numbers >= 0, got {list(self.temperatures)}"
-            )
-        if not 0 <= self.val_fraction < 1:
-            raise CharjaxError(
-                f"--val-fraction must be in [0, 1) (0 = no validation), got {self.val_fraction}"
-            )
-        if not self.glob or not all(self.glob):
-            raise CharjaxError(
-                f"--glob needs a non-empty file name pattern such as '*.py', got {list(self.glob)}"
-            )
-        if self.eval_chars < 1:
-            raise CharjaxError(f"--eval-chars must be >= 1, got {self.eval_chars}")
-        if self.eval_every and not self.val_fraction:
-            raise CharjaxError(
-                "--eval-every scores the held-out tail, and --val-fraction 0 holds none out; "
-                "pass --val-fraction > 0, or drop --eval-every"
-            )
-        for name in ("dropout", "weight_drop", "recurrent_dropout", "ema"):
-            if not 0 <= getattr(self, name) < 1:
-                raise CharjaxError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
-        if (self.keep_best or self.patience) and not self.val_fraction:
-            raise CharjaxError(
-                "--keep-best and --patience follow the held-out loss, and --val-fraction 0 holds "
-                "none out; pass --val-fraction > 0"
-            )
-        if not (math.isfinite(self.clip_norm) and self.clip_norm >= 0):
-            raise CharjaxError(f"--clip-norm must be >= 0 (0 = off), got {self.clip_norm}")
-        if not (math.isfinite(self.guard) and (self.guard == 0 or self.guard > 1)):
-            raise CharjaxError(
-                f"--guard must be above 1 (a factor over the best epoch's loss) or 0 (off), "
-                f"got {self.guard}"
-            )
-        for f in fields(self):
-            allowed = f.metadata.get("choices")
-            if allowed and getattr(self, f.name) not in allowed:
-                raise CharjaxError(
-                    f"{flag(f.name)} must be one of {', '.join(allowed)}, "
-                    f"got {getattr(self, f.name)!r}"
-                )
-        if self.carry_state and (self.objective != "sequence" or self.step != self.maxlen):
-            raise CharjaxError(
-                "--carry-state reads the text as contiguous streams: it needs --objective "
-                f"sequence and --step equal to --maxlen (got {self.objective}, step {self.step}, "
-                f"maxlen {self.maxlen})"
-            )
-        if self.vary_length and not self.carry_state:
-            raise CharjaxError(
-                "--vary-length moves the window boundaries of carried streams: it needs "
-                "--carry-state (with --objective sequence and --step equal to --maxlen)"
-            )
-        if 2 * self.vary_length >= self.maxlen:
-            raise CharjaxError(
-                f"--vary-length {self.vary_length} would make windows of {self.maxlen} chars "
-                f"empty (each is --maxlen +- 2D long): use a D below {-(-self.maxlen // 2)}"
-            )
-        if self.mogrify_rank and (self.cell != "mogrifier" or self.layers < 2):
-            raise CharjaxError(
-                "--mogrify-rank sets the rank of a mogrifier's stacked layers: it needs --cell "
-                "mogrifier and --layers 2 or more (the first layer's gating is a lookup)"
-            )
-        if self.mogrify_rank >= self.hidden:
-            raise CharjaxError(
-                f"--mogrify-rank {self.mogrify_rank} is not below --hidden {self.hidden}: its "
-                "factors would outgrow the full matrix; use a smaller rank, or 0 (full)"
-            )
-        if self.lstm_kernel == "pallas" and self.cell != "lstm":
-            raise CharjaxError(
-                f"--lstm-kernel pallas fuses the LSTM's loops, and --cell {self.cell} runs XLA "
-                "scans: drop --lstm-kernel pallas, or train --cell lstm"
-            )
-        if self.dtype not in ("float32", "bfloat16"):
-            raise CharjaxError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
+        for rule in _CHECKS:
+            rule(self)
         return self
 
 
+def _check_counts(cfg: Config) -> None:
+    """Counts: sizes >= 1, counts and intervals >= 0."""
+    positive = (
+        "maxlen", "step", "hidden", "layers", "batch_size", "steps_per_call", "keep",
+        "mogrify_rounds",
+    )  # fmt: skip
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise CharjaxError(f"{flag(name)} must be >= 1, got {getattr(cfg, name)}")
+    for name in (
+        "unroll",
+        "epochs",
+        "max_chars",
+        "sample_length",
+        "warmup",
+        "log_every",
+        "patience",
+        "eval_every",
+        "save_every",
+        "vary_length",
+        "mogrify_rank",
+    ):
+        if getattr(cfg, name) < 0:
+            raise CharjaxError(f"{flag(name)} must be >= 0, got {getattr(cfg, name)}")
+
+
+def _check_numbers(cfg: Config) -> None:
+    """The optimiser's, sampling's and validation's numbers."""
+    if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
+        raise CharjaxError(f"--learning-rate must be a positive number, got {cfg.learning_rate}")
+    if not (0 <= cfg.rho < 1 and cfg.epsilon > 0):
+        raise CharjaxError(
+            f"RMSprop needs 0 <= rho < 1 and epsilon > 0, got {cfg.rho}, {cfg.epsilon}"
+        )
+    if any(not math.isfinite(t) or t < 0 for t in cfg.temperatures):
+        raise CharjaxError(
+            f"--temperatures must be finite numbers >= 0, got {list(cfg.temperatures)}"
+        )
+    if not 0 <= cfg.val_fraction < 1:
+        raise CharjaxError(
+            f"--val-fraction must be in [0, 1) (0 = no validation), got {cfg.val_fraction}"
+        )
+    if not cfg.glob or not all(cfg.glob):
+        raise CharjaxError(
+            f"--glob needs a non-empty file name pattern such as '*.py', got {list(cfg.glob)}"
+        )
+    if cfg.eval_chars < 1:
+        raise CharjaxError(f"--eval-chars must be >= 1, got {cfg.eval_chars}")
+    if cfg.eval_every and not cfg.val_fraction:
+        raise CharjaxError(
+            "--eval-every scores the held-out tail, and --val-fraction 0 holds none out; "
+            "pass --val-fraction > 0, or drop --eval-every"
+        )
+
+
+def _check_regularisation(cfg: Config) -> None:
+    """Regularisation rates, early stopping, clipping and the guard."""
+    for name in ("dropout", "weight_drop", "recurrent_dropout", "ema"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise CharjaxError(f"{flag(name)} must be in [0, 1), got {getattr(cfg, name)}")
+    if (cfg.keep_best or cfg.patience) and not cfg.val_fraction:
+        raise CharjaxError(
+            "--keep-best and --patience follow the held-out loss, and --val-fraction 0 holds "
+            "none out; pass --val-fraction > 0"
+        )
+    if not (math.isfinite(cfg.clip_norm) and cfg.clip_norm >= 0):
+        raise CharjaxError(f"--clip-norm must be >= 0 (0 = off), got {cfg.clip_norm}")
+    if not (math.isfinite(cfg.guard) and (cfg.guard == 0 or cfg.guard > 1)):
+        raise CharjaxError(
+            f"--guard must be above 1 (a factor over the best epoch's loss) or 0 (off), "
+            f"got {cfg.guard}"
+        )
+
+
+def _check_choices(cfg: Config) -> None:
+    """Fields with a fixed set of values."""
+    for f in fields(cfg):
+        allowed = f.metadata.get("choices")
+        if allowed and getattr(cfg, f.name) not in allowed:
+            raise CharjaxError(
+                f"{flag(f.name)} must be one of {', '.join(allowed)}, got {getattr(cfg, f.name)!r}"
+            )
+
+
+def _check_streams(cfg: Config) -> None:
+    """Carried streams and the windows they move."""
+    if cfg.carry_state and (cfg.objective != "sequence" or cfg.step != cfg.maxlen):
+        raise CharjaxError(
+            "--carry-state reads the text as contiguous streams: it needs --objective "
+            f"sequence and --step equal to --maxlen (got {cfg.objective}, step {cfg.step}, "
+            f"maxlen {cfg.maxlen})"
+        )
+    if cfg.vary_length and not cfg.carry_state:
+        raise CharjaxError(
+            "--vary-length moves the window boundaries of carried streams: it needs "
+            "--carry-state (with --objective sequence and --step equal to --maxlen)"
+        )
+    if 2 * cfg.vary_length >= cfg.maxlen:
+        raise CharjaxError(
+            f"--vary-length {cfg.vary_length} would make windows of {cfg.maxlen} chars "
+            f"empty (each is --maxlen +- 2D long): use a D below {-(-cfg.maxlen // 2)}"
+        )
+
+
+def _check_cell(cfg: Config) -> None:
+    """The cell's options, the fused kernel and the matmul dtype."""
+    if cfg.mogrify_rank and (cfg.cell != "mogrifier" or cfg.layers < 2):
+        raise CharjaxError(
+            "--mogrify-rank sets the rank of a mogrifier's stacked layers: it needs --cell "
+            "mogrifier and --layers 2 or more (the first layer's gating is a lookup)"
+        )
+    if cfg.mogrify_rank >= cfg.hidden:
+        raise CharjaxError(
+            f"--mogrify-rank {cfg.mogrify_rank} is not below --hidden {cfg.hidden}: its "
+            "factors would outgrow the full matrix; use a smaller rank, or 0 (full)"
+        )
+    if cfg.lstm_kernel == "pallas" and cfg.cell != "lstm":
+        raise CharjaxError(
+            f"--lstm-kernel pallas fuses the LSTM's loops, and --cell {cfg.cell} runs XLA "
+            "scans: drop --lstm-kernel pallas, or train --cell lstm"
+        )
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise CharjaxError(f"--dtype must be float32 or bfloat16, got {cfg.dtype!r}")
+
+
+_CHECKS = (  # in this order: the first rule a config breaks names its flag
+    _check_counts, _check_numbers, _check_regularisation, _check_choices, _check_streams,
+    _check_cell,
+)  # fmt: skip
+
+
 # Named recipes (`charjax-train --preset NAME`): config values that explicit flags override.
-# quality: the lowest held-out loss measured within 20 minutes on this project's slowest 2-core
-# host (docs/results.md "Cells"): two LN-LSTM(256) layers (`--cell lnlstm`, which beat the
-# LSTM there by ~0.02 nats/char at equal minutes), 11 epochs (16-18 minutes on 2026-12-03's
-# host), on carried streams of 25 chars (four times the updates of long-streams for the same
-# compute), dropout 0.2, weight-drop 0.2, Adam at 1e-2, --keep-best. `--cell lstm --epochs 23`
-# is the LSTM recipe before it. Recurrent and locked dropout, EMA and --vary-length measured no
-# better within that budget: they stay off.
+# quality: the lowest held-out loss measured within 20 minutes on a 2-core AMD EPYC without
+# AVX-512 (2026-12-03; docs/results.md "Cells"): two LN-LSTM(256) layers (`--cell lnlstm`,
+# ~0.02 nats/char below the LSTM at equal minutes), 11 epochs (16-18 minutes there), on
+# carried streams of 25 chars (four times the updates of long-streams for the same compute),
+# dropout 0.2, weight-drop 0.2, Adam at 1e-2, --keep-best. `--cell lstm --epochs 23` is the
+# same recipe with the LSTM cell. Recurrent and locked dropout, EMA and --vary-length measured
+# no better within that budget: they stay off.
 # long-streams: the same model on streams of 100 chars, dropout 0.3, no weight-drop, Adam at
-# 3e-3, 45 epochs: quality's forerunner, 1.321 nats/char held-out at epoch 29 in 11.3 training
-# minutes on a 2-core AMD EPYC with AVX-512 (2026-11-26); the device check times its training.
+# 3e-3, 45 epochs: 1.321 nats/char held-out at epoch 29 in 11.3 training minutes on a 2-core
+# AMD EPYC with AVX-512 (2026-11-26); the device check times its training.
 PRESETS = {
     "original": {},  # the Keras example's settings: the defaults
     "quality": dict(
