@@ -13,15 +13,20 @@ A slow test named by its node ID (`tests/test_x.py::test_y`) runs without --all 
 need the corpus sit in both tiers: without it, the fast tier fails as well."""
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# One compilation cache for the whole test run, inherited by the CLI subprocesses: the same tiny
-# programs are compiled once instead of once per process. (Set before anything imports jax.)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="charjax-xla-cache-"))
+# One compilation cache for the whole test run, inherited by the pytest-xdist workers and the CLI
+# subprocesses: the same tiny programs are compiled once instead of once per process. (Set before
+# anything imports jax; removed when the run that made it ends.)
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="charjax-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 # The suite checks float32 math (Keras parity at 1e-5, modes that agree exactly): on a GPU,
 # float32 matmuls default to TF32 (10-bit mantissas), so the tests ask for full float32. No
@@ -32,9 +37,9 @@ os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from util import TINY_TEXT
+from util import TINY_TEXT  # noqa: E402  (after the environment above)
 
-from charjax.config import Config
+from charjax.config import Config  # noqa: E402
 
 _SLOW_LEFT_OUT = pytest.StashKey[int]()  # how many slow tests this run deselected
 
@@ -79,6 +84,11 @@ def pytest_testnodedown(node, error):
     """pytest-xdist: the workers collect, the controller reports."""
     left_out = getattr(node, "workeroutput", {}).get("slow_left_out", 0)
     node.config.stash[_SLOW_LEFT_OUT] = max(node.config.stash.get(_SLOW_LEFT_OUT, 0), left_out)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -273,7 +273,7 @@ def _resume_flag(ck) -> list[str]:
     return ["--resume"] if ckpts.epochs() or ckpts.partial_meta() is not None else []
 
 
-KILLS = 6  # the third and sixth inside a save (10 took 97 s of the CI's ~10-minute budget)
+KILLS = 6  # the third and sixth inside a save (each kill and resume costs ~10 s on 2 cores)
 
 
 @pytest.mark.slow
