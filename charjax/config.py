@@ -443,7 +443,7 @@ _CHECKS = (  # in this order: the first rule a config breaks names its flag
 
 # Named recipes (`charjax-train --preset NAME`): config values that explicit flags override.
 # quality: the lowest held-out loss measured within 20 minutes on a 2-core AMD EPYC without
-# AVX-512 (2026-12-03; docs/results.md "Cells"): two LN-LSTM(256) layers (`--cell lnlstm`,
+# AVX-512 (2026-12-03; docs/results.md, "Which cell?"): two LN-LSTM(256) layers (`--cell lnlstm`,
 # ~0.02 nats/char below the LSTM at equal minutes), 11 epochs (16-18 minutes there), on
 # carried streams of 25 chars (four times the updates of long-streams for the same compute),
 # dropout 0.2, weight-drop 0.2, Adam at 1e-2, --keep-best. `--cell lstm --epochs 23` is the

@@ -1,6 +1,8 @@
 """The documentation says what the code does: every `--flag` written with a command is one that
-command accepts, every relative link and image resolves to a file in the repository (and a
-`#section` to a heading there), the README stays short, and its first look runs as written."""
+command accepts (a bare flag in prose belongs to the command its paragraph or section names),
+every flag of every command is in docs/usage.md, every relative link and image resolves to a
+file in the repository (and a `#section` to a heading there), the README stays short, its first
+look runs as written, and so does every python example."""
 
 from __future__ import annotations
 
@@ -20,6 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
 README_MAX_LINES = 200
 FIRST_LOOK = "<!-- first-look -->"  # marks the README's first-look block
+# The command a bare `--flag` in a document's prose belongs to, unless its paragraph or a
+# heading above it names another (`charjax-sample`, `scripts/bench.py`).
+DOC_COMMAND = {
+    "README.md": "train",
+    "BENCHMARKS.md": "train",
+    "docs/architecture.md": "train",
+    "docs/export.md": "export",
+    "docs/gpu.md": "train",
+    "docs/reliability.md": "train",
+    "docs/results.md": "train",
+    "docs/usage.md": "train",
+}
+# Flags every command has, documented once at the top of docs/usage.md.
+COMMON_FLAGS = frozenset({"-h", "--help", "--debug"})
 
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 SPAN = re.compile(r"(?<!`)`([^`]+)`(?!`)")
@@ -132,32 +148,58 @@ def _uses_of_command(words: list[str]) -> list[tuple[str, str]]:
 
 
 def _prose(text: str) -> str:
-    return FENCE.sub("", text)
+    """The text without its fenced blocks (each left as one blank line: paragraphs stay apart)."""
+    return FENCE.sub("\n", text)
+
+
+def _words(span: str) -> list[str]:
+    """An inline code span's shell words (a bare `scripts/x.py` as `python scripts/x.py`)."""
+    try:
+        words = shlex.split(span.replace("\\|", "|").replace("\n", " "))
+    except ValueError:
+        return []
+    return ["python", *words] if words and SCRIPT.fullmatch(words[0]) else words
+
+
+def prose_uses(text: str, default: str) -> list[tuple[str, str]]:
+    """(command, --flag) of the inline code in a document's prose. A span that starts with a
+    command is that command's; a span that starts with a bare flag (`--dropout 0.2`) belongs to
+    the command last named before it in its paragraph (a table row or a list item is a
+    paragraph), else to the command of its section: named in its heading or a heading above,
+    else `default`."""
+    found, sections = [], [(0, default)]  # (heading level, command) from the top down
+    for paragraph in re.split(r"\n\s*\n|\n(?=\||#+ |[-*] |\d+\. )", _prose(text)):
+        spans = [_words(span) for span in SPAN.findall(paragraph)]
+        heading = re.match(r"(#+) ", paragraph)
+        if heading:
+            level = len(heading.group(1))
+            while sections[-1][0] >= level:
+                sections.pop()
+            named = [c for c, _ in map(command_of, spans) if c]
+            sections.append((level, named[0] if named else sections[-1][1]))
+            continue
+        command = sections[-1][1]
+        for words in spans:
+            if words and words[0].startswith("--"):
+                found += [(command, f) for f in flags_of(words)]
+            elif command_of(words)[0]:
+                found += _uses_of_command(words)
+                command = command_of(words)[0]
+    return found
 
 
 def documented_flags() -> list[tuple[str, str, str]]:
-    """(file, command, --flag): flags in fenced shell blocks and in inline code that starts
-    with a command; inline code that starts with a bare flag (`--dropout 0.2`) is checked
-    against every command (command "*")."""
+    """(file, command, --flag): flags in fenced shell blocks, and in the prose's inline code
+    (`prose_uses`)."""
     found = []
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
         name = doc.relative_to(ROOT).as_posix()
+        assert name in DOC_COMMAND, f"{name}: say in DOC_COMMAND which command its flags are of"
         for lang, body in FENCE.findall(text):
             if lang in SHELL:
                 found += [(name, c, f) for c, f in uses(body)]
-        for span in SPAN.findall(_prose(text)):
-            span = span.replace("\\|", "|")
-            try:
-                words = shlex.split(span.replace("\n", " "))
-            except ValueError:
-                continue
-            if not words:
-                continue
-            if words[0].startswith("--"):
-                found += [(name, "*", f) for f in flags_of(words)]
-            else:
-                found += [(name, c, f) for c, f in _uses_of_command(words)]
+        found += [(name, c, f) for c, f in prose_uses(text, DOC_COMMAND[name])]
     return found
 
 
@@ -165,10 +207,41 @@ ALL_COMMANDS = ("train", "sample", "score", "plot", "export", "sweep", "bench")
 
 
 def test_the_docs_name_commands_and_flags():
-    """Sanity of the parsing below: it finds the README's commands."""
+    """Sanity of the parsing below: it finds the README's commands and the usage page's flag
+    tables under the command of their section."""
     found = documented_flags()
     assert ("README.md", "train", "--max-chars") in found
-    assert any(c == "*" for _, c, _ in found)
+    assert ("docs/usage.md", "sample", "--top-p") in found
+    assert ("docs/usage.md", "bench", "--cells") in found
+    assert ("docs/usage.md", "train", "--no-keep-case") in found
+
+
+def test_a_bare_flag_belongs_to_the_command_of_its_paragraph_or_section():
+    text = (
+        "Intro `--resume`.\n\n"
+        "## Sampling: `charjax-sample`\n\n"
+        "| `--top-p P` | 1 | as `charjax-train --seed` sets, then `--epochs` |\n"
+        "| `--length N` | 400 | |\n\n"
+        "### More\n\n"
+        "`--best`, then `charjax-score` reads `--stride 2`.\n"
+        "- `--num-samples 2` in a list item of its own\n\n"
+        "```bash\ncharjax-plot --out x.png\n```\n\n"
+        "`--mode stateful` as before.\n\n"
+        "## Measuring: `scripts/bench.py`\n\n"
+        "`--cells`\n"
+    )
+    assert prose_uses(text, "train") == [
+        ("train", "--resume"),
+        ("sample", "--top-p"),
+        ("train", "--seed"),
+        ("train", "--epochs"),
+        ("sample", "--length"),
+        ("sample", "--best"),
+        ("score", "--stride"),
+        ("sample", "--num-samples"),
+        ("sample", "--mode"),
+        ("bench", "--cells"),
+    ]
 
 
 def test_every_documented_flag_is_accepted_by_its_command():
@@ -176,12 +249,30 @@ def test_every_documented_flag_is_accepted_by_its_command():
     for name, command, flag in sorted(set(documented_flags())):
         if command.startswith("!"):
             wrong.append(f"{name}: {command[1:]} is not an installed command (pyproject.toml)")
-        elif command == "*":
-            if not any(flag in options(c) for c in ALL_COMMANDS):
-                wrong.append(f"{name}: {flag} (no command has it)")
         elif flag not in options(command):
-            wrong.append(f"{name}: {flag} is not a flag of charjax-{command}")
+            wrong.append(f"{name}: {flag} is not a flag of {_program(command)}")
     assert not wrong, "\n".join(wrong)
+
+
+def _program(command: str) -> str:
+    return "scripts/bench.py" if command == "bench" else f"charjax-{command}"
+
+
+def test_every_flag_of_every_command_is_in_the_usage_page():
+    """docs/usage.md documents each command's flags in its section (`--debug` and `--help`
+    once, at the top, for all)."""
+    text = (ROOT / "docs" / "usage.md").read_text(encoding="utf-8")
+    documented = {(c, f) for c, f in prose_uses(text, DOC_COMMAND["docs/usage.md"])}
+    for lang, body in FENCE.findall(text):
+        if lang in SHELL:
+            documented |= set(uses(body))
+    top = _prose(text).split("\n## ")[0]
+    missing = [f"`{f}`: the top of docs/usage.md" for f in ("--debug", "--help") if f not in top]
+    for command in ALL_COMMANDS:
+        for flag in sorted(options(command) - COMMON_FLAGS):
+            if (command, flag) not in documented:
+                missing.append(f"{_program(command)} {flag}")
+    assert not missing, "not in docs/usage.md:\n" + "\n".join(missing)
 
 
 def test_the_flag_check_catches_a_wrong_flag():
@@ -194,6 +285,11 @@ def test_the_flag_check_catches_a_wrong_flag():
         ("sweep", "--jobs"),
         ("train", "--dropout"),
     ]
+    # a sample flag written in a training section is not taken for any command's
+    assert prose_uses("## Training: `charjax-train`\n\n`--top-p 0.9`\n", "sample") == [
+        ("train", "--top-p")
+    ]
+    assert "--top-p" not in options("train")
 
 
 def _slug(heading: str) -> str:
@@ -257,3 +353,33 @@ def test_readme_first_look_runs_as_written(nietzsche_dir, tmp_path):
         assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     assert (tmp_path / "checkpoints" / "quick" / "metrics.jsonl").is_file()
     assert (tmp_path / "checkpoints" / "quick" / "loss.png").is_file()
+
+
+def python_examples() -> list[tuple[str, str]]:
+    """(file, code) of every fenced `python` block of the documents: each is a complete
+    example (a fragment would be fenced as plain text)."""
+    found = []
+    for doc in DOCS:
+        name = doc.relative_to(ROOT).as_posix()
+        found += [
+            (name, body) for lang, body in FENCE.findall(doc.read_text("utf-8")) if lang == "python"
+        ]
+    return found
+
+
+def test_the_library_example_is_among_the_python_examples():
+    assert any(n == "docs/architecture.md" and "train_epoch" in c for n, c in python_examples())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(python_examples())))
+def test_python_example_runs_as_written(index, nietzsche_dir, tmp_path):
+    """Each python example, run by this interpreter in a fresh folder, with the corpus in
+    $CHARJAX_DATA_DIR; it must end cleanly (its own settings keep it small)."""
+    name, code = python_examples()[index]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHARJAX_DATA_DIR": str(nietzsche_dir)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{name}:\n{code}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"

@@ -30,8 +30,8 @@ def train_parser() -> argparse.ArgumentParser:
         "example (the defaults); quality: the lowest held-out loss measured in ~20 CPU minutes "
         "(2x256 layer-normalised LSTM on carried streams of 25 chars, dropout 0.2, weight-drop "
         "0.2, Adam 1e-2 with warm-up and cosine decay, clip 5, 11 epochs, --keep-best); "
-        "long-streams: an LSTM forerunner (2x256 on streams of 100 chars, dropout 0.3, Adam "
-        "3e-3, 45 epochs, --keep-best)",
+        "long-streams: two LSTM(256) layers on streams of 100 chars, dropout 0.3, Adam 3e-3, "
+        "45 epochs, --keep-best (the device check times it)",
     )
     run.add_argument(
         "--quiet",
