@@ -136,11 +136,8 @@ def _training_draws(length):
                  length=jnp.int32(length))  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "case",
-    [pytest.param("lstm", marks=SLOW), "lnlstm", pytest.param("mogrifier", marks=SLOW),
-     pytest.param("mogrifier-rank", marks=SLOW)],
-)  # fmt: skip
+@SLOW  # autodiff of a loop over the steps compiles for 10-25 s a cell
+@pytest.mark.parametrize("case", CASES)
 def test_each_cells_training_gradient_equals_autodiff_of_its_equations(case):
     """The training path (draws: locked dropout, weight-drop, recurrent dropout and a window
     length; autodiff of the scan, or the LSTM's hand-written backward) against jax.grad of
@@ -169,6 +166,7 @@ def test_each_cells_training_gradient_equals_autodiff_of_its_equations(case):
     assert any(np.abs(g).max() > 1e-3 for g in jax.tree.leaves(grads))
 
 
+@SLOW
 def test_the_lstm_through_autodiff_equals_its_hand_written_backward():
     """--lstm-kernel autodiff: the LSTM trained as the other cells are, the same numbers."""
     params = _params("lstm", seed=2)
@@ -187,29 +185,36 @@ def test_the_lstm_through_autodiff_equals_its_hand_written_backward():
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def _shapes(case, layers=2):
+    """`case`'s tree as shapes and dtypes (nothing computed: what the names and options are
+    read from)."""
+    cell, options = CASES[case]
+    return jax.eval_shape(lambda: model.init_params(jax.random.key(0), V, H, layers, cell, options))
+
+
 def test_a_tree_names_its_cell_and_options_and_the_lstm_tree_is_unchanged():
-    lstm = _params("lstm", layers=3)
+    lstm = _shapes("lstm", layers=3)
     assert sorted(lstm) == ["dense", "lstm", "lstm_1", "lstm_2"]
     assert sorted(lstm["lstm_1"]) == ["bias", "kernel", "recurrent_kernel"]
     for case, (cell, options) in CASES.items():
-        params = _params(case, layers=3)
+        params = _shapes(case, layers=3)
         assert model.cell_of(params) == cell and model.layers_of(params) == 3
         assert model.options_of(params) == options and model.shape_of(params) == (V, H)
-    ln = _params("lnlstm")
+    ln = _shapes("lnlstm")
     assert {n: v.shape for n, v in ln["lnlstm_1"].items()} == {
         "kernel": (H, 4 * H), "recurrent_kernel": (H, 4 * H), "bias": (4 * H,),
         "input_gain": (4 * H,), "recurrent_gain": (4 * H,), "cell_gain": (H,), "cell_bias": (H,),
     }  # fmt: skip
-    low = _params("mogrifier-rank")  # 4 rounds: 2 gate x, 2 gate h; the char layer full rank
+    low = _shapes("mogrifier-rank")  # 4 rounds: 2 gate x, 2 gate h; the char layer full rank
     assert low["mogrifier"]["mogrify_q"].shape == (2, H, V)
     assert low["mogrifier"]["mogrify_r"].shape == (2, V, H)
     assert low["mogrifier_1"]["mogrify_q_left"].shape == (2, H, 3)
     assert low["mogrifier_1"]["mogrify_r_right"].shape == (2, 3, H)
     assert (
         "mogrify_r"
-        not in model.init_params(jax.random.key(0), V, H, 1, "mogrifier", cells.Options(1, 0))[
-            "mogrifier"
-        ]
+        not in jax.eval_shape(
+            lambda: model.init_params(jax.random.key(0), V, H, 1, "mogrifier", cells.Options(1, 0))
+        )["mogrifier"]
     )  # one round gates x only
 
 
@@ -221,9 +226,9 @@ def test_a_stack_of_matrices_is_initialised_as_glorot_uniform_per_matrix():
 
 def test_the_config_builds_its_cell_and_refuses_bad_options():
     cfg = Config(hidden=H, layers=2, cell="mogrifier", mogrify_rounds=3, mogrify_rank=2)
-    params = step.init_state(jax.random.key(0), V, cfg).params
+    params = step.state_shape(V, cfg).params  # the shapes a run's state is built with
     assert model.options_of(params) == cells.Options(3, 2)
-    plain = step.init_state(jax.random.key(0), V, cfg.replace(cell="lnlstm")).params
+    plain = step.state_shape(V, cfg.replace(cell="lnlstm")).params
     assert model.options_of(plain) == cells.PLAIN and "lnlstm_1" in plain
     with pytest.raises(CharjaxError, match="--mogrify-rounds must be >= 1"):
         cfg.replace(mogrify_rounds=0).check()
@@ -241,7 +246,8 @@ def test_the_config_builds_its_cell_and_refuses_bad_options():
         cfg.replace(mogrify_rank=8).check()
 
 
-@pytest.mark.parametrize("case", ["lnlstm", pytest.param("mogrifier-rank", marks=SLOW)])
+@SLOW  # both sampling modes of each cell compile: ~15 s a cell
+@pytest.mark.parametrize("case", ["lnlstm", "mogrifier-rank"])
 def test_sampling_each_cell_is_deterministic_per_key(case):
     params = _params(case)
     prime = np.array([1, 5, 2, 7, 3])
