@@ -6,14 +6,15 @@ in the forked process, never here).
 Each request on stdin is one JSON line: {"syscalls": "openat,...", "inject": "error=EIO:when=3"
 or a folder (a count: the trace of each target goes there), "targets": ["RunDir.save_epoch:1",
 ...] (the Nth call of Owner.method is traced), "command": "train", "argv": [...], "out": path,
-"err": path}. It answers with the forked process's id, then its exit status, a line each.
-strace counts the Nth call of a syscall from the start of the traced call, per thread and per
+"err": path}. It answers with the forked process's exit status in a line (-9: killed after
+3 minutes, hung). strace counts the Nth call of a syscall from the start of the traced call, per thread and per
 syscall, not from the start of Python."""
 
 import ctypes
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -105,8 +106,20 @@ def serve() -> None:
         if pid == 0:  # the command's own process: it ends as a command ends (sys.exit)
             sys.stdin.close()
             sys.exit(command(request))
-        print(pid, flush=True)
-        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+        print(_wait(pid, timeout=180), flush=True)
+
+
+def _wait(pid: int, timeout: float) -> int:
+    """The exit status of process `pid`, killed if it runs past `timeout` seconds (hung)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        time.sleep(0.01)
 
 
 if __name__ == "__main__":
