@@ -38,12 +38,16 @@ def remove_unfinished(directory: Path) -> None:
     """Delete the temporary folders a killed save left behind (orbax never lists them).
 
     Done here, synchronously, rather than by orbax's background clean-up, which can still be
-    running when a run that fails at start-up exits.
+    running when a run that fails at start-up exits. Best effort: a folder that cannot be
+    listed (an I/O error) is left for the next start.
     """
-    if directory.is_dir():
-        for path in directory.iterdir():
-            if TMP_SUFFIX in path.name:
-                shutil.rmtree(path, ignore_errors=True)
+    try:
+        found = list(directory.iterdir()) if directory.is_dir() else []
+    except OSError:  # unlistable now: the next start tries again
+        found = []
+    for path in found:
+        if TMP_SUFFIX in path.name:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _manager(directory: Path, keep: int, create: bool) -> ocp.CheckpointManager:
@@ -139,13 +143,20 @@ class ReadFailed(CharjaxError):
 def _unreadable(where: str, error: Exception) -> CharjaxError:
     """`integrity.Damaged` for a checkpoint whose files are missing or whose bytes cannot be
     decoded. What is no damage, which a resume would move aside, is not `Damaged`: an OS error
-    other than a missing file is `ReadFailed`, and a device out of memory (a model too big for
-    it) is raised as it is (jax's RESOURCE_EXHAUSTED, which the commands say in one line)."""
-    seen = error
+    other than a missing file or a refusal of jax's runtime (`_runtime_refused`) is
+    `ReadFailed`, and a device out of memory (a model too big for it) is raised as it is (jax's
+    RESOURCE_EXHAUSTED, which the commands say in one line)."""
+    chain, seen = [], error
     while seen is not None:
         if "RESOURCE_EXHAUSTED" in str(seen):
             raise seen
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
+    refused = _runtime_refused(chain)
+    if refused is not None:
+        return ReadFailed(
+            f"could not read {where}: {refused}; it is left as it is: run the command again"
+        )
     reason = os_error(error)
     if reason is not None and reason != os.strerror(errno.ENOENT):
         return ReadFailed(
@@ -153,6 +164,17 @@ def _unreadable(where: str, error: Exception) -> CharjaxError:
             "folder's permissions) and run the command again"
         )
     return integrity.unreadable(where, error)
+
+
+def _runtime_refused(chain: list) -> str | None:
+    """What refused a read in the runtime that takes the arrays, not in decoding the files (None
+    if nothing did): a plain RuntimeError of jax's C++ side (e.g. "random_device ... device not
+    available" when the OS refuses /dev/urandom), with no TensorStore status in the chain (its
+    reports of a file start "DATA_LOSS: ", "NOT_FOUND: ", ...)."""
+    if any(_STATUS.match(str(e)) for e in chain):
+        return None
+    runtime = [e for e in chain if type(e) is RuntimeError]
+    return f"RuntimeError: {str(runtime[0]).strip().splitlines()[0]}" if runtime else None
 
 
 def _read_meta(manager: ocp.CheckpointManager, step: int, where: str) -> dict:
@@ -272,9 +294,17 @@ class Checkpoints:
     def save_partial(self, step: int, state, meta: dict) -> None:
         """Save an interrupted epoch under its optimizer step (which only grows, so a second
         interruption of the same epoch is a newer save); the epoch is in `meta`."""
-        manager, failed = self._partial_manager(create=True), True
+        what = f"epoch {meta.get('epoch')} so far"
         try:
-            _save(manager, step, state, meta, f"epoch {meta.get('epoch')} so far")
+            manager = self._partial_manager(create=True)
+        except Exception as e:  # its folder could not be made or cleaned up
+            reason = os_error(e)
+            if reason is None:
+                raise
+            raise _save_failed(what, self.directory / PARTIAL, reason, _needed_bytes(state)) from e
+        failed = True
+        try:
+            _save(manager, step, state, meta, what)
             failed = False
         finally:
             manager.close()
@@ -319,7 +349,16 @@ class Checkpoints:
         return target
 
     def clear_partial(self) -> None:
-        shutil.rmtree(self.directory / PARTIAL, ignore_errors=True)
+        """Delete the interrupted epoch's folder, first renamed to a temporary name: a deletion
+        that fails part-way (an I/O error) leaves a folder that the next start removes, never a
+        half-deleted one that a resume would read as damaged."""
+        path = self.directory / PARTIAL
+        gone = path.with_name(PARTIAL + TMP_SUFFIX)
+        try:
+            path.rename(gone)
+        except OSError:  # none, or still whole: the epoch saved after it supersedes it
+            return
+        shutil.rmtree(gone, ignore_errors=True)
 
     def close(self) -> None:
         # Let orbax's background work (e.g. the root metadata written at start-up) finish:

@@ -1,13 +1,22 @@
-"""Fault injection (slow tier): strace fails one file operation of an epoch's save or of a
-resume's restore (the Nth openat, write, fsync, rename, mkdir or unlink: EIO or ENOSPC). Each
-case ends in success or in one line on stderr, leaves the checkpoints saved before intact
-(their digests verify), and a plain --resume afterwards ends bit-identical to a run that was
-never interrupted."""
+"""Fault injection (slow tier): strace fails one file operation (the Nth openat, write, fsync,
+rename, mkdir or unlink: EIO or ENOSPC) of a resumed run's epoch save, of its `--save-every`
+save, or a read of a restore (resume, sample, score). N is an even spread over the calls that
+operation makes there, counted in a first traced run. Each case ends in success or in one line
+on stderr, leaves the checkpoints saved before intact (their digests verify, nothing is moved
+aside), and a plain --resume afterwards ends bit-identical to a run that was never interrupted.
+A damaged epoch is one line per process of a two-process resume, and `--debug` shows its
+details."""
 
+import collections
+import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from util import TINY_TEXT, quiet, same_trees
@@ -17,77 +26,40 @@ from charjax.checkpoint import Checkpoints
 from charjax.config import Config
 from charjax.step import state_shape
 
-# Runs a resumed training in which strace is attached to this very process (all its threads)
-# only while `Checkpoints.<phase>` runs: the Nth call counts from the start of the save or
-# restore (per thread, as strace counts), not from the start of Python.
-DRIVER = r"""
-import ctypes, os, subprocess, sys, time
-from charjax import checkpoint, cli
-
-syscalls, error, when, phase = sys.argv[1:5]
-
-
-def attached():
-    try:
-        with open("/proc/self/status") as status:
-            return "TracerPid:\t0\n" not in status.read()
-    except OSError:  # an injected error: strace is there
-        return True
-
-
-def traced(method):
-    def run(*args, **kw):
-        tracer = subprocess.Popen(
-            ["strace", "-f", "-qq", "-o", os.devnull, "-e", f"trace={syscalls}",
-             "-e", f"inject={syscalls}:error={error}:when={when}", "-p", str(os.getpid())]
-        )
-        time.sleep(1)  # while strace attaches to every thread: no file operation to count
-        try:
-            return method(*args, **kw)
-        finally:
-            there = attached()
-            tracer.terminate()
-            tracer.wait()
-            if not there:
-                sys.exit("strace did not attach to the process (is ptrace allowed?)")
-
-    return run
-
-
-ctypes.CDLL(None).prctl(0x59616D61, ctypes.c_ulong(-1), 0, 0, 0)  # PR_SET_PTRACER_ANY (Yama)
-Checkpoints = checkpoint.Checkpoints
-setattr(Checkpoints, phase, traced(getattr(Checkpoints, phase)))
-sys.exit(cli.train_main(sys.argv[5:]))
-"""
-
-SAVE, RESTORE = "save", "restore"
 FILE_OPS = {  # a file operation -> the syscalls that make it on Linux
     "openat": "openat",
-    "write": "write,pwrite64",
+    "write": "write,writev,pwrite64,pwritev,pwritev2",
     "fsync": "fsync,fdatasync",
     "rename": "rename,renameat,renameat2",
     "mkdir": "mkdir,mkdirat",
     "unlink": "unlink,unlinkat,rmdir",
-    "read": "read,pread64",
+    "read": "read,readv,pread64,preadv,preadv2",
 }
-FAILS = "fails"  # a case that must end the run (the first call of an operation the save makes)
-CASES = [  # (phase, file operation, error, N, outcome): an even spread of N over the calls
-    (SAVE, "openat", "EIO", 1, FAILS),
-    (SAVE, "openat", "ENOSPC", 6, None),
-    (SAVE, "write", "ENOSPC", 1, FAILS),
-    (SAVE, "write", "EIO", 4, None),
-    (SAVE, "fsync", "EIO", 1, FAILS),
-    (SAVE, "fsync", "ENOSPC", 3, None),
-    (SAVE, "rename", "EIO", 1, FAILS),
-    (SAVE, "mkdir", "ENOSPC", 1, FAILS),
-    (SAVE, "mkdir", "EIO", 3, None),
-    (SAVE, "unlink", "EIO", 1, None),  # a save of a run that keeps every epoch deletes nothing
-    (RESTORE, "openat", "EIO", 2, FAILS),
-    (RESTORE, "read", "EIO", 1, FAILS),
-]
+SAVE_OPS = ["openat", "write", "fsync", "rename", "mkdir", "unlink"]
+READ_OPS = ["openat", "read"]
+# The faulted call of each phase. An epoch save of a resumed run with --save-every 4: it writes
+# epoch 2 and deletes the epoch's --save-every save; the second --save-every save of epoch 2
+# deletes the first one; the restore of --resume, of charjax-sample and of charjax-score.
+TARGETS = {
+    "epoch": "RunDir.save_epoch:1",
+    "partial": "RunDir.save_partial:2",
+    "resume": "Checkpoints.restore:1",
+    "params": "Checkpoints.restore_params:1",
+}
+EPOCH, PARTIAL, RESUME, PARAMS = TARGETS
+SPREAD = 3  # values of N per file operation: 1, the last call, and evenly between
+TRAIN = ["--resume", "--epochs", "2", "--save-every", "4"]
 # The CLI's own choice of CPU devices (two on two cores) would sum in another order than the
-# one device of the reference run trained in this process.
+# one device of the reference run trained in this process. The compilation cache spares each
+# case the compilations (a cache file is never read or written while a fault is injected:
+# every computation of a save or restore compiled before, in the run that counts the calls).
 ONE_DEVICE = {**os.environ, "CHARJAX_CPU_DEVICES": "1"}
+
+
+class Done(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 def _strace() -> str:
@@ -100,7 +72,8 @@ def _strace() -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(a run with one epoch saved, the state of an uninterrupted two-epoch run, its config)."""
+    """(a run with epoch 1 saved, the state of an uninterrupted two-epoch run, its config, the
+    environment of the commands)."""
     _strace()
     where = tmp_path_factory.mktemp("faults")
     (where / "tiny.txt").write_text(TINY_TEXT, encoding="utf-8")
@@ -108,36 +81,232 @@ def runs(tmp_path_factory):
                  epochs=1, steps_per_call=4, temperatures=())  # fmt: skip
     reference, _ = runner.train_run(cfg.replace(epochs=2), where / "reference", log=quiet)
     runner.train_run(cfg, where / "one", log=quiet)
-    return where / "one", reference, cfg
+    env = {**ONE_DEVICE, "JAX_COMPILATION_CACHE_DIR": str(where / "jax-cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}  # fmt: skip
+    return where / "one", reference, cfg, env
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    """tests/fault_server.py, which runs each command in a process of its own, forked after the
+    imports."""
+    started = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("fault_server.py"))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=runs[3],
+    )  # fmt: skip
+    yield started
+    started.stdin.close()
+    started.wait(timeout=60)
+
+
+def _driven(server, phases, syscalls, inject, command, argv, run) -> Done:
+    """Run `command` with strace attached while the calls of `phases` run (`inject`: strace's
+    `error=E:when=N`, or a folder for their traces: a count) -> its exit status and output."""
+    out = run.with_name(run.name + ".out")
+    request = {
+        "syscalls": syscalls, "inject": inject, "command": command,
+        "targets": [TARGETS[phase] for phase in phases],
+        "argv": [*argv, "--checkpoint-dir", str(run)],
+        "out": str(out.with_suffix(".stdout")), "err": str(out.with_suffix(".stderr")),
+    }  # fmt: skip
+    server.stdin.write(json.dumps(request) + "\n")
+    server.stdin.flush()
+    answer = server.stdout.readline()
+    assert answer, "tests/fault_server.py ended (its imports failed?)"
+    code = int(answer)
+    return Done(code, *(Path(request[name]).read_text() for name in ("out", "err")))
+
+
+def _most_calls(trace: str) -> dict:
+    """{file operation: the most calls of one of its syscalls by one thread} in an strace -f
+    log (the calls of the thread that waits for strace to attach left out)."""
+    lines = trace.splitlines()
+    waiting = {line.split()[0] for line in lines if '"/proc/self/task"' in line}
+    calls = collections.Counter()
+    for line in lines:
+        thread, call = line.split(None, 1)
+        if thread not in waiting and "resumed>" not in call:
+            calls[thread, re.match(r"\w+", call).group()] += 1
+    return {
+        op: max((n for (_, name), n in calls.items() if name in syscalls.split(",")), default=0)
+        for op, syscalls in FILE_OPS.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def counts(runs, server, tmp_path_factory):
+    """{(faulted call, file operation): how many calls to spread N over}, counted in one traced
+    resume and one traced charjax-sample (whose restore charjax-score shares)."""
+    one, where = runs[0], tmp_path_factory.mktemp("counts")
+    found = {}
+    for phases, command, argv in [
+        ((EPOCH, PARTIAL, RESUME), "train", TRAIN),
+        ((PARAMS,), "sample", ["--length", "5"]),
+    ]:
+        run, logs = where / command, where / f"{command}-traces"
+        shutil.copytree(one, run)
+        logs.mkdir()
+        syscalls = ",".join(FILE_OPS.values())
+        done = _driven(server, phases, syscalls, str(logs), command, argv, run)
+        assert done.returncode == 0, done.stderr
+        for phase in phases:
+            log = logs / f"{TARGETS[phase].split(':')[0]}.trace"
+            for op, n in _most_calls(log.read_text()).items():
+                found[phase, op] = n
+    return found
+
+
+def _spread(most: int) -> list[int]:
+    """`SPREAD` values of N evenly over 1..most (fewer when there are fewer calls)."""
+    return sorted({1 + round(i * (most - 1) / (SPREAD - 1)) for i in range(SPREAD)})
+
+
+def _cases(phase, ops, errors):
+    """(phase, op, error, index of N in the spread): the errors alternate along the spread,
+    starting with another one for every other operation, so each operation sees each error."""
+    return [
+        (phase, op, errors[(i + k) % len(errors)], i)
+        for k, op in enumerate(ops)
+        for i in range(SPREAD)
+    ]
+
+
+def _n(counts, phase, op, index) -> int | None:
+    spread = _spread(counts[phase, op])
+    assert counts[phase, op] > 0, f"{phase} makes no {op} call: nothing to fault"
+    return spread[index] if index < len(spread) else None
+
+
+def _check_outcome(done, prog: str, op: str, n: int) -> None:
+    """Success with nothing on stderr, or exit 2 with one line. The first call of an operation
+    must fail the command, but for a deletion (of what an earlier save left, absorbed)."""
+    assert done.returncode != 0 or n != 1 or op == "unlink", "the injected error went unnoticed"
+    if done.returncode == 0:
+        assert done.stderr == "", done.stderr
+    else:
+        lines = done.stderr.splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"{prog}: error: "), done.stderr
+        assert "Traceback" not in done.stderr and "TensorStore" not in done.stderr
+
+
+SAVES = _cases(EPOCH, SAVE_OPS, ["EIO", "ENOSPC"]) + _cases(PARTIAL, SAVE_OPS, ["ENOSPC", "EIO"])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phase, op, error, when, outcome", CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "phase, op, error, index", [*SAVES, *_cases(RESUME, READ_OPS, ["EIO"])], ids=str
+)
 def test_a_failed_file_operation_is_one_line_and_resume_ends_as_if_none_failed(
-    runs, phase, op, error, when, outcome, tmp_path
+    runs, server, counts, phase, op, error, index, tmp_path
 ):
-    one, reference, cfg = runs
+    one, reference, cfg, _ = runs
+    n = _n(counts, phase, op, index)
+    if n is None:
+        pytest.skip(f"{op} has fewer calls than values of N: each is a case already")
     run = tmp_path / "run"
     shutil.copytree(one, run)
-    driver = [sys.executable, "-c", DRIVER, FILE_OPS[op], error, str(when), phase]
-    done = subprocess.run(
-        [*driver, "--resume", "--epochs", "2", "--checkpoint-dir", str(run)],
-        capture_output=True, text=True, timeout=120, env=ONE_DEVICE,
-    )  # fmt: skip
-    lines = done.stderr.splitlines()
-    assert done.returncode != 0 or outcome != FAILS, "the injected error went unnoticed"
-    if done.returncode == 0:
-        assert lines == [], done.stderr
-    else:
-        assert done.returncode == 2 and len(lines) == 1, done.stderr
-        assert lines[0].startswith("charjax-train: error: "), done.stderr
-        assert "Traceback" not in done.stderr and "TensorStore" not in done.stderr
+    inject = f"error={error}:when={n}"
+    done = _driven(server, [phase], FILE_OPS[op], inject, "train", TRAIN, run)
+    _check_outcome(done, "charjax-train", op, n)
     saved = Checkpoints(run)
     try:  # epoch 1, saved before, is intact: it restores and its digests verify
         like = state_shape(len(saved.meta(1)["vocab"]), cfg)
         saved.restore(like, 1)
     finally:
         saved.close()
-    resumed, _ = runner.train_run(cfg, run, resume=True, given={"epochs": 2}, log=quiet)
+    lines = []
+    resumed, _ = runner.train_run(cfg, run, resume=True, given={"epochs": 2}, log=lines.append)
     assert same_trees(resumed, reference)
     assert Checkpoints(run).epochs() == [1, 2]
+    assert not [line for line in lines if "damaged" in line], lines  # nothing was damaged
+    assert not list(run.glob("*.damaged*"))
+    assert not list(run.rglob("*.orbax-checkpoint-tmp")), "a failed save's leftovers remain"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["sample", "score"])
+@pytest.mark.parametrize("op, error, index", [c[1:] for c in _cases(PARAMS, READ_OPS, ["EIO"])])
+def test_a_failed_read_of_sample_or_score_is_one_line(
+    runs, server, counts, command, op, error, index, tmp_path
+):
+    one, _, cfg, _ = runs
+    n = _n(counts, PARAMS, op, index)
+    if n is None:
+        pytest.skip(f"{op} has fewer calls than values of N: each is a case already")
+    run = tmp_path / "run"
+    shutil.copytree(one, run)
+    argv = ["--length", "5"] if command == "sample" else []
+    inject = f"error={error}:when={n}"
+    done = _driven(server, [PARAMS], FILE_OPS[op], inject, command, argv, run)
+    _check_outcome(done, f"charjax-{command}", op, n)
+    if done.returncode:  # the OS's error, not damage: the checkpoint is left as it is
+        assert f"error: could not read epoch 1 in {run}: " in done.stderr, done.stderr
+    saved = Checkpoints(run)
+    try:
+        saved.restore(state_shape(len(saved.meta(1)["vocab"]), cfg), 1)
+    finally:
+        saved.close()
+
+
+def _truncate(run, epoch: int) -> None:
+    """Cut each array file of `epoch` short, as an unfinished copy leaves them."""
+    for path in (run / str(epoch) / "state").glob("ocdbt.process_*/d/*"):
+        path.write_bytes(path.read_bytes()[:64])
+
+
+@pytest.mark.slow
+def test_debug_shows_the_details_of_a_damaged_checkpoint(runs, server, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run)
+    _truncate(run, 1)
+    argv = ["--length", "5"]
+    plain = _driven(server, [], "", "", "sample", argv, run)
+    assert plain.returncode == 2 and plain.stderr.count("\n") == 1, plain.stderr
+    assert plain.stderr.startswith(f"charjax-sample: error: epoch 1 in {run} is damaged: ")
+    debug = _driven(server, [], "", "", "sample", [*argv, "--debug"], run)
+    assert debug.returncode == 1, debug.stderr  # Python's own end: the traceback
+    assert debug.stderr.startswith("Traceback (most recent call last):"), debug.stderr
+    assert "charjax.integrity.Damaged: epoch 1 in" in debug.stderr
+    assert "The above exception was the direct cause" in debug.stderr  # what orbax said
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_damaged_epoch_is_one_line_per_process_of_a_two_process_resume(runs, tmp_path):
+    """Two processes (one CPU device each) resume a run whose latest epoch is damaged: process
+    0 names it in one line and moves it aside, process 1 says nothing, both go on from the
+    intact epoch before it."""
+    one, _, cfg, env = runs
+    run = tmp_path / "run"
+    shutil.copytree(one, run)
+    runner.train_run(cfg, run, resume=True, given={"epochs": 2}, log=quiet)
+    _truncate(run, 2)
+    train = [sys.executable, "-c", "import sys; from charjax.cli import train_main; "
+             "sys.exit(train_main(sys.argv[1:]))"]  # fmt: skip
+    argv = ["--resume", "--epochs", "2", "--checkpoint-dir", str(run), "--quiet",
+            "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]  # fmt: skip
+    pair = [
+        subprocess.Popen(
+            [*train, *argv, "--process-id", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in (0, 1)
+    ]
+    (out0, err0), (out1, err1) = (p.communicate(timeout=300) for p in pair)
+    assert [p.returncode for p in pair] == [0, 0], err0 + err1
+    assert err0.count("\n") == 1 and err0.startswith(f"epoch 2 in {run} is damaged: "), err0
+    assert err0.endswith("; moved it to 2.damaged and trying the checkpoint before it\n"), err0
+    assert err1 == "", err1
+    assert f"resuming from epoch 1 in {run}" in out0
+    assert all(line.startswith("[Gloo] ") for line in out1.splitlines()), out1  # not charjax's
+    assert Checkpoints(run).epochs() == [1, 2] and (run / "2.damaged").is_dir()

@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 from util import orbax_like, quiet, same_trees
 
-from charjax import cli, integrity, runner
+from charjax import checkpoint, cli, integrity, runner
 from charjax.checkpoint import TMP_SUFFIX, Checkpoints, ReadFailed, SaveFailed
 from charjax.cli.process import DropUnretrievedOrbaxErrors
 from charjax.errors import CharjaxError
@@ -137,6 +137,22 @@ def test_unreadable_files_are_named_in_the_users_words():
     except json.JSONDecodeError as e:
         broken = integrity.unreadable("epoch 2 in /r", e)
     assert str(broken).endswith(": its record file is not valid JSON")
+
+
+def test_a_refusal_of_the_runtime_while_reading_is_no_damage():
+    # jax's device_put when the OS refuses /dev/urandom (as an injected openat error does)
+    urandom = RuntimeError("random_device::random_device(const std::string&): device not available")
+    refused = checkpoint._unreadable("epoch 2 in /r", _wrapped(urandom))
+    assert isinstance(refused, ReadFailed) and not isinstance(refused, Damaged)
+    assert str(refused) == (
+        f"could not read epoch 2 in /r: RuntimeError: {urandom}; it is left as it is: run the "
+        "command again"
+    )
+    status = ValueError("DATA_LOSS: " + READING.format("params.dense.bias") + "checksum mismatch")
+    try:
+        raise RuntimeError("wrapped") from status
+    except RuntimeError as e:  # TensorStore's report of a file in the chain: damage
+        assert isinstance(checkpoint._unreadable("epoch 2 in /r", e), Damaged)
 
 
 def test_an_os_error_while_reading_is_named_and_the_epoch_left_in_place(
@@ -381,3 +397,7 @@ def test_failed_orbax_futures_are_not_logged_again_other_future_errors_are(caplo
     caplog.clear()
     other = logged(ValueError("a bug"))
     assert len(other) == 1 and other[0].startswith("Future exception was never retrieved")
+    full = ValueError("No space left on device [os_error_code='28']")  # of asyncio.gather's
+    gathered = logging.LogRecord("asyncio", logging.ERROR, "", 0, "_GatheringFuture exception "
+                                 "was never retrieved", None, (ValueError, full, None))  # fmt: skip
+    assert not DropUnretrievedOrbaxErrors().filter(gathered)

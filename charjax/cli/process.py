@@ -115,8 +115,9 @@ def _orbax_coroutine(qualname: str) -> bool:
     return False
 
 
-# asyncio's messages for a task's or a future's error that nobody retrieved
-_UNRETRIEVED = ("Task exception was never retrieved", "Future exception was never retrieved")
+# asyncio's message for the error of a task or a future (of any class: a gathering of
+# futures, `_GatheringFuture`) that nobody retrieved
+_UNRETRIEVED = re.compile(r"\w*(Task|Future) exception was never retrieved")
 
 
 # the folder orbax writes a checkpoint into before renaming it: an error naming it is a failed save
@@ -124,15 +125,16 @@ _SAVE_TMP = ".orbax-checkpoint-tmp"
 
 
 class DropUnretrievedOrbaxErrors(logging.Filter):
-    """Drops asyncio's "Task (or Future) exception was never retrieved" for orbax's tasks that
-    failed on an OS error (a full or read-only disk), in writing a save's temporary folder (a
-    file it wrote could not be read back) or in reading an array (a damaged checkpoint): the
-    failed save or restore already said so in one line, and asyncio would log the same error
-    again, with a TensorStore spec, for each task when it is collected. Others pass."""
+    """Drops asyncio's "Task (or Future, _GatheringFuture) exception was never retrieved"
+    for orbax's tasks that failed on an OS error (a full or read-only disk), in writing a save's
+    temporary folder (a file it wrote could not be read back) or in reading an array (a damaged
+    checkpoint): the failed save or restore already said so in one line, and asyncio would log
+    the same error again, with a TensorStore spec, for each task when it is collected. Others
+    pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if error is None or not str(record.msg).startswith(_UNRETRIEVED):
+        if error is None or not _UNRETRIEVED.match(str(record.msg)):
             return True
         failed_save = os_error(error) is not None or _SAVE_TMP in str(error)
         return not failed_save and not _raised_by_orbax_read(error)
