@@ -7,8 +7,8 @@ Each request on stdin is one JSON line: {"syscalls": "openat,...", "inject": "er
 or a folder (a count: the trace of each target goes there), "targets": ["RunDir.save_epoch:1",
 ...] (the Nth call of Owner.method is traced), "command": "train", "argv": [...], "out": path,
 "err": path}. It answers with the forked process's exit status in a line (-9: killed after
-3 minutes, hung). strace counts the Nth call of a syscall from the start of the traced call, per thread and per
-syscall, not from the start of Python."""
+3 minutes, hung). strace counts the Nth call of a syscall from the start of the traced call,
+per thread and per syscall, not from the start of Python."""
 
 import ctypes
 import json

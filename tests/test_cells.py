@@ -112,9 +112,9 @@ SLOW = pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core hos
 
 
 @pytest.mark.parametrize(
-    "case",  # the LSTM's equations are also checked in test_model; full-rank Q, R in the slow tier
+    "case",  # the LN-LSTM fast (the preset's cell); the LSTM's equations also in test_model
     [pytest.param("lstm", marks=SLOW), "lnlstm", pytest.param("mogrifier", marks=SLOW),
-     "mogrifier-rank"],
+     pytest.param("mogrifier-rank", marks=SLOW)],
 )  # fmt: skip
 def test_each_cell_equals_its_equations_step_by_step(case):
     params = _params(case)

@@ -127,7 +127,10 @@ RECORDED = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", list(RECORDED))
+@pytest.mark.parametrize(
+    "case",  # tuning scores each pair of settings: 12 passes for RMS, in the slow tier
+    [pytest.param(c, marks=[pytest.mark.slow] if c == "rms tuned" else []) for c in RECORDED],
+)
 def test_dynamic_scores_of_a_fixed_model_are_the_recorded_ones(case, tiny_cfg, tmp_path,
                                                                monkeypatch):  # fmt: skip
     # a slice of the 820 training chars for the statistics and the tuning (all of them is
