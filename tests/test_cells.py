@@ -118,14 +118,15 @@ SLOW = pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core hos
 )  # fmt: skip
 def test_each_cell_equals_its_equations_step_by_step(case):
     params = _params(case)
-    carry, logits = model.forward(params, IDS, all_steps=True)
+    forward = jax.jit(model.forward, static_argnames="all_steps")  # compiled whole, not by op
+    carry, logits = forward(params, IDS, all_steps=True)
     want_carry, want = jax.jit(_reference)(params, IDS)
     np.testing.assert_allclose(logits, want, atol=2e-5)
     np.testing.assert_allclose(carry, want_carry, atol=2e-5)
     # the last step alone, and a carry continued from there
-    _, last = model.forward(params, IDS)
+    _, last = forward(params, IDS)
     np.testing.assert_allclose(last, want[:, -1], atol=2e-5)
-    _, on = model.forward(params, IDS[:, 4:], model.forward(params, IDS[:, :4])[0], all_steps=True)
+    _, on = forward(params, IDS[:, 4:], forward(params, IDS[:, :4])[0], all_steps=True)
     np.testing.assert_allclose(on, want[:, 4:], atol=2e-5)
 
 
@@ -218,6 +219,7 @@ def test_a_tree_names_its_cell_and_options_and_the_lstm_tree_is_unchanged():
     )  # one round gates x only
 
 
+@SLOW  # a rank-3 draw is what compiles slowly
 def test_a_stack_of_matrices_is_initialised_as_glorot_uniform_per_matrix():
     rule = jax.nn.initializers.glorot_uniform(in_axis=-2, out_axis=-1, batch_axis=0)
     want = rule(jax.random.key(5), (3, 8, 11))

@@ -83,6 +83,7 @@ def test_the_rms_step_divides_by_the_gradient_rms_and_pulls_back_by_each_weights
                  expected)  # fmt: skip
 
 
+@pytest.mark.slow  # the fast tier pins the RMS rule's recorded scores
 def test_rms_dynamic_evaluation_adapts_to_a_repeating_text_and_is_static_at_rate_0():
     params = _params(vocab=9, hidden=16)
     phrase = np.asarray(jax.random.randint(jax.random.key(4), (13,), 0, 9), np.int32)

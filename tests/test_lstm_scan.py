@@ -106,6 +106,7 @@ def test_unrolled_loops_give_the_same_numbers():
     assert model.default_unroll() == 1  # on CPU: the loops as they were
 
 
+@pytest.mark.slow  # the fast tier pins a step with recurrent dropout (test_step, all at once)
 def test_recurrent_dropout_gradient_equals_autodiff_of_the_masked_scan():
     """With a recurrent mask (h scaled where it re-enters the matmul), the hand-written backward
     still equals autodiff of a plain scan of the masked cell, for every input it differentiates."""

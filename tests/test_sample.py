@@ -195,6 +195,7 @@ def test_other_bad_arguments_are_refused(params):
             sample.generate(params, PRIME, jax.random.key(0), 0.5, maxlen=MAXLEN, **args)
 
 
+@pytest.mark.slow  # compiles the sampling loop twice more
 def test_noise_drawn_before_or_inside_the_loop_gives_the_same_text(params, monkeypatch):
     args = (params, PRIME, jax.random.key(11), [0.7, 1.3])
     before = sample.generate(*args, length=25, maxlen=MAXLEN, mode="stateful", top_p=0.95)
