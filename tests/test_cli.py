@@ -159,6 +159,7 @@ def test_sample_streams_the_same_bytes_as_one_call(tiny_cfg, tmp_path, capsys):
     assert 'prime "the fox "' in streamed.err and "\x1b" not in streamed.out  # piped: no prime
 
 
+@pytest.mark.slow  # trains through the command (the folder's reading: test_corpus)
 def test_text_takes_folders_and_several_paths_and_resume_checks_them_all(
     capsys, tiny_text, tmp_path
 ):

@@ -84,6 +84,7 @@ def _train_tiny(capsys, text, directory) -> str:
     return str(directory)
 
 
+@pytest.mark.slow  # trains through the command, then resumes it four ways
 def test_resume_checks_corpus_and_model(capsys, texts, tmp_path):
     ck = _train_tiny(capsys, texts / "good.txt", tmp_path / "ck")
     _one_line_error(
