@@ -198,6 +198,21 @@ def _check_outcome(done, prog: str, op: str, n: int) -> None:
         assert "Traceback" not in done.stderr and "TensorStore" not in done.stderr
 
 
+def _faulted(runs, server, counts, case, command: str, argv: list, tmp_path):
+    """`command` on a copy of the one-epoch run, the Nth call of `case`'s operation failed
+    while its phase runs -> (the copy, the finished command, N). case: (phase, op, error,
+    index into the spread of N); a spread shorter than the index is skipped (its Ns are
+    cases already)."""
+    phase, op, error, index = case
+    n = _n(counts, phase, op, index)
+    if n is None:
+        pytest.skip(f"{op} has fewer calls than values of N: each is a case already")
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run)
+    done = _driven(server, [phase], FILE_OPS[op], f"error={error}:when={n}", command, argv, run)
+    return run, done, n
+
+
 SAVES = _cases(EPOCH, SAVE_OPS, ["EIO", "ENOSPC"]) + _cases(PARTIAL, SAVE_OPS, ["ENOSPC", "EIO"])
 
 
@@ -208,14 +223,10 @@ SAVES = _cases(EPOCH, SAVE_OPS, ["EIO", "ENOSPC"]) + _cases(PARTIAL, SAVE_OPS, [
 def test_a_failed_file_operation_is_one_line_and_resume_ends_as_if_none_failed(
     runs, server, counts, phase, op, error, index, tmp_path
 ):
-    one, reference, cfg, _ = runs
-    n = _n(counts, phase, op, index)
-    if n is None:
-        pytest.skip(f"{op} has fewer calls than values of N: each is a case already")
-    run = tmp_path / "run"
-    shutil.copytree(one, run)
-    inject = f"error={error}:when={n}"
-    done = _driven(server, [phase], FILE_OPS[op], inject, "train", TRAIN, run)
+    _, reference, cfg, _ = runs
+    run, done, n = _faulted(
+        runs, server, counts, (phase, op, error, index), "train", TRAIN, tmp_path
+    )
     _check_outcome(done, "charjax-train", op, n)
     saved = Checkpoints(run)
     try:  # epoch 1, saved before, is intact: it restores and its digests verify
@@ -238,15 +249,11 @@ def test_a_failed_file_operation_is_one_line_and_resume_ends_as_if_none_failed(
 def test_a_failed_read_of_sample_or_score_is_one_line(
     runs, server, counts, command, op, error, index, tmp_path
 ):
-    one, _, cfg, _ = runs
-    n = _n(counts, PARAMS, op, index)
-    if n is None:
-        pytest.skip(f"{op} has fewer calls than values of N: each is a case already")
-    run = tmp_path / "run"
-    shutil.copytree(one, run)
+    _, _, cfg, _ = runs
     argv = ["--length", "5"] if command == "sample" else []
-    inject = f"error={error}:when={n}"
-    done = _driven(server, [PARAMS], FILE_OPS[op], inject, command, argv, run)
+    run, done, n = _faulted(
+        runs, server, counts, (PARAMS, op, error, index), command, argv, tmp_path
+    )
     _check_outcome(done, f"charjax-{command}", op, n)
     if done.returncode:  # the OS's error, not damage: the checkpoint is left as it is
         assert f"error: could not read epoch 1 in {run}: " in done.stderr, done.stderr
