@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from util import jit_forward
 
 from charjax import cells, dynamic, evaluate, model, sample, step
 from charjax.config import Config
@@ -118,15 +119,14 @@ SLOW = pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core hos
 )  # fmt: skip
 def test_each_cell_equals_its_equations_step_by_step(case):
     params = _params(case)
-    forward = jax.jit(model.forward, static_argnames="all_steps")  # compiled whole, not by op
-    carry, logits = forward(params, IDS, all_steps=True)
+    carry, logits = jit_forward(params, IDS, all_steps=True)
     want_carry, want = jax.jit(_reference)(params, IDS)
     np.testing.assert_allclose(logits, want, atol=2e-5)
     np.testing.assert_allclose(carry, want_carry, atol=2e-5)
     # the last step alone, and a carry continued from there
-    _, last = forward(params, IDS)
+    _, last = jit_forward(params, IDS)
     np.testing.assert_allclose(last, want[:, -1], atol=2e-5)
-    _, on = forward(params, IDS[:, 4:], forward(params, IDS[:, :4])[0], all_steps=True)
+    _, on = jit_forward(params, IDS[:, 4:], jit_forward(params, IDS[:, :4])[0], all_steps=True)
     np.testing.assert_allclose(on, want[:, 4:], atol=2e-5)
 
 

@@ -5,12 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from util import jit_forward as forward
 
 from charjax import lstm, model
 from charjax.draws import Draws, apply_dropout
-
-# the forward pass compiled whole (the tests compare values; op by op it compiles each op)
-forward = jax.jit(model.forward, static_argnames=("dtype", "all_steps", "unroll", "kernel"))
 
 
 def test_parameter_shapes_and_count():
@@ -46,7 +44,7 @@ def test_keras_initialisers():
 def test_forward_shapes_and_jit():
     params = model.init_params(jax.random.key(0), 11, 8)
     ids = jax.random.randint(jax.random.key(1), (3, 7), 0, 11)
-    ((h, c),), logits = forward(params, ids)
+    ((h, c),), logits = model.forward(params, ids)  # op by op, against jit below
     assert h.shape == c.shape == (3, 8) and logits.shape == (3, 11) and logits.dtype == jnp.float32
     ((_, _),), jitted = jax.jit(model.forward)(params, ids)
     np.testing.assert_allclose(jitted, logits, rtol=1e-6, atol=1e-6)

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from util import jit_forward
 
 from charjax import model, sample
 from charjax.errors import CharjaxError
@@ -89,22 +90,19 @@ def test_rigged_logits_give_the_known_char(mode, temperature):
     assert (np.asarray(out) == 4).all()
 
 
-FORWARD = jax.jit(model.forward)  # each step's forward compiled whole, not op by op
-
-
 def _greedy_reference(params, prime, length, mode):
     """A step-by-step Python loop: the obvious way to generate greedily."""
     ids, carry, out = list(prime), None, []
     if mode == "stateful":
-        carry, logits = FORWARD(params, jnp.array([ids]))
+        carry, logits = jit_forward(params, jnp.array([ids]))
     for _ in range(length):
         if mode == "window":
-            _, logits = FORWARD(params, jnp.array([ids[-MAXLEN:]]))
+            _, logits = jit_forward(params, jnp.array([ids[-MAXLEN:]]))
         nxt = int(jnp.argmax(logits[0]))
         out.append(nxt)
         ids.append(nxt)
         if mode == "stateful":
-            carry, logits = FORWARD(params, jnp.array([[nxt]]), carry)
+            carry, logits = jit_forward(params, jnp.array([[nxt]]), carry)
     return out
 
 

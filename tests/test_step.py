@@ -49,13 +49,12 @@ def test_one_step_changes_every_leaf_and_steps_lower_the_loss(tiny_cfg):
     corpus, ids, starts = _setup(tiny_cfg)
     state = init_state(jax.random.key(0), corpus.vocab.size, tiny_cfg)
     batch = _batch(ids, starts, tiny_cfg)
-    step = STEP
-    new, first_loss = loss_of(step(state, *batch, tiny_cfg))
+    new, first_loss = loss_of(STEP(state, *batch, tiny_cfg))
     changed = jax.tree.map(lambda a, b: bool((a != b).any()), new.params, state.params)
     assert all(jax.tree.leaves(changed)), changed
     assert int(new.step) == 1
     for _ in range(10):
-        new, loss = loss_of(step(new, *batch, tiny_cfg))
+        new, loss = loss_of(STEP(new, *batch, tiny_cfg))
     assert float(loss) < 0.8 * float(first_loss)
 
 
@@ -90,28 +89,23 @@ def test_sequence_loss_counts_every_predicted_char(tiny_cfg):
 
 
 def _first_windows(cfg):
-    """(initial state, its 8 first windows as one batch (inputs, targets, weights)), a step
-    context with a dropout key, and the jitted step."""
+    """(initial state, its 8 first windows as one batch (inputs, targets, weights)), and a step
+    context with a dropout key."""
     corpus = corpora.load(cfg)
     inputs, targets = objective.of(cfg).batch(corpus.ids, np.arange(8))
     state = init_state(jax.random.key(0), corpus.vocab.size, cfg)
     batch = (inputs, targets, jnp.ones(8))
-    return (
-        state,
-        batch,
-        StepContext(jax.random.key(5), 100),
-        STEP,
-    )
+    return state, batch, StepContext(jax.random.key(5), 100)
 
 
 @pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_dropout_steps_are_deterministic_per_step_and_differ_from_no_dropout(tiny_cfg):
     cfg = tiny_cfg.replace(dropout=0.3, layers=2)
-    state, (inputs, targets, weights), context, step = _first_windows(cfg)
-    a, loss_a = loss_of(step(state, inputs, targets, weights, cfg, None, context))
-    b, loss_b = loss_of(step(state, inputs, targets, weights, cfg, None, context))
+    state, (inputs, targets, weights), context = _first_windows(cfg)
+    a, loss_a = loss_of(STEP(state, inputs, targets, weights, cfg, None, context))
+    b, loss_b = loss_of(STEP(state, inputs, targets, weights, cfg, None, context))
     c, loss_c = loss_of(
-        step(state, inputs, targets, weights, cfg.replace(dropout=0.0), None, context)
+        STEP(state, inputs, targets, weights, cfg.replace(dropout=0.0), None, context)
     )
     assert float(loss_a) == float(loss_b) and float(loss_a) != float(loss_c)
     assert jnp.array_equal(a.params["dense"]["kernel"], b.params["dense"]["kernel"])
@@ -127,14 +121,13 @@ def test_carried_state_goes_from_each_window_to_the_next(tiny_cfg):
     assert jax.tree.map(jnp.shape, state.carry) == (((3, 16), (3, 16)),)
     first, second = np.array([0, 300, 600]), np.array([10, 310, 610])
     ones = jnp.ones(3)
-    step = STEP
     x1, y1 = objective.of(cfg).batch(ids, first)
-    after1, _ = loss_of(step(state, x1, y1, ones, cfg))
+    after1, _ = loss_of(STEP(state, x1, y1, ones, cfg))
     carry1, _ = model.forward(state.params, x1, all_steps=True)
     for a, b in zip(jax.tree.leaves(after1.carry), jax.tree.leaves(carry1), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     x2, y2 = objective.of(cfg).batch(ids, second)
-    _, loss2 = loss_of(step(after1, x2, y2, ones, cfg))
+    _, loss2 = loss_of(STEP(after1, x2, y2, ones, cfg))
     _, logits = model.forward(after1.params, x2, carry1, all_steps=True)
     expected = optax.softmax_cross_entropy_with_integer_labels(logits, y2).mean()
     np.testing.assert_allclose(loss2, expected, rtol=1e-5)
@@ -157,10 +150,9 @@ def test_a_varied_window_is_the_window_of_its_length_with_a_step_scaled_by_it(ti
     starts, ones, length = np.array([0, 300, 600]), jnp.ones(3), 7
     x, y = objective.of(varied).batch(corpus.ids, starts)
     assert x.shape == y.shape == (3, 16)  # maxlen + 2 * 3: the longest window
-    step = STEP
-    padded, loss_v = loss_of(step(state, x, y, ones, varied, length=jnp.int32(length)))
+    padded, loss_v = loss_of(STEP(state, x, y, ones, varied, length=jnp.int32(length)))
     exact = streams.replace(maxlen=length, step=length)
-    short, loss_s = loss_of(step(state, x[:, :length], y[:, :length], ones, exact))
+    short, loss_s = loss_of(STEP(state, x[:, :length], y[:, :length], ones, exact))
     np.testing.assert_allclose(loss_v, loss_s, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(padded.carry), jax.tree.leaves(short.carry), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -177,9 +169,8 @@ def test_bfloat16_matmuls_keep_float32_parameters(tiny_cfg):
     for dtype in ("float32", "bfloat16"):
         cfg = tiny_cfg.replace(dtype=dtype)
         state = init_state(jax.random.key(0), corpus.vocab.size, cfg)
-        step = STEP
         for _ in range(5):
-            state, loss = loss_of(step(state, inputs, targets, jnp.ones(32), cfg))
+            state, loss = loss_of(STEP(state, inputs, targets, jnp.ones(32), cfg))
         results[dtype] = (state, float(loss))
     bf16_state, bf16_loss = results["bfloat16"]
     leaves = jax.tree.leaves((bf16_state.params, bf16_state.opt_state))
@@ -193,16 +184,16 @@ def test_ema_follows_the_parameters_and_weight_drop_is_keyed_per_step(tiny_cfg):
     from charjax.step import eval_params
 
     cfg = tiny_cfg.replace(ema=0.75, weight_drop=0.4)
-    state, (inputs, targets, weights), context, step = _first_windows(cfg)
+    state, (inputs, targets, weights), context = _first_windows(cfg)
     assert same_trees(state.ema, state.params) and eval_params(state) is state.ema
-    new, _ = step(state, inputs, targets, weights, cfg, None, context)
+    new, _ = STEP(state, inputs, targets, weights, cfg, None, context)
     expected = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, state.ema, new.params)
     for a, b in zip(jax.tree.leaves(new.ema), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
     assert not same_trees(new.ema, new.params)
-    again, _ = step(state, inputs, targets, weights, cfg, None, context)
+    again, _ = STEP(state, inputs, targets, weights, cfg, None, context)
     assert same_trees(again, new)  # the same step, the same masks
-    no_drop, _ = step(state, inputs, targets, weights, cfg.replace(weight_drop=0.0), None, context)
+    no_drop, _ = STEP(state, inputs, targets, weights, cfg.replace(weight_drop=0.0), None, context)
     assert not same_trees(no_drop.params, new.params)
     assert _first_windows(tiny_cfg)[0].ema == ()
 

@@ -3,7 +3,14 @@
 import jax
 import numpy as np
 
+from charjax import model
+
 TINY_TEXT = "the quick brown fox jumps over the lazy dog. a fox is quick; a dog is lazy.\n" * 12
+
+
+# `model.forward` compiled whole: tests that compare its values run it compiled (op by op, each
+# op compiles on its own, several times slower)
+jit_forward = jax.jit(model.forward, static_argnames=("dtype", "all_steps", "unroll", "kernel"))
 
 
 def quiet(*args) -> None:
