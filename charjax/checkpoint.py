@@ -84,10 +84,16 @@ def _save(manager: ocp.CheckpointManager, step: int, state, meta: dict, what: st
         manager.wait_until_finished()
     except Exception as e:
         remove_unfinished(directory)
-        reason = os_error(e)
-        if reason is None:  # not the disk's doing (e.g. a lost peer process): as it is
-            raise
-        raise _save_failed(what, directory, reason, needed) from e
+        _raise_save_failed(e, what, directory, needed)
+
+
+def _raise_save_failed(error: Exception, what: str, directory: Path, needed: int):
+    """Raise `error` as `SaveFailed` where the disk caused it (an OS error), else as it is (not
+    the disk's doing, e.g. a lost peer process). Called in the `except` that caught it."""
+    reason = os_error(error)
+    if reason is None:
+        raise error
+    raise _save_failed(what, directory, reason, needed) from error
 
 
 def _save_failed(what: str, directory: Path, reason: str, needed: int) -> SaveFailed:
@@ -298,10 +304,7 @@ class Checkpoints:
         try:
             manager = self._partial_manager(create=True)
         except Exception as e:  # its folder could not be made or cleaned up
-            reason = os_error(e)
-            if reason is None:
-                raise
-            raise _save_failed(what, self.directory / PARTIAL, reason, _needed_bytes(state)) from e
+            _raise_save_failed(e, what, self.directory / PARTIAL, _needed_bytes(state))
         failed = True
         try:
             _save(manager, step, state, meta, what)
