@@ -15,7 +15,6 @@ the check cannot rot.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import subprocess
@@ -37,7 +36,7 @@ DEVICE_TESTS = [
     "tests/test_epoch.py::test_same_seed_gives_bit_identical_params",
     "tests/test_runner.py::test_resume_is_bit_identical_to_an_uninterrupted_run",
     "tests/test_sample.py",
-    "tests/test_lstm_fused.py",
+    "tests/test_scans.py",
     "tests/test_cells.py",
 ]
 
@@ -93,41 +92,6 @@ def train_epoch(cfg: Config, steps: int | None) -> dict:
         "epoch_s": goal.windows(split) / rate if rate > 0 else None,
         "whole_epoch": not steps,
     }
-
-
-def kernel_variants(repeats: int) -> dict:
-    """Milliseconds of one forward time loop of the default recipe's shape (60 steps, batch 128,
-    LSTM 128), median of `repeats` after compile: the XLA scan (unroll 10) against variants of
-    the fused kernel (warps per program; the recurrent kernel read once before the loop, in
-    float32 or bfloat16). Only on a GPU (on CPU the kernel is interpreted: nothing to time)."""
-    import jax
-    import jax.numpy as jnp
-
-    from charjax import lstm_fused, lstm_scan
-
-    if jax.default_backend() != "gpu":
-        return {"skipped": f"no GPU ({jax.default_backend()})"}
-    k = jax.random.split(jax.random.key(0), 3)
-    w = jax.random.normal(k[0], (128, 512)) * 0.1
-    xz = jax.random.normal(k[1], (60, 128, 512))
-    carry = (jnp.zeros((128, 128)), jnp.zeros((128, 128)))
-    xla = jax.jit(lambda w, xz, c: lstm_scan._scan_saving(w, xz, c, None, lstm_scan.Loop(10)))
-    variants = {"xla_unroll_10": xla}
-    for warps in (4, 8, 16):
-        for hoist, dtype in ((False, None), (True, None), (True, "bfloat16")):
-            name = f"fused_w{warps}" + ("_hoisted" if hoist else "") + ("_bf16" if dtype else "")
-            variants[name] = functools.partial(
-                lstm_fused.scan_saving, dtype=dtype, warps=warps, hoist=hoist, interpret=False
-            )
-    out, reference = {}, xla(w, xz, carry)
-    for name, f in variants.items():
-        try:
-            timed = time_calls(lambda f=f: f(w, xz, carry), repeats)
-            error = float(jnp.max(jnp.abs(timed.result[1][0] - reference[1][0])))
-            out[name] = {"ms": 1000 * timed.median_s, "max_abs_diff_hs": error}
-        except Exception as e:  # a variant that does not compile is a result too
-            out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-    return out
 
 
 def peak_memory() -> dict:
@@ -195,15 +159,15 @@ def parts(out: Path, quick: bool, tests: bool) -> dict:
         "default_bfloat16": epoch_of(dtype="bfloat16"),
         # longer jitted calls: fewer host syncs per epoch
         "default_float32_calls_of_100": epoch_of(steps_per_call=100),
-        # the fused Pallas loops (lstm_fused)
-        "default_float32_pallas": epoch_of(lstm_kernel="pallas"),
-        "default_float32_pallas_calls_of_100": epoch_of(lstm_kernel="pallas", steps_per_call=100),
-        "default_bfloat16_pallas": epoch_of(lstm_kernel="pallas", dtype="bfloat16"),
+        # the best recipe's cell through the fast scan, and through autodiff
+        "quality_lnlstm": lambda: train_epoch(Config(**PRESETS["quality"]), 10 if quick else 200),
+        "quality_lnlstm_autodiff": lambda: train_epoch(
+            Config(**PRESETS["quality"], lstm_kernel="autodiff"), 10 if quick else 200
+        ),
         "sampling": lambda: measure.bench_sample(2 if quick else 5),
         "long_streams": lambda: train_epoch(
             Config(**PRESETS["long-streams"]), 10 if quick else 200
         ),
-        "kernel_variants": lambda: kernel_variants(3 if quick else 20),
         "peak_device_memory": peak_memory,
         "pytorch": lambda: torch_lstm(5 if quick else 300),
     }

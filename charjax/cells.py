@@ -55,11 +55,34 @@ class Cell(NamedTuple):
     below); `inputs(params, x, dtype)`: the time-parallel part, x int32[T, B] ids or
     float32[T, B, F] -> a pytree of time-major per-step inputs; `step(params, (h, c), inputs_t,
     dtype, hmask)` -> the new (h, c), with `hmask` float32[B, H] or None scaling the h fed back
-    (recurrent dropout)."""
+    (recurrent dropout). An LSTM-shaped cell also has `update(params, inputs_t, r, c)` -> (h,
+    c), its step after the recurrent matmul r = (h * hmask) @ recurrent_kernel float32[B, 4H]:
+    its step is built from it (`lstm_shaped`), and the fast training scan (`charjax.scans`)
+    runs it forward and through its VJP backward. `title`: how a person names it; `format`:
+    its export format."""
 
     shapes: Callable
     inputs: Callable
     step: Callable
+    update: Callable | None = None
+    title: str = ""
+    format: str = "charjax-export/2"
+
+
+def lstm_shaped(shapes, inputs, update, title: str, format: str = "charjax-export/2") -> Cell:
+    """A cell whose step is the recurrent matmul, then `update` (see `Cell`)."""
+
+    def step(params, carry, inputs_t, dtype=None, hmask=None):
+        h, c = carry
+        return update(params, inputs_t, recurrent(params["recurrent_kernel"], h, dtype, hmask), c)
+
+    return Cell(shapes, inputs, step, update, title, format)
+
+
+def recurrent(kernel: jax.Array, h: jax.Array, dtype=None, hmask=None) -> jax.Array:
+    """The recurrent matmul: (h * hmask) @ kernel -> float32[B, 4H] (`hmask`: recurrent
+    dropout, one mask per sequence, the same at every step)."""
+    return lstm.matmul(h if hmask is None else h * hmask, kernel, dtype)
 
 
 def _lstm_shapes(features: int, hidden: int) -> dict:
@@ -85,22 +108,20 @@ def _update(z: jax.Array, c: jax.Array, cell_norm=None) -> tuple:
     return jax.nn.sigmoid(o) * jnp.tanh(c if cell_norm is None else cell_norm(c)), c
 
 
-def _masked(h: jax.Array, hmask) -> jax.Array:
-    return h if hmask is None else h * hmask
-
-
-# lstm: the registry's form of `charjax.lstm` (the model trains it through `lstm_scan`)
+# lstm: Keras' LSTM
 
 
 def _lstm_inputs(params, x, dtype):
     return _projected(params, x, dtype) + params["bias"]
 
 
-def _lstm_step(params, carry, xz, dtype=None, hmask=None):
-    return lstm.cell_with_gates(params["recurrent_kernel"], carry, xz, dtype, hmask)[0]
-
-
-LSTM = Cell(lambda f, h, ids, options: _lstm_shapes(f, h), _lstm_inputs, _lstm_step)
+LSTM = lstm_shaped(
+    lambda f, h, ids, options: _lstm_shapes(f, h),
+    _lstm_inputs,
+    lambda params, xz, r, c: _update(xz + r, c),
+    "LSTM",
+    "charjax-export/1",  # format 1: LSTM layers (kernel, recurrent_kernel, bias)
+)
 
 
 # lnlstm
@@ -139,14 +160,12 @@ def _ln_inputs(params, x, dtype):
     return gate_norm(_projected(params, x, dtype), params["input_gain"]) + params["bias"]
 
 
-def _ln_step(params, carry, xz, dtype=None, hmask=None):
-    h, c = carry
-    recurrent = lstm.matmul(_masked(h, hmask), params["recurrent_kernel"], dtype)
-    z = xz + gate_norm(recurrent, params["recurrent_gain"])
+def _ln_update(params, xz, r, c):
+    z = xz + gate_norm(r, params["recurrent_gain"])
     return _update(z, c, lambda c: normalise(c) * params["cell_gain"] + params["cell_bias"])
 
 
-LNLSTM = Cell(_ln_shapes, _ln_inputs, _ln_step)
+LNLSTM = lstm_shaped(_ln_shapes, _ln_inputs, _ln_update, "LN-LSTM")
 
 
 # mogrifier
@@ -213,7 +232,7 @@ def _mogrifier_inputs(params, x, dtype):
 def _mogrifier_step(params, carry, inputs, dtype=None, hmask=None):
     """The rounds (x and the h fed in gate each other), then the LSTM step on both."""
     h, c = carry
-    gated = _masked(h, hmask)
+    gated = h if hmask is None else h * hmask
     rounds = sum(_rounds_of(params))
     if "x" in inputs:  # a stacked layer: x [B, F] and h gate each other through matmuls
         x = inputs["x"]
@@ -246,7 +265,7 @@ def _rounds_of(params: dict) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
-MOGRIFIER = Cell(_mogrifier_shapes, _mogrifier_inputs, _mogrifier_step)
+MOGRIFIER = Cell(_mogrifier_shapes, _mogrifier_inputs, _mogrifier_step, title="Mogrifier LSTM")
 
 CELLS = {"lstm": LSTM, "lnlstm": LNLSTM, "mogrifier": MOGRIFIER}
 
@@ -263,37 +282,17 @@ def options_of(layers: list[dict]) -> Options:
     return Options(sum(_rounds_of(layers[0])), rank)
 
 
-def zero_carry_like(inputs, hidden: int) -> tuple:
-    """Zero (h, c) float32[B, H] from a cell's per-step inputs (time-major, [T, B, ...]):
-    derived from the data, not built from shapes, so that inside `shard_map` it has the same
-    per-device type as the carries the scan computes."""
-    first = jax.tree.leaves(inputs)[0][0]  # [B, ...]
-    column = jnp.zeros_like(first.reshape(first.shape[0], -1)[:, :1], jnp.float32)
+def zero_state(like: jax.Array, hidden: int) -> tuple:
+    """Every cell's zero state: (h, c) float32[B, H] of zeros, B the first axis of `like` (a
+    batch's data: derived from it, not built from shapes, so that inside `shard_map` it has
+    the same per-device type as the states the scans compute)."""
+    column = jnp.zeros_like(like.reshape(like.shape[0], -1)[:, :1], jnp.float32)
     zeros = column + jnp.zeros((hidden,), jnp.float32)
     return zeros, zeros
 
 
-def scan(cell: Cell, params: dict, x: jax.Array, carry=None, valid=None, dtype=None,
-         unroll: int = 1, hmask=None, length=None):  # fmt: skip
-    """A layer of `cell` over x (int32[T, B] ids or float32[T, B, F]) -> (final (h, c), hs
-    float32[T, B, H]). `valid` bool[T]: at the other steps the carry passes through unchanged;
-    `hmask` float32[B, H]: recurrent dropout; `length` int32 scalar in [1, T]: the final carry
-    is the state after that many steps. Differentiated by autodiff."""
-    inputs = cell.inputs(params, x, dtype)
-    hidden = params["recurrent_kernel"].shape[0]
-    if carry is None:
-        carry = zero_carry_like(inputs, hidden)
-    if valid is None:
-        valid = jnp.ones(x.shape[:1], bool)
-
-    def step(carry, inputs_valid):
-        inputs_t, valid_t = inputs_valid
-        new = cell.step(params, carry, inputs_t, dtype, hmask)
-        new = jax.tree.map(lambda n, o: jnp.where(valid_t, n, o), new, carry)
-        return new, new if length is not None else new[0]
-
-    carry, emitted = jax.lax.scan(step, carry, (inputs, valid), unroll=unroll)
-    if length is None:
-        return carry, emitted
-    hs, cs = emitted
-    return tuple(jax.lax.dynamic_index_in_dim(x, length - 1, keepdims=False) for x in (hs, cs)), hs
+def dims(layer: dict) -> tuple[int, int]:
+    """(input features, hidden units) of one layer's parameters (every cell keeps the LSTM's
+    kernels)."""
+    features, gates = layer["kernel"].shape
+    return features, gates // 4

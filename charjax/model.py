@@ -6,53 +6,24 @@ The softmax of the original's last layer lives in the loss and the sampler, whic
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from charjax import cells, lstm, lstm_scan
+from charjax import cells, lstm, scans
 from charjax.draws import NONE, Draws
 from charjax.errors import CharjaxError
 
 
-class LSTM(nn.Module):
-    """Keras-layout LSTM layer (math in `charjax.lstm`).
+class Loop(NamedTuple):
+    """How the time loops run (speed only: the same math). `unroll`: time steps per loop
+    iteration (a GPU loop iteration costs microseconds of control); `autodiff`: an LSTM-shaped
+    cell trained through autodiff of the plain scan instead of the fast scan (for comparison)."""
 
-    Input: ids int32[B, T] (first layer: one-hot rows gathered) or features float32[T, B, F]
-    (a stacked layer: the layer below's outputs, time-major). Returns (final (h, c), outputs
-    float32[T, B, H]); with `outputs=False` on ids from a zero state it takes the fastest
-    path (the original model's) and returns None for the outputs. `draws`: this layer's
-    (`Draws.layer`): weight-drop, recurrent dropout and the window length.
-    """
-
-    features: int  # input size: the vocabulary, or the units of the layer below
-    hidden: int
-    dtype: str | None = None  # matmul operand dtype; None = float32
-    loop: lstm_scan.Loop = lstm_scan.PLAIN  # how the time loops run (speed only)
-
-    @nn.compact
-    def __call__(self, x, carry=None, valid=None, outputs=True, draws: Draws = NONE):
-        gates = 4 * self.hidden
-        params = {
-            "kernel": self.param("kernel", lstm.kernel_init, (self.features, gates)),
-            "recurrent_kernel": self.param(
-                "recurrent_kernel", lstm.recurrent_init, (self.hidden, gates)
-            ),
-            "bias": self.param("bias", lstm.bias_init, (gates,)),
-        }
-        # Weight-drop: the recurrent kernel masked (one mask per call, i.e. per batch); the
-        # scans take it as any kernel, autodiff carries the mask into its gradient. Recurrent
-        # dropout (h masked where it enters the recurrent matmul, one mask per row) is drawn
-        # by the scan, only while training (with a key, no `valid`).
-        params = {**params, "recurrent_kernel": draws.recurrent_kernel(params["recurrent_kernel"])}
-        if jnp.issubdtype(x.dtype, jnp.integer):
-            fastest = carry is None and valid is None and draws.plain
-            if not outputs and fastest:
-                return lstm_scan.final_carry(params, x, self.dtype, self.loop), None
-            xz = lstm.input_projection(params, x.T)
-        else:
-            xz = lstm.matmul(x, params["kernel"], self.dtype) + params["bias"]
-        return lstm_scan.layer(params, xz, carry, valid, self.dtype, self.loop, draws)
+    unroll: int = 1
+    autodiff: bool = False
 
 
 class Dense(nn.Module):
@@ -70,32 +41,39 @@ class Dense(nn.Module):
         return lstm.matmul(h, kernel, self.dtype) + bias
 
 
-class Recurrent(nn.Module):
-    """A layer of a registered cell (`charjax.cells`) trained through autodiff of its scan: the
-    cells other than the LSTM, and the LSTM under `--lstm-kernel autodiff`. Input and output
-    as `LSTM`'s (ids int32[B, T] or features float32[T, B, F] -> (final (h, c), outputs
-    float32[T, B, H])); `draws` as there."""
+class Layer(nn.Module):
+    """A layer of a registered cell (`charjax.cells`): ids int32[B, T] (the first layer: one-hot
+    rows gathered) or features float32[T, B, F] (the layer below's outputs, time-major) ->
+    (final (h, c), outputs float32[T, B, H], None with `outputs=False` where the scan may skip
+    them). Training (no `valid`) takes the fast scan for an LSTM-shaped cell (`scans.fast`),
+    else the plain scan; `draws` (`Draws.layer`): weight-drop, recurrent dropout and the
+    window length, only while training."""
 
     cell: str
-    features: int
+    features: int  # input size: the vocabulary, or the units of the layer below
     hidden: int
     options: cells.Options = cells.PLAIN
-    dtype: str | None = None
-    loop: lstm_scan.Loop = lstm_scan.PLAIN
+    dtype: str | None = None  # matmul operand dtype; None = float32
+    loop: Loop = Loop()  # how the time loops run (speed only)
 
     @nn.compact
     def __call__(self, x, carry=None, valid=None, outputs=True, draws: Draws = NONE):
-        del outputs  # the scan emits them anyway
         cell = cells.CELLS[self.cell]
         ids = jnp.issubdtype(x.dtype, jnp.integer)
         shapes = cell.shapes(self.features, self.hidden, ids, self.options)
         params = {name: self.param(name, init, shape) for name, (init, shape) in shapes.items()}
+        # Weight-drop: the recurrent kernel masked (one mask per call, i.e. per batch); the
+        # gradient carries the mask. Recurrent dropout: one mask per row (`draws.h_mask`).
         params = {**params, "recurrent_kernel": draws.recurrent_kernel(params["recurrent_kernel"])}
         x = x.T if ids else x  # time-major
-        hmask = None if valid is not None else draws.h_mask(x.shape[1], self.hidden)
-        length = None if valid is not None else draws.length
-        return cells.scan(cell, params, x, carry, valid, self.dtype, self.loop.unroll, hmask,
-                          length)  # fmt: skip
+        if valid is not None:  # inference: left-padded windows, nothing drawn
+            return scans.plain(cell, params, x, carry, valid, self.dtype, self.loop.unroll)
+        hmask, length = draws.h_mask(x.shape[1], self.hidden), draws.length
+        if cell.update is None or self.loop.autodiff:
+            return scans.plain(cell, params, x, carry, None, self.dtype, self.loop.unroll, hmask,
+                               length)  # fmt: skip
+        return scans.fast(cell, params, x, carry, self.dtype, self.loop.unroll, hmask, length,
+                          outputs)  # fmt: skip
 
 
 def layer_name(n: int, cell: str = "lstm") -> str:
@@ -122,7 +100,7 @@ class CharLSTM(nn.Module):
     hidden: int = 128
     layers: int = 1
     dtype: str | None = None  # "bfloat16": matmuls in bf16 (GPU/TPU); parameters stay float32
-    loop: lstm_scan.Loop = lstm_scan.PLAIN  # how the LSTM time loops run (speed only)
+    loop: Loop = Loop()  # how the LSTM time loops run (speed only)
     cell: str = "lstm"
     options: cells.Options = cells.PLAIN
 
@@ -134,11 +112,8 @@ class CharLSTM(nn.Module):
             top = n == self.layers - 1
             features = self.vocab_size if n == 0 else self.hidden
             name = layer_name(n, self.cell)
-            if self.cell == "lstm" and not self.loop.autodiff:
-                layer = LSTM(features, self.hidden, self.dtype, self.loop, name=name)
-            else:
-                layer = Recurrent(self.cell, features, self.hidden, self.options, self.dtype,
-                                  self.loop, name=name)  # fmt: skip
+            layer = Layer(self.cell, features, self.hidden, self.options, self.dtype, self.loop,
+                          name=name)  # fmt: skip
             layer_draws = draws.layer(n)
             layer_carry, outputs = layer(x, carries[n], valid, all_steps or not top, layer_draws)
             new.append(layer_carry)
@@ -172,13 +147,13 @@ def options_of(params: dict) -> cells.Options:
 
 def shape_of(params: dict) -> tuple[int, int]:
     """(vocab_size, hidden) read off a parameter tree (its first layer's kernels)."""
-    return lstm.dims(params[cell_of(params)])  # every cell keeps the LSTM's kernels
+    return cells.dims(params[cell_of(params)])
 
 
 def zero_carry(batch: int, hidden: int, layers: int) -> tuple:
     """The state every layer starts from: zero (h, c) float32[batch, hidden] per layer (every
     cell keeps an LSTM's state)."""
-    return (lstm.zero_state(batch, hidden),) * layers
+    return (cells.zero_state(jnp.zeros((batch, 1)), hidden),) * layers
 
 
 def init_params(key: jax.Array, vocab_size: int, hidden: int, layers: int = 1,
@@ -211,10 +186,10 @@ def forward(
     """Pure forward pass: ids int[B, T] -> (carry, logits); see `CharLSTM`. Ids of any integer
     dtype (the corpus keeps them narrow) are widened to int32 here, inside the jitted caller.
     `unroll`: time steps per LSTM loop iteration, 0 = the platform's (`default_unroll`);
-    `kernel`: the training loops' "xla" scans or "pallas" fused kernels, "auto" by platform,
-    or "autodiff": the LSTM's plain scan differentiated by autodiff (`lstm_scan.Loop`)."""
+    `kernel`: "autodiff" trains an LSTM-shaped cell through autodiff of the plain scan, any
+    other value ("auto", "xla") through the fast scan (`Loop`)."""
     dtype = None if dtype in (None, "float32") else dtype
-    loop = lstm_scan.Loop(unroll or default_unroll(), fused_kernel(kernel), kernel == "autodiff")
+    loop = Loop(unroll or default_unroll(), kernel == "autodiff")
     if jnp.issubdtype(ids.dtype, jnp.integer):
         ids = ids.astype(jnp.int32)
     cell, options = cell_of(params), options_of(params)
@@ -227,18 +202,6 @@ def default_unroll() -> int:
     costs nothing there, and a longer body compiles slower), 10 on GPU and TPU, where each
     iteration costs microseconds of control (10 halved an epoch on an H200)."""
     return 1 if jax.default_backend() == "cpu" else 10
-
-
-def fused_kernel(kernel: str) -> bool:
-    """Whether `--lstm-kernel` (auto, xla, pallas) takes the fused Pallas loops. auto: the XLA
-    scans on every platform (the fused kernels measured slower on an H200, BENCHMARKS.md)."""
-    fused = kernel == "pallas"
-    if fused and jax.default_backend() not in ("gpu", "cpu"):
-        raise CharjaxError(
-            f"--lstm-kernel pallas runs on a GPU (and interpreted on CPU), not on "
-            f"{jax.default_backend()}; use --lstm-kernel xla"
-        )
-    return fused
 
 
 def num_params(params: dict) -> int:

@@ -221,7 +221,6 @@ def _train_chunk(state, inputs, targets, weights, lengths, context, cfg: Config,
         mesh=mesh,
         in_specs=(P(), batch, batch, batch, P(), P()),
         out_specs=(P(), P()),
-        check_vma=not model.fused_kernel(cfg.lstm_kernel),  # pallas_call tracks no mesh axes
     )
     return sharded(state, inputs, targets, weights, lengths, context)
 

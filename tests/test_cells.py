@@ -168,9 +168,10 @@ def test_each_cells_training_gradient_equals_autodiff_of_its_equations(case):
 
 
 @SLOW
-def test_the_lstm_through_autodiff_equals_its_hand_written_backward():
-    """--lstm-kernel autodiff: the LSTM trained as the other cells are, the same numbers."""
-    params = _params("lstm", seed=2)
+@pytest.mark.parametrize("case", ["lstm", "lnlstm"])
+def test_an_lstm_shaped_cell_through_autodiff_equals_its_fast_scan(case):
+    """--lstm-kernel autodiff: the cell trained as the mogrifier is, the same numbers."""
+    params = _params(case, seed=2)
     draws = _training_draws(length=6)
 
     def value_and_grad(kernel):
@@ -238,7 +239,7 @@ def test_the_config_builds_its_cell_and_refuses_bad_options():
         cfg.replace(mogrify_rank=-1).check()
     with pytest.raises(CharjaxError, match="--cell must be one of lstm, lnlstm, mogrifier"):
         cfg.replace(cell="gru").check()
-    with pytest.raises(CharjaxError, match="drop --lstm-kernel pallas, or train --cell lstm"):
+    with pytest.raises(CharjaxError, match="--lstm-kernel must be one of auto, xla, autodiff"):
         cfg.replace(lstm_kernel="pallas").check()
     with pytest.raises(CharjaxError, match="--mogrify-rank .* needs --cell mogrifier and --layers"):
         cfg.replace(layers=1).check()
