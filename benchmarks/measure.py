@@ -67,7 +67,8 @@ def bench_sample(repeats: int) -> dict:
     """Milliseconds for 400 chars after compile: window/stateful x 1/4 temperatures per call,
     a new key each call."""
     cfg, text = default_corpus()
-    params = model.init_params(jax.random.key(0), text.vocab.size, cfg.hidden)
+    spec = model.Spec.of(cfg, text.vocab.size)
+    net = model.Model(spec, spec.init(jax.random.key(0)))
     prime = text.ids[: cfg.maxlen]
     out = {}
     for mode in sample.MODES:
@@ -77,7 +78,7 @@ def bench_sample(repeats: int) -> dict:
             def call(mode=mode, temps=temps, keys=keys):
                 key = jax.random.key(next(keys))
                 return sample.generate(
-                    params, prime, key, temps, length=400, mode=mode, maxlen=cfg.maxlen
+                    net, prime, key, temps, length=400, mode=mode, maxlen=cfg.maxlen
                 )
 
             timed = time_calls(call, repeats)

@@ -36,7 +36,7 @@ LN_EPS = 1e-5  # layer normalisation's epsilon, inside the square root
 
 class Options(NamedTuple):
     """A cell's options beside its size (the mogrifier's): what `--mogrify-rounds` and
-    `--mogrify-rank` set, and what `options_of` reads back from a trained tree."""
+    `--mogrify-rank` set."""
 
     rounds: int = 0  # mogrifier: rounds of mutual gating (0 for the other cells)
     rank: int = 0  # mogrifier: rank of a stacked layer's Q and R; 0 = full
@@ -271,15 +271,6 @@ CELLS = {"lstm": LSTM, "lnlstm": LNLSTM, "mogrifier": MOGRIFIER}
 
 
 PLAIN = Options()  # the options of a cell without any
-
-
-def options_of(layers: list[dict]) -> Options:
-    """The options a tree's layers (their parameter dicts, bottom first) were built with."""
-    rank = 0
-    for layer in layers[1:]:
-        if "mogrify_q_left" in layer:
-            rank = layer["mogrify_q_left"].shape[-1]
-    return Options(sum(_rounds_of(layers[0])), rank)
 
 
 def zero_state(like: jax.Array, hidden: int) -> tuple:

@@ -77,10 +77,11 @@ class Rms(NamedTuple):
     pull: dict
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _adapt(params, base, carry, inputs, targets, valid, rate, decay, rms, *, dtype):
+@jax.jit
+def _adapt(net, base, carry, inputs, targets, valid, rate, decay, rms):
     """Score one segment (inputs/targets int[L], valid bool[L]) from `carry`, then take one
-    gradient step on it -> (params, carry after it, summed nats scored *before* the step).
+    gradient step on it -> (the model `net` after it, carry after the segment, summed nats
+    scored *before* the step).
 
     The step is on the segment's mean loss, pulled back towards the trained parameters `base`
     (Krause et al. 2018's dynamic evaluation with decay to the global parameters): plain SGD
@@ -88,39 +89,37 @@ def _adapt(params, base, carry, inputs, targets, valid, rate, decay, rms, *, dty
     gradient divided by its training RMS, each weight pulled back by decay x its share,
     at most all the way)."""
 
-    def nats(p):
-        after, total = stream_nats(p, carry, inputs, targets, valid, dtype=dtype)
+    def nats(net):
+        after, total = stream_nats(net, carry, inputs, targets, valid)
         return total, after
 
-    (total, after), grads = jax.value_and_grad(nats, has_aux=True)(params)
+    (total, after), grads = jax.value_and_grad(nats, has_aux=True)(net)
     grads = jax.tree.map(lambda g: g / jnp.maximum(jnp.sum(valid), 1), grads)  # of the mean
     if rms is None:
-        params = jax.tree.map(lambda p, g, b: p - rate * g + decay * (b - p), params, grads, base)
+        net = jax.tree.map(lambda p, g, b: p - rate * g + decay * (b - p), net, grads, base)
     else:
-        params = jax.tree.map(
+        net = jax.tree.map(
             lambda p, g, b, s, w: p - rate * g / (s + RMS_EPSILON)
             + jnp.minimum(decay * w, 1.0) * (b - p),
-            params, grads, base, rms.scale, rms.pull,
+            net, grads, base, rms.scale, rms.pull,
         )  # fmt: skip
-    return params, after, total
+    return net, after, total
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _squared_grads(params, total, carry, inputs, targets, *, dtype):
+@jax.jit
+def _squared_grads(net, total, carry, inputs, targets):
     """Add the squared gradient of the mean loss of one step of streams (inputs/targets
     int[S, L], read on from `carry`) to `total` -> (total, carry after the step)."""
 
-    def loss(p):
-        after, each = losses(p, carry, inputs, targets, None, dtype)
+    def loss(net):
+        after, each = losses(net, carry, inputs, targets, None)
         return jnp.mean(each), after
 
-    grads, after = jax.grad(loss, has_aux=True)(params)
+    grads, after = jax.grad(loss, has_aux=True)(net)
     return jax.tree.map(lambda t, g: t + g * g, total, grads), after
 
 
-def gradient_rms(
-    params: dict, ids, *, segment: int, streams: int = 16, dtype: str = "float32"
-) -> Rms:
+def gradient_rms(net: model.Model, ids, *, segment: int, streams: int = 16) -> Rms:
     """Krause et al. 2018's statistics for the RMS rule, from training text ids int[n]: the
     text read as `streams` carried streams, `segment` chars a step, and the root mean square
     over the steps of each weight's mean-loss gradient (Rms.scale)."""
@@ -136,27 +135,24 @@ def gradient_rms(
     used = steps * segment
     inputs = ids[: streams * per_stream].reshape(streams, per_stream)[:, :used]
     targets = ids[1 : streams * per_stream + 1].reshape(streams, per_stream)[:, :used]
-    total = jax.tree.map(jnp.zeros_like, params)
-    carry = model.zero_carry(streams, model.shape_of(params)[1], model.layers_of(params))
+    total = jax.tree.map(jnp.zeros_like, net)
+    carry = net.spec.zero_carry(streams)
     for begin in range(0, used, segment):
         piece = slice(begin, begin + segment)
-        total, carry = _squared_grads(
-            params, total, carry, inputs[:, piece], targets[:, piece], dtype=dtype
-        )
+        total, carry = _squared_grads(net, total, carry, inputs[:, piece], targets[:, piece])
     scale = jax.tree.map(lambda t: jnp.sqrt(t / steps), total)
     norm = sum(jnp.mean(s) for s in jax.tree.leaves(scale))
     return Rms(scale, jax.tree.map(lambda s: s / norm, scale))
 
 
 def score(
-    params: dict,
+    net: model.Model,
     ids,
     *,
     rate: float,
     decay: float,
     segment: int,
     rms: Rms | None = None,
-    dtype: str = "float32",
     progress=None,
 ) -> Score:
     """Dynamic evaluation of ids int[n]: read statefully, `segment` chars at a time; each
@@ -175,16 +171,14 @@ def score(
         raise CharjaxError("a text needs at least 2 chars to be scored")
     inputs, targets = ids[:-1], ids[1:]
     size = min(segment, len(inputs))
-    base = params
-    carry = model.zero_carry(1, model.shape_of(params)[1], model.layers_of(params))
+    base = net
+    carry = net.spec.zero_carry(1)
     rate, decay = jnp.float32(rate), jnp.float32(decay)
     total, done = 0.0, 0
     for (piece, valid), (target, _) in zip(
         padded_pieces(inputs, size), padded_pieces(targets, size), strict=True
     ):
-        params, carry, nats = _adapt(
-            params, base, carry, piece, target, valid > 0, rate, decay, rms, dtype=dtype
-        )
+        net, carry, nats = _adapt(net, base, carry, piece, target, valid > 0, rate, decay, rms)
         total += float(nats)
         done += int(valid.sum())
         progress(done, len(targets))
@@ -192,13 +186,12 @@ def score(
 
 
 def record(
-    params: dict,
+    net: model.Model,
     ids,
     training,
     chosen: Settings,
     *,
     segment: int,
-    dtype: str = "float32",
     progress=None,
 ) -> dict:
     """The dynamic evaluation of ids int[n] as a JSON-ready record (rule, lr, decay, segment,
@@ -207,12 +200,12 @@ def record(
     off), called only when needed: the RMS rule's statistics come from their last RMS_CHARS,
     and with `chosen.rate` None the rate and decay are the best of TUNE_GRID[rule] on their
     last TUNE_CHARS (then the record also has "tuned_on_chars" and "tried")."""
-    run = functools.partial(score, params, segment=segment, dtype=dtype)
+    run = functools.partial(score, net, segment=segment)
     rate, decay, rule = chosen
     train = training() if rule == "rms" or rate is None else None
     rms = None
     if rule == "rms":
-        rms = gradient_rms(params, _last(train, RMS_CHARS), segment=segment, dtype=dtype)
+        rms = gradient_rms(net, _last(train, RMS_CHARS), segment=segment)
     tuned = {}
     if rate is None:
         rate, decay, tuned = _tune(run, _last(train, TUNE_CHARS), TUNE_GRID[rule], rms)

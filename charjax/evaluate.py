@@ -48,11 +48,10 @@ class Score:
         return math.exp(self.nats_per_char)
 
 
-@functools.partial(jax.jit, static_argnames=("maxlen", "dtype"))
-def _window_nats(params, inputs, targets, weights, *, maxlen: int, dtype):
+@functools.partial(jax.jit, static_argnames=("maxlen",))
+def _window_nats(net, inputs, targets, weights, *, maxlen: int):
     """The training loss of the original objective on these windows (`step.nll`)."""
-    last_char = _last_char(maxlen)
-    return step.nll(params, inputs, targets, weights, last_char, dtype=dtype)[0]
+    return step.nll(net, inputs, targets, weights, _last_char(maxlen))[0]
 
 
 def _last_char(maxlen: int) -> objective.Objective:
@@ -60,18 +59,18 @@ def _last_char(maxlen: int) -> objective.Objective:
     return objective.Objective(maxlen, 1, 1, False, False)
 
 
-def losses(params, carry, inputs, targets, valid, dtype):
+def losses(net: model.Model, carry, inputs, targets, valid):
     """Read ids inputs int[B, L] on from `carry` -> (carry after them, float32[B, L] nats of
-    each target int[B, L]); `valid` bool[L] or None as in `model.forward`."""
-    carry, logits = model.forward(params, inputs, carry, valid, dtype, all_steps=True)
+    each target int[B, L]); `valid` bool[L] or None as in `model.CharLSTM`."""
+    carry, logits = net(inputs, carry, valid, all_steps=True)
     return carry, optax.softmax_cross_entropy_with_integer_labels(logits, targets.astype(jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def stream_nats(params, carry, inputs, targets, valid, *, dtype):
+@jax.jit
+def stream_nats(net: model.Model, carry, inputs, targets, valid):
     """Read one stream's ids inputs int[L] on from `carry` -> (carry after them, summed nats
     of its valid targets int[L]; `valid` bool[L])."""
-    carry, each = losses(params, carry, inputs[None], targets[None], valid, dtype)
+    carry, each = losses(net, carry, inputs[None], targets[None], valid)
     return carry, jnp.sum(jnp.where(valid, each[0], 0.0))
 
 
@@ -85,7 +84,7 @@ def padded_pieces(values: np.ndarray, size: int):
 
 
 def score_ids(
-    params: dict,
+    net: model.Model,
     ids,
     *,
     mode: str = "window",
@@ -93,11 +92,10 @@ def score_ids(
     stride: int = 1,
     batch_size: int = 512,
     chunk: int = 1024,
-    dtype: str = "float32",
     progress=None,
     mesh: Mesh | None = None,
 ) -> Score:
-    """Score the id sequence `ids` (int32[n]) under `params`; see the module docstring.
+    """Score the id sequence `ids` (int32[n]) under the model `net`; see the module docstring.
     `progress(done, total)`, if given, hears after each piece how many chars are scored.
     `mesh` (window mode; this process's devices, e.g. a run's): split each batch of windows
     over its devices, the sum taken across them; the same score up to float rounding."""
@@ -113,15 +111,13 @@ def score_ids(
                 f"than --maxlen = {maxlen} chars); use a longer text or --mode stateful"
             )
         size, total, done = min(batch_size, windows), 0.0, 0
-        params, place = _spread(params, mesh, size)
+        net, place = _spread(net, mesh, size)
         for begin in range(0, windows, size):
             index = begin + np.arange(size)
             weights = (index < windows).astype(np.float32)
             starts = np.where(index < windows, index, 0) * stride
             inputs, targets, weights = place((*_last_char(maxlen).batch(ids, starts), weights))
-            total += float(
-                _window_nats(params, inputs, targets, weights, maxlen=maxlen, dtype=dtype)
-            )
+            total += float(_window_nats(net, inputs, targets, weights, maxlen=maxlen))
             done += int(weights.sum())
             progress(done, windows)
         return Score(total, windows)
@@ -129,42 +125,38 @@ def score_ids(
         raise CharjaxError("a text needs at least 2 chars to be scored")
     inputs, targets = ids[:-1], ids[1:]
     size = min(chunk, len(inputs))
-    carry, total = model.zero_carry(1, model.shape_of(params)[1], model.layers_of(params)), 0.0
+    carry, total = net.spec.zero_carry(1), 0.0
     done = 0
     for (piece, valid), (target, _) in zip(
         padded_pieces(inputs, size), padded_pieces(targets, size), strict=True
     ):
-        carry, nats = stream_nats(params, carry, piece, target, valid > 0, dtype=dtype)
+        carry, nats = stream_nats(net, carry, piece, target, valid > 0)
         total += float(nats)
         done += int(valid.sum())
         progress(done, len(targets))
     return Score(total, len(targets))
 
 
-def _spread(params: dict, mesh: Mesh | None, size: int):
-    """(params, place): on a `mesh` of several devices that split a batch of `size` evenly,
-    params replicated on it and `place` putting a batch's arrays split along their first axis;
-    otherwise both unchanged (one device)."""
+def _spread(net: model.Model, mesh: Mesh | None, size: int):
+    """(net, place): on a `mesh` of several devices that split a batch of `size` evenly, the
+    model's parameters replicated on it and `place` putting a batch's arrays split along their
+    first axis; otherwise both unchanged (one device)."""
     if mesh is None or mesh.size < 2 or size % mesh.size:
-        return params, lambda arrays: arrays
+        return net, lambda arrays: arrays
     rows = NamedSharding(mesh, PartitionSpec(parallel.AXIS))
-    return parallel.put(params, parallel.replicated(mesh)), lambda arrays: parallel.put(
+    return parallel.put(net, parallel.replicated(mesh)), lambda arrays: parallel.put(
         arrays, rows
     )
 
 
-def validate(params: dict, held_out: np.ndarray, cfg: Config, mesh: Mesh | None = None) -> Score:
+def validate(net: model.Model, held_out: np.ndarray, cfg: Config, mesh: Mesh | None = None
+             ) -> Score:  # fmt: skip
     """The per-epoch validation score of the held-out ids, read the way the run trains: in
     window mode at the training stride (the training loss on held-out windows, split over
     `mesh`: ~20k windows of 60 steps are seconds of compute), statefully for a `sequence`
     model (one stream: it cannot be split)."""
     goal = objective.of(cfg)
     return score_ids(
-        params,
-        held_out,
-        mode=goal.reading,
-        maxlen=cfg.maxlen,
-        stride=goal.validation_stride,
-        dtype=cfg.dtype,
+        net, held_out, mode=goal.reading, maxlen=cfg.maxlen, stride=goal.validation_stride,
         mesh=mesh,
-    )
+    )  # fmt: skip

@@ -12,17 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from charjax import model
+from charjax import cells, model
 from charjax.errors import CharjaxError
 from charjax.inference import SavedModel
 from charjax.web import charlstm_path
 
-# format 1: LSTM layers (kernel, recurrent_kernel, bias); 2: the layers of the `cell` it names
-FORMATS = {
-    "lstm": "charjax-export/1",
-    "lnlstm": "charjax-export/2",
-    "mogrifier": "charjax-export/2",
-}
 WEB = charlstm_path().parent
 MAX_PAGE_BYTES = 64 << 20  # browsers choke on larger pages; use --json for such models
 
@@ -42,12 +36,11 @@ def to_json(saved: SavedModel) -> dict:
     path), epoch, default prime, the cell (`charjax.cells`) and the weights of every layer
     (Keras layout: kernel [inputs, 4H], recurrent_kernel [H, 4H], bias [4H], gates i, f, c, o;
     plus the cell's own) and of the dense layer (kernel [H, V], bias [V])."""
-    params = saved.params
-    cell = model.cell_of(params)
-    layers = [params[model.layer_name(n, cell)] for n in range(model.layers_of(params))]
+    params, spec = saved.params, saved.spec
+    layers = [params[name] for name in spec.layer_names()]
     return {
-        "format": FORMATS.get(cell, "charjax-export/2"),
-        "cell": cell,
+        "format": cells.CELLS[spec.cell].format,
+        "cell": spec.cell,
         "vocab": saved.meta.vocab,
         "recipe": {**saved.meta.cfg.to_dict(), "text": Path(saved.meta.cfg.text).name},
         "epoch": saved.meta.epoch,
@@ -79,7 +72,7 @@ def to_html(saved: SavedModel, title: str) -> str:
 def _recipe_line(saved: SavedModel) -> str:
     cfg = saved.meta.cfg
     size = model.num_params(saved.params)
-    cell = {"lstm": "LSTM", "lnlstm": "LN-LSTM", "mogrifier": "Mogrifier LSTM"}[cfg.cell]
+    cell = cells.CELLS[cfg.cell].title
     return (
         f"{cfg.layers} x {cell}({cfg.hidden}), {len(saved.meta.vocab)} chars, {size:,} "
         "parameters; "

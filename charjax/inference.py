@@ -28,6 +28,16 @@ class SavedModel:
         return corpus.Vocab(self.meta.vocab)
 
     @property
+    def spec(self) -> model.Spec:
+        """The model its recipe describes (`model.Spec.of` the stored Config)."""
+        return model.Spec.of(self.meta.cfg, len(self.meta.vocab))
+
+    @property
+    def model(self) -> model.Model:
+        """Its spec bound to its parameters: what sampling and scoring call."""
+        return model.Model(self.spec, self.params)
+
+    @property
     def interrupted(self) -> str | None:
         """None for a whole epoch; for the epoch an interruption saved (read when no whole
         epoch exists), how far it got: 'epoch 1, 65 % trained'."""
@@ -68,7 +78,8 @@ def load(directory, epoch: int | None = None, best: bool = False) -> SavedModel:
         partial = None if best or epoch is not None or folder.epochs() else folder.partial()
         meta = partial or get_meta(epoch)
         cfg = meta.cfg
-        like = jax.eval_shape(lambda: model.init_params_of(jax.random.key(0), len(meta.vocab), cfg))
+        spec = model.Spec.of(cfg, len(meta.vocab))
+        like = jax.eval_shape(lambda: spec.init(jax.random.key(0)))
         checkpoints = folder if best else folder.checkpoints
         part = "ema" if cfg.ema else "params"
         if partial is not None:
@@ -125,7 +136,7 @@ def sample_texts(
 def _request(saved, prime_ids, seed, temperatures, length, mode, num_samples, filters):
     """The arguments of `sample.generate` and `stream.stream` for a saved model."""
     check_temperatures(temperatures)
-    args = (saved.params, prime_ids, jax.random.key(seed), list(temperatures))
+    args = (saved.model, prime_ids, jax.random.key(seed), list(temperatures))
     kw = dict(
         length=length,
         mode=mode or saved.reading,
@@ -179,13 +190,7 @@ def score_text(saved: SavedModel, path, *, mode=None, stride=1, directory=None, 
         ids, unknown = saved.vocab.encode_known(text)
         source = str(Path(path))
     result = evaluate.score_ids(
-        saved.params,
-        ids,
-        mode=mode,
-        maxlen=cfg.maxlen,
-        stride=stride,
-        dtype=cfg.dtype,
-        progress=progress,
+        saved.model, ids, mode=mode, maxlen=cfg.maxlen, stride=stride, progress=progress
     )
     record = {
         "text": source,
@@ -200,12 +205,11 @@ def score_text(saved: SavedModel, path, *, mode=None, stride=1, directory=None, 
     if dynamic is not None:
         known = text if path is None else None  # the training corpus, when already read
         record["dynamic"] = dynamic_evaluation.record(
-            saved.params,
+            saved.model,
             ids,
             lambda: _training_ids(saved, known, directory),
             dynamic_evaluation.Settings(*dynamic),
             segment=cfg.maxlen,
-            dtype=cfg.dtype,
             progress=progress,
         )
     return record, unknown

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from charjax import corpus as corpora
-from charjax import objective, step
+from charjax import model, objective, step
 from charjax.config import MATH_FIELDS, Config, flag, shown, typed
 from charjax.epoch import Position
 from charjax.errors import CharjaxError
@@ -69,6 +69,15 @@ class Run:
     @property
     def objective(self) -> objective.Objective:
         return objective.of(self.cfg)
+
+    @functools.cached_property
+    def spec(self) -> model.Spec:
+        """The run's model: its Config's over the corpus's vocabulary."""
+        return model.Spec.of(self.cfg, self.corpus.vocab.size)
+
+    def bind(self, params: dict) -> model.Model:
+        """The run's model bound to `params` (validation, samples)."""
+        return model.Model(self.spec, params)
 
     @property
     def context(self) -> step.StepContext:

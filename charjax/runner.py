@@ -196,8 +196,8 @@ def _on_steps(this: run.Run, number: int, folder: RunDir, done, ticks, due: set,
     if intervals.LOG in due or intervals.EVAL in due:
         record = ticks.record(number, done.position)
         if intervals.EVAL in due and this.held_out is not None:
-            params = parallel.local(step.eval_params(done.state))
-            score = _held_out_score(params, this.eval_ids, this.cfg)
+            net = this.bind(parallel.local(step.eval_params(done.state)))
+            score = _held_out_score(net, this.eval_ids, this.cfg)
             record["val_loss"] = score.nats_per_char
             report.log(
                 f"step {record['step']:,} (epoch {number}): loss {record['loss']:.4f}, "
@@ -262,19 +262,20 @@ def _finish_epoch(this: run.Run, number: int, folder: RunDir, state, metrics: di
                   stop) -> None:  # fmt: skip
     """Validate, sample, show, save and log kept epoch `number` (`metrics` gains the results);
     under --keep-best an epoch that beats every earlier held-out loss is also kept as the best."""
-    params = parallel.local(step.eval_params(state))
+    net = this.bind(parallel.local(step.eval_params(state)))
     improved = False
     if this.held_out is not None:
-        val = _held_out_score(params, this.held_out, this.cfg)
+        val = _held_out_score(net, this.held_out, this.cfg)
         metrics["val_loss"], metrics["val_bits"] = val.nats_per_char, val.bits_per_char
         earlier = [r["val_loss"] for r in folder.metrics() if "val_loss" in r]
         improved = val.nats_per_char < min(earlier, default=math.inf)
         if this.cfg.ema:  # what the average buys: the trained parameters' score beside it
-            raw = _held_out_score(parallel.local(state.params), this.held_out, this.cfg)
+            raw = this.bind(parallel.local(state.params))
+            raw = _held_out_score(raw, this.held_out, this.cfg)
             metrics["val_loss_raw"] = raw.nats_per_char
     if this.cfg.temperatures and this.cfg.sample_length:
         metrics["samples"] = sample.epoch_samples(
-            params, this.corpus, this.keys.sample, number, this.cfg
+            net, this.corpus, this.keys.sample, number, this.cfg
         )
     report.epoch_finished(metrics, this.cfg.epochs)
     meta = this.meta(number, metrics)
@@ -284,11 +285,11 @@ def _finish_epoch(this: run.Run, number: int, folder: RunDir, state, metrics: di
             folder.save_best(state, meta)
 
 
-def _held_out_score(params, ids, cfg) -> evaluate.Score:
+def _held_out_score(net, ids, cfg) -> evaluate.Score:
     """`evaluate.validate` over this host's training devices (their cores share the held-out
     windows), on one device in a multi-process run (each process scores its own copy)."""
     mesh = parallel.data_mesh() if jax.process_count() == 1 else None
-    return evaluate.validate(params, ids, cfg, mesh=mesh)
+    return evaluate.validate(net, ids, cfg, mesh=mesh)
 
 
 def _stalled(patience: int, folder: RunDir, report) -> bool:

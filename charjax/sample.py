@@ -62,15 +62,16 @@ def pick(noise: jax.Array, logits: jax.Array, temperatures, top_k, top_p, filter
     return jnp.where(temperatures > 0, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
 
-def read_prime(params, prime, valid, samples: int, mode: str):
-    """The loop state after reading the prime int32[P] (left-padded; valid bool[P]) for
-    `samples` rows: window mode (window, valid, logits), stateful mode (carry, logits)."""
+def read_prime(net: model.Model, prime, valid, samples: int, mode: str):
+    """The loop state after the model `net` read the prime int32[P] (left-padded; valid
+    bool[P]) for `samples` rows: window mode (window, valid, logits), stateful mode (carry,
+    logits)."""
     window = jnp.broadcast_to(prime, (samples, prime.shape[0]))
-    carry, logits = model.forward(params, window, valid=valid)
+    carry, logits = net(window, valid=valid)
     return (window, valid, logits) if mode == "window" else (carry, logits)
 
 
-def advance(params, loop, keys, temperatures, top_k, top_p, mode: str, filtered: bool):
+def advance(net: model.Model, loop, keys, temperatures, top_k, top_p, mode: str, filtered: bool):
     """One char per key and row: keys [S, B] -> (loop state, ids int32[S, B]). `filtered`
     (static): whether top-k or top-p is on, decided once: a conditional inside the loop would
     cost a device-to-host read of its predicate per char on a GPU."""
@@ -81,7 +82,7 @@ def advance(params, loop, keys, temperatures, top_k, top_p, mode: str, filtered:
             ids = pick(step_noise, logits, temperatures, top_k, top_p, filtered)
             window = jnp.concatenate([window[:, 1:], ids[:, None]], axis=1)
             valid = jnp.concatenate([valid[1:], jnp.ones((1,), bool)])
-            _, logits = model.forward(params, window, valid=valid)
+            _, logits = net(window, valid=valid)
             return (window, valid, logits), ids
 
     else:
@@ -89,7 +90,7 @@ def advance(params, loop, keys, temperatures, top_k, top_p, mode: str, filtered:
         def step(loop, step_noise, filtered):
             carry, logits = loop
             ids = pick(step_noise, logits, temperatures, top_k, top_p, filtered)
-            carry, logits = model.forward(params, ids[:, None], carry)
+            logits, carry = net.step(ids, carry)
             return (carry, logits), ids
 
     vocab = loop[-1].shape[-1]
@@ -104,16 +105,16 @@ def advance(params, loop, keys, temperatures, top_k, top_p, mode: str, filtered:
     # Unrolled by the platform's factor: one iteration of a GPU loop costs microseconds of
     # control, about a char's own work in stateful mode (1 on CPU: the loop as before).
     loop, ids = lax.scan(
-        lambda loop, x: step(loop, noise_of(x), filtered), loop, xs, unroll=model.default_unroll()
+        lambda loop, x: step(loop, noise_of(x), filtered), loop, xs, unroll=net.spec.loop.unroll
     )
     return loop, jnp.swapaxes(ids, 0, 1)
 
 
 @functools.partial(jax.jit, static_argnames=("length", "mode", "filtered"))
-def _generate(params, prime, valid, keys, temperatures, top_k, top_p, *, length, mode, filtered):
+def _generate(net, prime, valid, keys, temperatures, top_k, top_p, *, length, mode, filtered):
     """prime int32[P] left-padded (valid bool[P]); keys [S, length]; -> ids int32[S, length]."""
-    loop = read_prime(params, prime, valid, temperatures.shape[0], mode)
-    return advance(params, loop, keys, temperatures, top_k, top_p, mode, filtered)[1]
+    loop = read_prime(net, prime, valid, temperatures.shape[0], mode)
+    return advance(net, loop, keys, temperatures, top_k, top_p, mode, filtered)[1]
 
 
 def filtering(top_k: int, top_p: float) -> bool:
@@ -154,13 +155,12 @@ class Prepared(NamedTuple):
     shape: tuple  # of the result: temperature.shape (+ samples) + (length,)
 
 
-def prepare(params, prime_ids, key, temperature, *, length, mode, maxlen, num_samples, top_k,
+def prepare(net, prime_ids, key, temperature, *, length, mode, maxlen, num_samples, top_k,
              top_p) -> Prepared:  # fmt: skip
     if mode not in MODES:
         raise CharjaxError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     temps = np.asarray(temperature, np.float32)
-    vocab, _ = model.shape_of(params)
-    _check(temps, top_k, top_p, length, vocab)
+    _check(temps, top_k, top_p, length, net.spec.vocab)
     if num_samples < 1:
         raise CharjaxError(f"num-samples must be >= 1, got {num_samples}")
     flat_t = np.repeat(temps.reshape(-1), num_samples)
@@ -175,7 +175,7 @@ def prepare(params, prime_ids, key, temperature, *, length, mode, maxlen, num_sa
 
 
 def generate(
-    params: dict,
+    net: model.Model,
     prime_ids,
     key: jax.Array,
     temperature,
@@ -187,7 +187,7 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
 ) -> jax.Array:
-    """Generate `length` char ids after `prime_ids`.
+    """Generate `length` char ids after `prime_ids` with the model `net`.
 
     temperature: a number or 1-D list; the result is int32[*temperature.shape, length], with a
     sample axis before `length` when `num_samples > 1`. Each (temperature, sample) gets its own
@@ -195,11 +195,11 @@ def generate(
     model the last `maxlen` chars at every step from a zero state (the original); "stateful"
     carries the LSTM state, reading the whole prime once.
     """
-    run = prepare(params, prime_ids, key, temperature, length=length, mode=mode, maxlen=maxlen,
+    run = prepare(net, prime_ids, key, temperature, length=length, mode=mode, maxlen=maxlen,
                    num_samples=num_samples, top_k=top_k, top_p=top_p)  # fmt: skip
     keys = jax.vmap(lambda k: jax.random.split(k, length))(run.sample_keys)
     ids = _generate(
-        params,
+        net,
         run.prime,
         run.valid,
         keys,
@@ -213,14 +213,14 @@ def generate(
     return ids.reshape(run.shape)
 
 
-def epoch_samples(params, corpus, sample_key, epoch: int, cfg) -> dict:
+def epoch_samples(net, corpus, sample_key, epoch: int, cfg) -> dict:
     """The original's per-epoch show: a random maxlen-char seed of the corpus, then
     `cfg.sample_length` chars per temperature -> {"seed": str, "texts": {"0.2": str, ...}}."""
     seed_key, gen_key = jax.random.split(jax.random.fold_in(sample_key, epoch))
     offset = int(jax.random.randint(seed_key, (), 0, len(corpus.ids) - cfg.maxlen))
     prime = corpus.ids[offset : offset + cfg.maxlen]
     out = generate(
-        params,
+        net,
         prime,
         gen_key,
         list(cfg.temperatures),

@@ -55,8 +55,15 @@ def zero_streams(cfg: Config) -> tuple:
     return model.zero_carry(cfg.batch_size, cfg.hidden, cfg.layers)
 
 
+def bind(cfg: Config, params: dict) -> model.Model:
+    """The run's model: the `Spec` its Config describes, over the vocabulary its parameters
+    were built for (the corpus decides it, not the Config: the output layer's size), bound to
+    `params`."""
+    return model.Model(model.Spec.of(cfg, params["dense"]["bias"].shape[-1]), params)
+
+
 def init_state(key: jax.Array, vocab_size: int, cfg: Config) -> TrainState:
-    params = model.init_params_of(key, vocab_size, cfg)
+    params = model.Spec.of(cfg, vocab_size).init(key)
     opt_state = optim.make_optimizer(cfg).init(params)
     one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.int32)
     ema = jax.tree.map(jnp.copy, params) if cfg.ema else ()
@@ -74,8 +81,7 @@ def state_shape(vocab_size: int, cfg: Config) -> TrainState:
     return jax.eval_shape(lambda: init_state(jax.random.key(0), vocab_size, cfg))
 
 
-def nll(params, inputs, targets, weights, goal, *, dtype, draws=NONE, carry=None, unroll=0,
-        kernel="auto"):  # fmt: skip
+def nll(net: model.Model, inputs, targets, weights, goal, *, draws=NONE, carry=None):
     """(weighted sum of next-char cross-entropies in nats over the predicted chars of `goal`
     (an `Objective`), final carry); weight-0 rows are padding. `draws`: the training step's
     masks and window length (see `Draws`; with a length the final carry is the state there and
@@ -86,20 +92,14 @@ def nll(params, inputs, targets, weights, goal, *, dtype, draws=NONE, carry=None
     where a target's probability is below 1e-7, where Keras' clip zeroes the gradient.
     """
     carry = None if carry is None else lax.stop_gradient(carry)
-    carry, logits = model.forward(
-        params, inputs, carry, dtype=dtype, all_steps=goal.every_position, draws=draws,
-        unroll=unroll, kernel=kernel,
-    )  # fmt: skip
+    carry, logits = net(inputs, carry, all_steps=goal.every_position, draws=draws)
     return jnp.sum(weights * goal.window_losses(logits, targets, draws.length)), carry
 
 
 def run_nll(params: dict, inputs, targets, weights, cfg: Config, draws=NONE, carry=None):
-    """`nll` as the run `cfg` computes it (its objective, dtype and loops)."""
+    """`nll` as the run `cfg` computes it (its model and objective)."""
     goal = objective.of(cfg)
-    return nll(
-        params, inputs, targets, weights, goal, dtype=cfg.dtype, draws=draws, carry=carry,
-        unroll=cfg.unroll, kernel=cfg.lstm_kernel,
-    )  # fmt: skip
+    return nll(bind(cfg, params), inputs, targets, weights, goal, draws=draws, carry=carry)
 
 
 def loss_sum(params: dict, inputs, targets, weights, cfg: Config) -> jax.Array:

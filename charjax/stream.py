@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry_2x32
 
-from charjax import sample
+from charjax import model, sample
 
 # The two pieces of `sample._generate`, run block by block.
 _start = jax.jit(sample.read_prime, static_argnames=("samples", "mode"))
@@ -42,7 +42,7 @@ def _counter_based(key) -> bool:
 
 
 def stream(
-    params: dict,
+    net: model.Model,
     prime_ids,
     key: jax.Array,
     temperature,
@@ -60,18 +60,18 @@ def stream(
     are checked at once, before the first block. Joined along the last axis they are exactly
     `generate(...)`'s ids (same key, same text); memory follows the block, not `length`."""
     run = sample.prepare(
-        params, prime_ids, key, temperature, length=length, mode=mode, maxlen=maxlen,
+        net, prime_ids, key, temperature, length=length, mode=mode, maxlen=maxlen,
         num_samples=num_samples, top_k=top_k, top_p=top_p,
     )  # fmt: skip
-    loop = _start(params, run.prime, run.valid, samples=len(run.temperatures), mode=mode)
+    loop = _start(net, run.prime, run.valid, samples=len(run.temperatures), mode=mode)
     every = None
     if not _counter_based(key):  # another PRNG: all the keys up front (8 bytes a char)
         every = jax.vmap(lambda k: jax.random.split(k, length))(run.sample_keys)
     filters = (jnp.int32(top_k), jnp.float32(top_p), sample.filtering(top_k, top_p))
-    return _blocks(params, loop, run, every, length, block, filters, mode)
+    return _blocks(net, loop, run, every, length, block, filters, mode)
 
 
-def _blocks(params, loop, run, every, length: int, block: int, filters, mode: str):
+def _blocks(net, loop, run, every, length: int, block: int, filters, mode: str):
     for begin in range(0, length, block):
         size = min(block, length - begin)
         if every is None:
@@ -79,6 +79,6 @@ def _blocks(params, loop, run, every, length: int, block: int, filters, mode: st
         else:
             keys = every[:, begin : begin + size]
         top_k, top_p, on = filters
-        loop, ids = _block(params, loop, keys, run.temperatures, top_k, top_p, mode=mode,
+        loop, ids = _block(net, loop, keys, run.temperatures, top_k, top_p, mode=mode,
                            filtered=on)  # fmt: skip
         yield np.asarray(ids)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from util import jit_forward
+from util import bound, forward, init_params, jit_forward, spec_of
 
 from charjax import cells, dynamic, evaluate, model, sample, step
 from charjax.config import Config
@@ -28,7 +28,7 @@ def _params(case, layers=2, seed=0):
     """A tree of `case`'s cell, every value moved off its initial one (gains off 1, shifts off
     0: a misplaced gain or shift changes the numbers)."""
     cell, options = CASES[case]
-    params = model.init_params(jax.random.key(seed), V, H, layers, cell, options)
+    params = init_params(jax.random.key(seed), V, H, layers, cell, options)
     rng = np.random.default_rng(seed + 100)  # NumPy's draws: nothing to compile per shape
     return jax.tree.map(lambda x: x + 0.3 * rng.standard_normal(x.shape, np.float32), params)
 
@@ -80,8 +80,8 @@ def _reference_step(cell, p, x, h, c):
 def _reference(params, ids, draws=NONE):
     """(final carries, logits [B, T, V]) of a Python loop over the steps, with the draws'
     masks applied where the model applies them."""
-    cell = model.cell_of(params)
-    layers = [params[model.layer_name(n, cell)] for n in range(model.layers_of(params))]
+    cell = spec_of(params).cell
+    layers = [params[name] for name in spec_of(params).layer_names()]
     batch, steps = ids.shape
     length = steps if draws.length is None else int(draws.length)
     states = [(jnp.zeros((batch, H)), jnp.zeros((batch, H))) for _ in layers]
@@ -155,7 +155,7 @@ def test_each_cells_training_gradient_equals_autodiff_of_its_equations(case):
 
         return jax.value_and_grad(f)
 
-    fast = lambda p: model.forward(p, IDS, all_steps=True, draws=draws)  # noqa: E731
+    fast = lambda p: forward(p, IDS, all_steps=True, draws=draws)  # noqa: E731
     value, grads = jax.jit(loss(fast))(params)
     want_value, want_grads = jax.jit(loss(lambda p: _reference(p, IDS, draws)))(params)
     np.testing.assert_allclose(value, want_value, rtol=1e-5)
@@ -176,7 +176,7 @@ def test_an_lstm_shaped_cell_through_autodiff_equals_its_fast_scan(case):
 
     def value_and_grad(kernel):
         def f(p):
-            carry, logits = model.forward(p, IDS, all_steps=True, draws=draws, kernel=kernel)
+            carry, logits = forward(p, IDS, all_steps=True, draws=draws, kernel=kernel)
             return (logits**2).sum() + sum(h.sum() for h, _ in carry)
 
         return jax.jit(jax.value_and_grad(f))(params)
@@ -191,17 +191,19 @@ def _shapes(case, layers=2):
     """`case`'s tree as shapes and dtypes (nothing computed: what the names and options are
     read from)."""
     cell, options = CASES[case]
-    return jax.eval_shape(lambda: model.init_params(jax.random.key(0), V, H, layers, cell, options))
+    return jax.eval_shape(lambda: init_params(jax.random.key(0), V, H, layers, cell, options))
 
 
-def test_a_tree_names_its_cell_and_options_and_the_lstm_tree_is_unchanged():
+def test_a_tree_names_its_cell_and_the_lstm_tree_is_unchanged():
     lstm = _shapes("lstm", layers=3)
     assert sorted(lstm) == ["dense", "lstm", "lstm_1", "lstm_2"]
     assert sorted(lstm["lstm_1"]) == ["bias", "kernel", "recurrent_kernel"]
-    for case, (cell, options) in CASES.items():
-        params = _shapes(case, layers=3)
-        assert model.cell_of(params) == cell and model.layers_of(params) == 3
-        assert model.options_of(params) == options and model.shape_of(params) == (V, H)
+    for cell, options in CASES.values():
+        spec = model.Spec(V, H, 3, cell, options)
+        params = jax.eval_shape(lambda spec=spec: spec.init(jax.random.key(0)))
+        assert sorted(params) == sorted([*spec.layer_names(), "dense"])
+        assert spec.layer_names() == [cell, f"{cell}_1", f"{cell}_2"]
+        assert spec_of(params) == spec  # what the tests' helper reads back
     ln = _shapes("lnlstm")
     assert {n: v.shape for n, v in ln["lnlstm_1"].items()} == {
         "kernel": (H, 4 * H), "recurrent_kernel": (H, 4 * H), "bias": (4 * H,),
@@ -215,7 +217,7 @@ def test_a_tree_names_its_cell_and_options_and_the_lstm_tree_is_unchanged():
     assert (
         "mogrify_r"
         not in jax.eval_shape(
-            lambda: model.init_params(jax.random.key(0), V, H, 1, "mogrifier", cells.Options(1, 0))
+            lambda: init_params(jax.random.key(0), V, H, 1, "mogrifier", cells.Options(1, 0))
         )["mogrifier"]
     )  # one round gates x only
 
@@ -230,9 +232,10 @@ def test_a_stack_of_matrices_is_initialised_as_glorot_uniform_per_matrix():
 def test_the_config_builds_its_cell_and_refuses_bad_options():
     cfg = Config(hidden=H, layers=2, cell="mogrifier", mogrify_rounds=3, mogrify_rank=2)
     params = step.state_shape(V, cfg).params  # the shapes a run's state is built with
-    assert model.options_of(params) == cells.Options(3, 2)
+    assert model.Spec.of(cfg, V).options == spec_of(params).options == cells.Options(3, 2)
     plain = step.state_shape(V, cfg.replace(cell="lnlstm")).params
-    assert model.options_of(plain) == cells.PLAIN and "lnlstm_1" in plain
+    assert spec_of(plain).options == cells.PLAIN and "lnlstm_1" in plain
+    assert model.Spec.of(cfg.replace(cell="lnlstm"), V) == spec_of(plain)
     with pytest.raises(CharjaxError, match="--mogrify-rounds must be >= 1"):
         cfg.replace(mogrify_rounds=0).check()
     with pytest.raises(CharjaxError, match="--mogrify-rank must be >= 0"):
@@ -258,7 +261,13 @@ def test_sampling_each_cell_is_deterministic_per_key(case):
     def gen(key, mode):
         return np.asarray(
             sample.generate(
-                params, prime, jax.random.key(key), [0.5, 1.0], length=30, maxlen=8, mode=mode
+                bound(params),
+                prime,
+                jax.random.key(key),
+                [0.5, 1.0],
+                length=30,
+                maxlen=8,
+                mode=mode,
             )  # fmt: skip
         )
 
@@ -270,11 +279,11 @@ def test_sampling_each_cell_is_deterministic_per_key(case):
 @SLOW
 @pytest.mark.parametrize("case", ["lnlstm", "mogrifier"])
 def test_dynamic_evaluation_adapts_with_each_cell(case):
-    params = model.init_params(jax.random.key(0), 9, 16, 1, *CASES[case])
+    params = init_params(jax.random.key(0), 9, 16, 1, *CASES[case])
     phrase = np.asarray(jax.random.randint(jax.random.key(4), (13,), 0, 9), np.int32)
     ids = np.tile(phrase, 12)
-    static = evaluate.score_ids(params, ids, mode="stateful")
-    still = dynamic.score(params, ids, rate=0.0, decay=0.0, segment=10)
+    static = evaluate.score_ids(bound(params), ids, mode="stateful")
+    still = dynamic.score(bound(params), ids, rate=0.0, decay=0.0, segment=10)
     np.testing.assert_allclose(still.nats_per_char, static.nats_per_char, rtol=1e-5)
-    adapted = dynamic.score(params, ids, rate=3.0, decay=0.0, segment=10)
+    adapted = dynamic.score(bound(params), ids, rate=3.0, decay=0.0, segment=10)
     assert adapted.nats_per_char < static.nats_per_char - 0.2

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from util import bound, forward, init_params
 
 from charjax import corpus, dynamic, evaluate, inference, model
 from charjax.errors import CharjaxError
@@ -16,21 +17,21 @@ from charjax.run_dir import Meta
 
 
 def _params(vocab=9, hidden=8, layers=1, seed=0):
-    return model.init_params(jax.random.key(seed), vocab, hidden, layers)
+    return init_params(jax.random.key(seed), vocab, hidden, layers)
 
 
 def test_dynamic_evaluation_adapts_to_a_repeating_text_and_is_static_at_rate_0():
     params = _params(vocab=9, hidden=16)
     phrase = np.asarray(jax.random.randint(jax.random.key(4), (13,), 0, 9), np.int32)
     ids = np.tile(phrase, 12)
-    static = evaluate.score_ids(params, ids, mode="stateful")
-    still = dynamic.score(params, ids, rate=0.0, decay=0.0, segment=10)
+    static = evaluate.score_ids(bound(params), ids, mode="stateful")
+    still = dynamic.score(bound(params), ids, rate=0.0, decay=0.0, segment=10)
     assert still.chars == static.chars
     np.testing.assert_allclose(still.nats_per_char, static.nats_per_char, rtol=1e-5)
-    adapted = dynamic.score(params, ids, rate=3.0, decay=0.0, segment=10)
+    adapted = dynamic.score(bound(params), ids, rate=3.0, decay=0.0, segment=10)
     assert adapted.nats_per_char < static.nats_per_char - 0.2  # 2.20 -> 1.94 nats/char
     with pytest.raises(CharjaxError, match="--dynamic-decay"):
-        dynamic.score(params, ids, rate=1.0, decay=1.0, segment=10)
+        dynamic.score(bound(params), ids, rate=1.0, decay=1.0, segment=10)
 
 
 @jax.jit
@@ -38,7 +39,7 @@ def _mean_loss_grad(params, carry, inputs, targets):
     """(gradient of the mean loss of ids int[B, L] read on from `carry`, carry after them)."""
 
     def mean_loss(p):
-        after, logits = model.forward(p, inputs, carry, all_steps=True)
+        after, logits = forward(p, inputs, carry, all_steps=True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean(), after
 
     return jax.grad(mean_loss, has_aux=True)(params)
@@ -48,7 +49,7 @@ def _mean_loss_grad(params, carry, inputs, targets):
 def test_gradient_rms_is_the_root_mean_square_of_each_steps_gradient():
     params = _params(vocab=9, hidden=8)
     ids = np.asarray(jax.random.randint(jax.random.key(2), (23,), 0, 9), np.int32)
-    rms = dynamic.gradient_rms(params, ids, segment=5, streams=2)
+    rms = dynamic.gradient_rms(bound(params), ids, segment=5, streams=2)
     # by hand: two streams of 11 chars, read 5 at a time with the state carried: 2 steps
     inputs, targets = ids[:22].reshape(2, 11)[:, :10], ids[1:23].reshape(2, 11)[:, :10]
     first, carry = _mean_loss_grad(params, model.zero_carry(2, 8, 1), inputs[:, :5], targets[:, :5])
@@ -59,14 +60,14 @@ def test_gradient_rms_is_the_root_mean_square_of_each_steps_gradient():
     # each weight's share of the pull: the scale over the sum of the tensors' mean scales
     assert sum(float(jnp.mean(w)) for w in jax.tree.leaves(rms.pull)) == pytest.approx(1.0)
     with pytest.raises(CharjaxError, match="--dynamic-rule sgd"):
-        dynamic.gradient_rms(params, ids[:5], segment=5)
+        dynamic.gradient_rms(bound(params), ids[:5], segment=5)
 
 
 @pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_the_rms_step_divides_by_the_gradient_rms_and_pulls_back_by_each_weights_share():
     params, base = _params(vocab=9, hidden=8), _params(vocab=9, hidden=8, seed=1)
     ids = np.asarray(jax.random.randint(jax.random.key(3), (41,), 0, 9), np.int32)
-    rms = dynamic.gradient_rms(base, ids, segment=5, streams=4)
+    rms = dynamic.gradient_rms(bound(base), ids, segment=5, streams=4)
     inputs, targets, valid = ids[:5], ids[1:6], np.ones(5, bool)
     carry = model.zero_carry(1, 8, 1)
     step = functools.partial(dynamic._adapt, dtype="float32")
@@ -89,12 +90,12 @@ def test_rms_dynamic_evaluation_adapts_to_a_repeating_text_and_is_static_at_rate
     phrase = np.asarray(jax.random.randint(jax.random.key(4), (13,), 0, 9), np.int32)
     ids = np.tile(phrase, 12)
     rms = dynamic.gradient_rms(
-        params, np.asarray(jax.random.randint(jax.random.key(5), (400,), 0, 9)), segment=10
+        bound(params), np.asarray(jax.random.randint(jax.random.key(5), (400,), 0, 9)), segment=10
     )
-    static = evaluate.score_ids(params, ids, mode="stateful")
-    still = dynamic.score(params, ids, rate=0.0, decay=0.1, segment=10, rms=rms)
+    static = evaluate.score_ids(bound(params), ids, mode="stateful")
+    still = dynamic.score(bound(params), ids, rate=0.0, decay=0.1, segment=10, rms=rms)
     np.testing.assert_allclose(still.nats_per_char, static.nats_per_char, rtol=1e-5)
-    adapted = dynamic.score(params, ids, rate=0.01, decay=0.0, segment=10, rms=rms)
+    adapted = dynamic.score(bound(params), ids, rate=0.01, decay=0.0, segment=10, rms=rms)
     assert adapted.nats_per_char < static.nats_per_char - 0.2
 
 

@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from util import bound, forward, init_params
 
-from charjax import evaluate, model
+from charjax import evaluate
 
 
 def _params(vocab=9, hidden=8, layers=1, seed=0):
-    return model.init_params(jax.random.key(seed), vocab, hidden, layers)
+    return init_params(jax.random.key(seed), vocab, hidden, layers)
 
 
 def _nll(logits, target) -> float:
@@ -27,17 +28,19 @@ def test_window_score_is_the_mean_loss_of_every_window():
     maxlen = 5
     starts = np.arange(len(ids) - maxlen)
     windows = jnp.asarray(ids[starts[:, None] + np.arange(maxlen)])
-    _, logits = model.forward(params, windows)  # one window per row, each from a zero state
+    _, logits = forward(params, windows)  # one window per row, each from a zero state
     expected = optax.softmax_cross_entropy_with_integer_labels(logits, ids[starts + maxlen])
-    got = evaluate.score_ids(params, ids, mode="window", maxlen=maxlen, batch_size=8)
+    got = evaluate.score_ids(bound(params), ids, mode="window", maxlen=maxlen, batch_size=8)
     assert got.chars == len(expected) == 35
     np.testing.assert_allclose(got.nats_per_char, np.mean(expected), rtol=1e-5)
     assert got.bits_per_char == pytest.approx(got.nats_per_char / math.log(2))
     assert got.perplexity == pytest.approx(math.exp(got.nats_per_char))
-    strided = evaluate.score_ids(params, ids, mode="window", maxlen=maxlen, stride=3, batch_size=8)
+    strided = evaluate.score_ids(
+        bound(params), ids, mode="window", maxlen=maxlen, stride=3, batch_size=8
+    )
     np.testing.assert_allclose(strided.nats_per_char, np.mean(expected[::3]), rtol=1e-5)
     np.testing.assert_allclose(  # and a window is the same read alone as in a batch
-        expected[7], _nll(model.forward(params, windows[7:8])[1][0], ids[7 + maxlen]), rtol=1e-6
+        expected[7], _nll(forward(params, windows[7:8])[1][0], ids[7 + maxlen]), rtol=1e-6
     )
 
 
@@ -45,10 +48,10 @@ def test_window_score_is_the_mean_loss_of_every_window():
 def test_stateful_score_reads_the_text_once_whatever_the_chunk(layers):
     params = _params(layers=layers)
     ids = np.asarray(jax.random.randint(jax.random.key(2), (53,), 0, 9), np.int32)
-    _, logits = model.forward(params, jnp.asarray(ids[None, :-1]), all_steps=True)
+    _, logits = forward(params, jnp.asarray(ids[None, :-1]), all_steps=True)
     expected = optax.softmax_cross_entropy_with_integer_labels(logits[0], ids[1:]).mean()
     for chunk in (7, 52, 1024):
-        got = evaluate.score_ids(params, ids, mode="stateful", chunk=chunk)
+        got = evaluate.score_ids(bound(params), ids, mode="stateful", chunk=chunk)
         assert got.chars == 52
         np.testing.assert_allclose(got.nats_per_char, expected, rtol=1e-5)
 
@@ -59,7 +62,7 @@ def test_scoring_reports_its_progress(mode):
     ids = np.asarray(jax.random.randint(jax.random.key(3), (100,), 0, 9), np.int32)
     heard = []
     got = evaluate.score_ids(
-        params, ids, mode=mode, maxlen=5, batch_size=16, chunk=30,
+        bound(params), ids, mode=mode, maxlen=5, batch_size=16, chunk=30,
         progress=lambda done, total: heard.append((done, total)),
     )  # fmt: skip
     assert len(heard) == 4 if mode == "stateful" else len(heard) == 6

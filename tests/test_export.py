@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from util import TINY_TEXT, quiet
+from util import TINY_TEXT, forward, init_params, quiet
 
-from charjax import cli, export, inference, model, runner
+from charjax import cli, export, inference, runner
 from charjax.config import Config
 from charjax.run_dir import Meta
 from charjax.web import charlstm_path
@@ -83,7 +83,7 @@ def test_the_javascript_lstm_equals_charjax(trained, tmp_path, capsys):
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
     ids = jnp.asarray(saved.vocab.encode(PREFIX))[None]
-    _, logits = model.forward(saved.params, ids)
+    _, logits = forward(saved.params, ids)
     np.testing.assert_allclose(got["probs"], jax.nn.softmax(logits[0]), atol=1e-5)
     assert abs(sum(got["probs"]) - 1) < 1e-9 and max(got["probs"]) > 0.15  # trained
     capsys.readouterr()
@@ -101,7 +101,7 @@ def test_the_json_layout(trained, tmp_path):
     assert exported["vocab"] == saved.meta.vocab
     recipe = {**saved.meta.cfg.to_dict(), "text": "tiny.txt"}  # the file's name, not its path
     assert exported["recipe"] == recipe and exported["epoch"] == 3
-    layers = model.layers_of(saved.params)
+    layers = saved.spec.layers
     assert len(exported["layers"]) == layers
     first = exported["layers"][0]
     assert first["kernel"]["shape"] == [len(saved.meta.vocab), 64]
@@ -138,7 +138,7 @@ def test_the_page_is_one_offline_file(trained, tmp_path, capsys):
 
 
 def test_the_default_models_page_is_under_1_mb():
-    params = model.init_params(jax.random.key(0), 59, 128)
+    params = init_params(jax.random.key(0), 59, 128)
     chars = "".join(chr(32 + i) for i in range(59))
     saved = inference.SavedModel(params, Meta(Config(), chars, "0" * 64, chars[:60], 60))
     size = len(export.to_html(saved, "Nietzsche").encode())

@@ -8,8 +8,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from util import jit_forward
 
-from charjax import model  # noqa: E402
 from charjax.config import Config  # noqa: E402
 from charjax.step import init_state, train_step  # noqa: E402
 
@@ -47,7 +47,7 @@ def setup():
 def test_same_probabilities(setup):
     cfg, state, inputs, _, x, _ = setup
     m = _keras_model(state.params)
-    _, logits = jax.jit(model.forward)(state.params, inputs)
+    _, logits = jit_forward(state.params, inputs)
     ours = jax.nn.softmax(logits)
     theirs = np.asarray(m.predict(x, verbose=0))
     np.testing.assert_allclose(ours, theirs, atol=1e-5)

@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import util
+from util import init_params, spec_of
 from util import jit_forward as forward
 
 from charjax import cells, model
@@ -18,7 +20,7 @@ RTOL, ATOL = 1e-5, 1e-7
 
 
 def test_parameter_shapes_and_count():
-    params = model.init_params(jax.random.key(0), 59, 128)
+    params = init_params(jax.random.key(0), 59, 128)
     shapes = jax.tree.map(lambda x: (x.shape, x.dtype), params)
     assert shapes == {
         "lstm": {
@@ -29,11 +31,11 @@ def test_parameter_shapes_and_count():
         "dense": {"kernel": ((128, 59), jnp.float32), "bias": ((59,), jnp.float32)},
     }
     assert model.num_params(params) == 4 * 128 * (59 + 128 + 1) + 128 * 59 + 59 == 103_867
-    assert model.shape_of(params) == (59, 128)
+    assert spec_of(params) == model.Spec(59, 128)
 
 
 def test_keras_initialisers():
-    params = model.init_params(jax.random.key(1), 59, 128)
+    params = init_params(jax.random.key(1), 59, 128)
     bias = np.asarray(params["lstm"]["bias"])
     assert (bias[128:256] == 1).all() and (np.delete(bias, np.s_[128:256]) == 0).all()
     r = np.asarray(params["lstm"]["recurrent_kernel"])
@@ -48,16 +50,16 @@ def test_keras_initialisers():
 
 
 def test_forward_shapes_and_jit():
-    params = model.init_params(jax.random.key(0), 11, 8)
+    params = init_params(jax.random.key(0), 11, 8)
     ids = jax.random.randint(jax.random.key(1), (3, 7), 0, 11)
-    ((h, c),), logits = model.forward(params, ids)  # op by op, against jit below
+    ((h, c),), logits = util.forward(params, ids)  # op by op, against jit below
     assert h.shape == c.shape == (3, 8) and logits.shape == (3, 11) and logits.dtype == jnp.float32
-    ((_, _),), jitted = jax.jit(model.forward)(params, ids)
+    ((_, _),), jitted = forward(params, ids)
     np.testing.assert_allclose(jitted, logits, rtol=1e-6, atol=1e-6)
 
 
 def test_forward_matches_a_hand_written_cell_loop():
-    params = model.init_params(jax.random.key(2), 7, 5)
+    params = init_params(jax.random.key(2), 7, 5)
     ids = np.array([[1, 4, 6, 0]])
     p = jax.tree.map(np.asarray, params)
     h = np.zeros((1, 5), np.float32)
@@ -75,7 +77,7 @@ def test_forward_matches_a_hand_written_cell_loop():
 
 @pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_left_padding_with_valid_mask_equals_the_short_window():
-    params = model.init_params(jax.random.key(3), 9, 6)
+    params = init_params(jax.random.key(3), 9, 6)
     short = jnp.array([[3, 1, 4]])
     padded = jnp.array([[0, 0, 3, 1, 4]])
     valid = jnp.array([False, False, True, True, True])
@@ -86,7 +88,7 @@ def test_left_padding_with_valid_mask_equals_the_short_window():
 
 
 def test_carry_continues_a_sequence():
-    params = model.init_params(jax.random.key(4), 9, 6)
+    params = init_params(jax.random.key(4), 9, 6)
     ids = jnp.array([[1, 2, 3, 4, 5, 6]])
     _, whole = forward(params, ids)
     carry, _ = forward(params, ids[:, :4])
@@ -95,7 +97,7 @@ def test_carry_continues_a_sequence():
 
 
 def _params(vocab=9, hidden=8, layers=1, seed=0):
-    return model.init_params(jax.random.key(seed), vocab, hidden, layers)
+    return init_params(jax.random.key(seed), vocab, hidden, layers)
 
 
 def test_every_position_logits_equal_the_last_step_of_each_prefix():
@@ -113,7 +115,7 @@ def test_layers_shapes_and_names():
     assert sorted(params) == ["dense", "lstm", "lstm_1", "lstm_2"]
     assert params["lstm"]["kernel"].shape == (7, 20)
     assert params["lstm_2"]["kernel"].shape == (5, 20)
-    assert model.layers_of(params) == 3 and model.shape_of(params) == (7, 5)
+    assert spec_of(params) == model.Spec(7, 5, 3)
     assert params["lstm_1"]["bias"][5:10].tolist() == [1.0] * 5  # forget gate starts open
 
 
@@ -137,7 +139,7 @@ def test_dropout_is_keyed_scaled_and_off_without_a_key():
 
 def test_the_model_asks_the_cell_for_its_state_and_shape():
     params = _params(vocab=7, hidden=5, layers=3)
-    assert model.shape_of(params) == cells.dims(params["lstm"]) == (7, 5)
+    assert cells.dims(params["lstm"]) == (7, 5)
     assert cells.dims(params["lstm_2"]) == (5, 5)
     carry = model.zero_carry(4, 5, 3)
     assert len(carry) == 3 and all(h.shape == c.shape == (4, 5) for h, c in carry)

@@ -44,7 +44,7 @@ assert len(jax.devices()) == int(sys.argv[1])
 from charjax import evaluate  # window scoring split over the devices, or on one
 held = np.arange(300, dtype=np.int32) % 5
 for where, mesh in (("split", parallel.data_mesh()), ("one", None)):
-    out["score:" + where] = evaluate.score_ids(state.params, held, maxlen=10, stride=3,
+    out["score:" + where] = evaluate.score_ids(bound(state.params), held, maxlen=10, stride=3,
                                                batch_size=8, mesh=mesh).nats
 spread = evaluate._spread(state.params, parallel.data_mesh(), 8)[0]
 out["score:devices"] = len(jax.tree.leaves(spread)[0].sharding.device_set)

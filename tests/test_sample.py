@@ -2,9 +2,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from util import jit_forward
+from util import bound, forward, init_params, jit_forward
 
-from charjax import model, sample
+from charjax import sample
 from charjax.errors import CharjaxError
 
 V, H, MAXLEN = 13, 16, 8
@@ -12,17 +12,17 @@ V, H, MAXLEN = 13, 16, 8
 
 @pytest.fixture(scope="module")
 def params():
-    return model.init_params(jax.random.key(0), V, H)
+    return init_params(jax.random.key(0), V, H)
 
 
 PRIME = np.array([1, 5, 2, 7, 3, 3, 9, 0])
 
 
 def test_shapes_and_dtypes(params):
-    one = sample.generate(params, PRIME, jax.random.key(0), 0.5, length=12, maxlen=MAXLEN)
+    one = sample.generate(bound(params), PRIME, jax.random.key(0), 0.5, length=12, maxlen=MAXLEN)
     assert one.shape == (12,) and one.dtype == jnp.int32
     many = sample.generate(
-        params,
+        bound(params),
         PRIME,
         jax.random.key(0),
         [0.2, 1.0, 1.2],
@@ -40,7 +40,7 @@ def test_same_key_same_text_other_key_other_text(params, mode):
     def gen(key):
         return np.asarray(
             sample.generate(  # noqa: E731
-                params, PRIME, jax.random.key(key), [0.5, 1.0], length=40, maxlen=MAXLEN, mode=mode
+                bound(params), PRIME, jax.random.key(key), [0.5, 1.0], length=40, maxlen=MAXLEN, mode=mode
             )
         )
 
@@ -55,13 +55,13 @@ def test_changing_temperature_key_or_filter_values_does_not_recompile(params):
     loop holds no per-char conditional), and each way compiles once."""
     for filters in ({}, {"top_k": 1, "top_p": 0.5}):
         sample.generate(
-            params, PRIME, jax.random.key(0), [0.5, 1.0], length=9, maxlen=MAXLEN, **filters
+            bound(params), PRIME, jax.random.key(0), [0.5, 1.0], length=9, maxlen=MAXLEN, **filters
         )
         before = sample._generate._cache_size()
         for t, k in ((0.2, 1), (1.5, 2), (0.0, 3)):
             changed = {"top_k": 3 + k, "top_p": 0.9} if filters else {}
             sample.generate(
-                params, PRIME[::-1], jax.random.key(k), [t, 1.0], length=9, maxlen=MAXLEN,
+                bound(params), PRIME[::-1], jax.random.key(k), [t, 1.0], length=9, maxlen=MAXLEN,
                 **changed,
             )  # fmt: skip
         assert sample._generate._cache_size() == before
@@ -69,7 +69,7 @@ def test_changing_temperature_key_or_filter_values_does_not_recompile(params):
 
 def _rigged(char: int):
     """Params whose output puts all probability on `char`, whatever the input."""
-    params = model.init_params(jax.random.key(1), V, H)
+    params = init_params(jax.random.key(1), V, H)
     dense = {"kernel": jnp.zeros((H, V)), "bias": jnp.full((V,), -1e4).at[char].set(1e4)}
     return {**params, "dense": dense}
 
@@ -78,7 +78,7 @@ def _rigged(char: int):
 @pytest.mark.parametrize("temperature", [0.0, 0.2, 0.5, 1.0, 1.2, 5.0])
 def test_rigged_logits_give_the_known_char(mode, temperature):
     out = sample.generate(
-        _rigged(4),
+        bound(_rigged(4)),
         PRIME,
         jax.random.key(3),
         temperature,
@@ -112,7 +112,7 @@ def _greedy_reference(params, prime, length, mode):
 )
 def test_greedy_matches_a_step_by_step_loop(params, mode, prime):
     got = sample.generate(
-        params, prime, jax.random.key(0), 0.0, length=10, maxlen=MAXLEN, mode=mode
+        bound(params), prime, jax.random.key(0), 0.0, length=10, maxlen=MAXLEN, mode=mode
     )
     assert np.asarray(got).tolist() == _greedy_reference(params, prime, 10, mode)
 
@@ -122,7 +122,7 @@ def test_window_and_stateful_agree_on_the_first_char(params):
         firsts = [
             np.asarray(
                 sample.generate(
-                    params,
+                    bound(params),
                     PRIME,
                     jax.random.key(key),
                     [0.5, 1.0, 1.5],
@@ -177,7 +177,7 @@ def test_top_k_and_top_p_keep_only_the_head():
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), [0.5, -1.0]])
 def test_bad_temperatures_are_refused(params, bad):
     with pytest.raises(CharjaxError, match="temperature"):
-        sample.generate(params, PRIME, jax.random.key(0), bad, length=5, maxlen=MAXLEN)
+        sample.generate(bound(params), PRIME, jax.random.key(0), bad, length=5, maxlen=MAXLEN)
 
 
 def test_other_bad_arguments_are_refused(params):
@@ -190,12 +190,12 @@ def test_other_bad_arguments_are_refused(params):
     ):
         args = {"length": 5, **kw}
         with pytest.raises(CharjaxError, match=word):
-            sample.generate(params, PRIME, jax.random.key(0), 0.5, maxlen=MAXLEN, **args)
+            sample.generate(bound(params), PRIME, jax.random.key(0), 0.5, maxlen=MAXLEN, **args)
 
 
 @pytest.mark.slow  # compiles the sampling loop twice more
 def test_noise_drawn_before_or_inside_the_loop_gives_the_same_text(params, monkeypatch):
-    args = (params, PRIME, jax.random.key(11), [0.7, 1.3])
+    args = (bound(params), PRIME, jax.random.key(11), [0.7, 1.3])
     before = sample.generate(*args, length=25, maxlen=MAXLEN, mode="stateful", top_p=0.95)
     monkeypatch.setattr(sample, "PRECOMPUTE_NOISE_MAX", 0)
     sample._generate.clear_cache()
@@ -205,7 +205,7 @@ def test_noise_drawn_before_or_inside_the_loop_gives_the_same_text(params, monke
 
 
 def _params(vocab=9, hidden=8, layers=1, seed=0):
-    return model.init_params(jax.random.key(seed), vocab, hidden, layers)
+    return init_params(jax.random.key(seed), vocab, hidden, layers)
 
 
 def test_stacked_models_sample_in_both_modes():
@@ -213,7 +213,9 @@ def test_stacked_models_sample_in_both_modes():
 
     params = _params(vocab=9, hidden=8, layers=2, seed=9)
     prime = [1, 2, 3, 4, 5]
-    _, logits = model.forward(params, jnp.asarray([prime]))
+    _, logits = forward(params, jnp.asarray([prime]))
     for mode in ("window", "stateful"):
-        out = sample.generate(params, prime, jax.random.key(0), 0.0, length=6, mode=mode, maxlen=5)
+        out = sample.generate(
+            bound(params), prime, jax.random.key(0), 0.0, length=6, mode=mode, maxlen=5
+        )
         assert out.shape == (6,) and int(out[0]) == int(jnp.argmax(logits[0]))

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from util import init_params
 
-from charjax import cells, lstm, model, scans
+from charjax import cells, lstm, scans
 
 T, B, F, H = 7, 3, 5, 4
 RTOL, ATOL = 1e-5, 1e-6
@@ -23,6 +24,8 @@ def close(a, b, **kw):
     """a equals b to float32 rounding of b's largest value (see the module docstring)."""
     scale = max(1.0, float(np.abs(np.asarray(b)).max()))
     np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL * scale, **kw)
+
+
 SHAPED = [name for name, cell in cells.CELLS.items() if cell.update is not None]
 
 
@@ -112,7 +115,7 @@ def test_a_valid_mask_passes_the_carry_through_and_the_zero_state_is_the_cells()
 def test_the_id_layer_of_the_original_model_equals_its_equations():
     """The first layer reads ids as gathered kernel rows (one-hot @ kernel), its row-gather
     gradient a per-id row sum (scatter-add on CPU, one-hot matmul elsewhere: equal)."""
-    params = model.init_params(jax.random.key(2), 7, 5)["lstm"]
+    params = init_params(jax.random.key(2), 7, 5)["lstm"]
     rng = np.random.default_rng(0)
     values, ids = rng.standard_normal((12, 3), np.float32), rng.integers(0, 7, 12)
     np.testing.assert_allclose(

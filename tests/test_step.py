@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from util import loss_of, same_trees
+from util import forward, loss_of, same_trees
 
-from charjax import batching, epoch, model, objective
+from charjax import batching, epoch, objective
 from charjax import corpus as corpora
 from charjax.errors import CharjaxError
 from charjax.step import StepContext, init_state, loss_sum, train_step
@@ -83,7 +83,7 @@ def test_sequence_loss_counts_every_predicted_char(tiny_cfg):
     np.testing.assert_array_equal(targets[:, -1], ids[starts + cfg.maxlen])
     weights = jnp.array([1.0, 1.0, 0.0])
     total = loss_sum(params, inputs, targets, weights, cfg)
-    _, logits = model.forward(params, inputs, all_steps=True)
+    _, logits = forward(params, inputs, all_steps=True)
     per_char = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     np.testing.assert_allclose(total, per_char[:2].sum(), rtol=1e-5)
 
@@ -123,12 +123,12 @@ def test_carried_state_goes_from_each_window_to_the_next(tiny_cfg):
     ones = jnp.ones(3)
     x1, y1 = objective.of(cfg).batch(ids, first)
     after1, _ = loss_of(STEP(state, x1, y1, ones, cfg))
-    carry1, _ = model.forward(state.params, x1, all_steps=True)
+    carry1, _ = forward(state.params, x1, all_steps=True)
     for a, b in zip(jax.tree.leaves(after1.carry), jax.tree.leaves(carry1), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     x2, y2 = objective.of(cfg).batch(ids, second)
     _, loss2 = loss_of(STEP(after1, x2, y2, ones, cfg))
-    _, logits = model.forward(after1.params, x2, carry1, all_steps=True)
+    _, logits = forward(after1.params, x2, carry1, all_steps=True)
     expected = optax.softmax_cross_entropy_with_integer_labels(logits, y2).mean()
     np.testing.assert_allclose(loss2, expected, rtol=1e-5)
     zero_start = loss_sum(after1.params, x2, y2, ones, cfg) / (3 * cfg.maxlen)

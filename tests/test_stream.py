@@ -3,8 +3,9 @@
 import jax
 import numpy as np
 import pytest
+from util import bound, init_params
 
-from charjax import model, sample, stream
+from charjax import sample, stream
 from charjax.errors import CharjaxError
 
 V, H = 13, 16
@@ -13,7 +14,7 @@ PRIME = np.array([1, 5, 2, 7, 3, 3, 9, 0])
 
 @pytest.fixture(scope="module")
 def params():
-    return model.init_params(jax.random.key(0), V, H, 2)
+    return init_params(jax.random.key(0), V, H, 2)
 
 
 def test_block_keys_are_the_split_keys_whatever_the_length():
@@ -31,13 +32,15 @@ def test_block_keys_are_the_split_keys_whatever_the_length():
 def test_the_blocks_joined_are_generates_ids(params, mode):
     options = dict(length=45, mode=mode, maxlen=8, num_samples=2, top_k=5, top_p=0.9)
     temps = [0.0, 0.7, 1.3]
-    whole = np.asarray(sample.generate(params, PRIME, jax.random.key(7), temps, **options))
-    blocks = list(stream.stream(params, PRIME, jax.random.key(7), temps, block=16, **options))
+    whole = np.asarray(sample.generate(bound(params), PRIME, jax.random.key(7), temps, **options))
+    blocks = list(
+        stream.stream(bound(params), PRIME, jax.random.key(7), temps, block=16, **options)
+    )
     assert [b.shape for b in blocks] == [(6, 16), (6, 16), (6, 13)]
     np.testing.assert_array_equal(np.concatenate(blocks, axis=1), whole.reshape(6, 45))
 
 
 def test_bad_arguments_are_refused_before_any_block(params):
     with pytest.raises(CharjaxError, match="length must be >= 0"):
-        stream.stream(params, PRIME, jax.random.key(0), [0.5], length=-1)
-    assert list(stream.stream(params, PRIME, jax.random.key(0), [0.5], length=0)) == []
+        stream.stream(bound(params), PRIME, jax.random.key(0), [0.5], length=-1)
+    assert list(stream.stream(bound(params), PRIME, jax.random.key(0), [0.5], length=0)) == []
