@@ -57,7 +57,8 @@ def parser() -> argparse.ArgumentParser:
         "--cells",
         action="store_true",
         help="instead: training chars/s of --preset quality with each --cell, and with the "
-        "LSTM trained through autodiff (--lstm-kernel autodiff), in rounds, in one process",
+        "LSTM-shaped cells trained through autodiff (--lstm-kernel autodiff), in rounds, in "
+        "one process",
     )
     p.add_argument(
         "--parts",

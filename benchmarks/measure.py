@@ -78,7 +78,12 @@ def bench_sample(repeats: int) -> dict:
             def call(mode=mode, temps=temps, keys=keys):
                 key = jax.random.key(next(keys))
                 return sample.generate(
-                    net, prime, key, temps, length=400, mode=mode, maxlen=cfg.maxlen
+                    net,
+                    prime,
+                    key,
+                    sample.Settings(temps, length=400),
+                    mode=mode,
+                    maxlen=cfg.maxlen,
                 )
 
             timed = time_calls(call, repeats)

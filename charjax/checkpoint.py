@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -28,10 +27,10 @@ import jax
 import orbax.checkpoint as ocp
 
 from charjax import integrity
-from charjax.errors import CharjaxError, os_error
+from charjax.errors import CharjaxError
+from charjax.orbax_errors import TMP_SUFFIX, has_status, os_error, out_of_memory, runtime_refused
 
 PARTIAL = "partial"
-TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint still being written
 
 
 def remove_unfinished(directory: Path) -> None:
@@ -127,16 +126,11 @@ def _restore(manager: ocp.CheckpointManager, step: int, like, sharding=None, wha
     return integrity.check_state(restored["state"], meta, where), meta
 
 
-# TensorStore's own errors ("NOT_FOUND: ...", "DATA_LOSS: ..."): files, never a layout
-_STATUS = re.compile(r"[A-Z][A-Z_]+: ")
-
-
 def _read_failed(error: Exception, where: str, step: int, directory, layout=()) -> CharjaxError:
     """Why a restore failed, in one line: orbax's ValueError naming one of the words `layout`
     (a state of another layout), else `_unreadable`."""
-    text = str(error)
-    if isinstance(error, ValueError) and any(w in text for w in layout):
-        if not _STATUS.match(text):
+    if isinstance(error, ValueError) and any(w in str(error) for w in layout):
+        if not has_status(error):  # TensorStore's errors are files', never a layout's
             return _other_layout(step, directory)
     return _unreadable(where, error)
 
@@ -149,16 +143,13 @@ class ReadFailed(CharjaxError):
 def _unreadable(where: str, error: Exception) -> CharjaxError:
     """`integrity.Damaged` for a checkpoint whose files are missing or whose bytes cannot be
     decoded. What is no damage, which a resume would move aside, is not `Damaged`: an OS error
-    other than a missing file or a refusal of jax's runtime (`_runtime_refused`) is
+    other than a missing file or a refusal of jax's runtime (`orbax_errors.runtime_refused`) is
     `ReadFailed`, and a device out of memory (a model too big for it) is raised as it is (jax's
     RESOURCE_EXHAUSTED, which the commands say in one line)."""
-    chain, seen = [], error
-    while seen is not None:
-        if "RESOURCE_EXHAUSTED" in str(seen):
-            raise seen
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    refused = _runtime_refused(chain)
+    exhausted = out_of_memory(error)
+    if exhausted is not None:
+        raise exhausted
+    refused = runtime_refused(error)
     if refused is not None:
         return ReadFailed(
             f"could not read {where}: {refused}; it is left as it is: run the command again"
@@ -170,17 +161,6 @@ def _unreadable(where: str, error: Exception) -> CharjaxError:
             "folder's permissions) and run the command again"
         )
     return integrity.unreadable(where, error)
-
-
-def _runtime_refused(chain: list) -> str | None:
-    """What refused a read in the runtime that takes the arrays, not in decoding the files (None
-    if nothing did): a plain RuntimeError of jax's C++ side (e.g. "random_device ... device not
-    available" when the OS refuses /dev/urandom), with no TensorStore status in the chain (its
-    reports of a file start "DATA_LOSS: ", "NOT_FOUND: ", ...)."""
-    if any(_STATUS.match(str(e)) for e in chain):
-        return None
-    runtime = [e for e in chain if type(e) is RuntimeError]
-    return f"RuntimeError: {str(runtime[0]).strip().splitlines()[0]}" if runtime else None
 
 
 def _read_meta(manager: ocp.CheckpointManager, step: int, where: str) -> dict:

@@ -144,9 +144,7 @@ def _spread(net: model.Model, mesh: Mesh | None, size: int):
     if mesh is None or mesh.size < 2 or size % mesh.size:
         return net, lambda arrays: arrays
     rows = NamedSharding(mesh, PartitionSpec(parallel.AXIS))
-    return parallel.put(net, parallel.replicated(mesh)), lambda arrays: parallel.put(
-        arrays, rows
-    )
+    return parallel.put(net, parallel.replicated(mesh)), lambda arrays: parallel.put(arrays, rows)
 
 
 def validate(net: model.Model, held_out: np.ndarray, cfg: Config, mesh: Mesh | None = None

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from charjax import corpus, evaluate, model, objective, sample, stream
 from charjax import dynamic as dynamic_evaluation
@@ -90,7 +91,7 @@ def load(directory, epoch: int | None = None, best: bool = False) -> SavedModel:
 
 
 def check_temperatures(temperatures) -> None:
-    if not temperatures:
+    if len(temperatures) == 0:
         raise CharjaxError("--temperature needs at least one number (0 = greedy)")
 
 
@@ -115,55 +116,32 @@ def encode_prime(saved: SavedModel, prime: str | None, unknown: str = "error"):
     return ids, (saved.vocab.decode(ids) if skipped else prime), skipped
 
 
-def sample_texts(
-    saved: SavedModel,
-    prime_ids,
-    *,
-    seed: int,
-    temperatures,
-    length: int,
-    mode=None,
-    num_samples: int = 1,
-    **filters,
-) -> list[str]:
-    """Texts after `prime_ids`, `num_samples` per temperature in order (one jitted call);
-    `filters`: top_k, top_p (see `sample.generate`)."""
-    args, kw = _request(saved, prime_ids, seed, temperatures, length, mode, num_samples, filters)
-    ids = sample.generate(*args, **kw).reshape(len(temperatures) * num_samples, length)
-    return [saved.vocab.decode(row) for row in ids]
+def sample_texts(saved: SavedModel, prime_ids, *, seed: int, settings: sample.Settings,
+                 mode=None) -> list[str]:  # fmt: skip
+    """Texts after `prime_ids`, `settings.num_samples` per temperature in order (one jitted
+    call); `mode`: the model's reading unless given."""
+    ids = sample.generate(*_request(saved, prime_ids, seed, settings), **_how(saved, mode))
+    return [saved.vocab.decode(row) for row in ids.reshape(-1, settings.length)]
 
 
-def _request(saved, prime_ids, seed, temperatures, length, mode, num_samples, filters):
+def _request(saved, prime_ids, seed, settings: sample.Settings) -> tuple:
     """The arguments of `sample.generate` and `stream.stream` for a saved model."""
-    check_temperatures(temperatures)
-    args = (saved.model, prime_ids, jax.random.key(seed), list(temperatures))
-    kw = dict(
-        length=length,
-        mode=mode or saved.reading,
-        maxlen=saved.meta.cfg.maxlen,
-        num_samples=num_samples,
-        **filters,
-    )
-    return args, kw
+    check_temperatures(np.atleast_1d(settings.temperatures))
+    settings = settings._replace(temperatures=tuple(np.atleast_1d(settings.temperatures)))
+    return saved.model, prime_ids, jax.random.key(seed), settings
 
 
-def stream_texts(
-    saved: SavedModel,
-    prime_ids,
-    *,
-    seed: int,
-    temperatures,
-    length: int,
-    mode=None,
-    num_samples: int = 1,
-    block: int = 256,
-    **filters,
-):
+def _how(saved, mode) -> dict:
+    return dict(mode=mode or saved.reading, maxlen=saved.meta.cfg.maxlen)
+
+
+def stream_texts(saved: SavedModel, prime_ids, *, seed: int, settings: sample.Settings,
+                 mode=None, block: int = 256):  # fmt: skip
     """`sample_texts`, block by block: an iterator of the new chars of every text (a list, in
     the same order), each as soon as its block is made; joined, they are `sample_texts`'s
     texts, byte for byte."""
-    args, kw = _request(saved, prime_ids, seed, temperatures, length, mode, num_samples, filters)
-    blocks = stream.stream(*args, block=block, **kw)
+    args = _request(saved, prime_ids, seed, settings)
+    blocks = stream.stream(*args, block=block, **_how(saved, mode))
     return ([saved.vocab.decode(row) for row in ids] for ids in blocks)
 
 

@@ -14,12 +14,12 @@ import errno
 import hashlib
 import json
 import os
-import re
 
 import jax
 import numpy as np
 
-from charjax.errors import CharjaxError, os_error
+from charjax.errors import CharjaxError
+from charjax.orbax_errors import Unread, chain, os_error
 
 DIGESTS = "digests"  # record key: {part: sha256} of the state's parts
 RECORD = "record_sha256"  # record key: sha256 of the record without this key
@@ -38,31 +38,21 @@ def unreadable(where: str, error: BaseException) -> Damaged:
     return Damaged(f"{where} is damaged: {_what_failed(error)}")
 
 
-_ARRAYS = re.compile(r'(?:Error reading|Metadata at) "([A-Za-z0-9_]+)[./]')  # "params.lstm...
-_MISSING = ("NOT_FOUND", "does not exist", "not found")
-_CUT = ("OUT_OF_RANGE", "Truncated", "byte range", "nexpected end")
-
-
 def _what_failed(error: BaseException) -> str:
     """'a file of its params arrays is missing or cut short', 'its record file is missing',
     'a file of its arrays cannot be read (Input/output error)', ... from the messages in
     `error`'s chain of causes."""
-    chain, seen = [], error
-    while seen is not None and len(chain) < 16:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    text = " ".join(str(e) for e in chain)
-    arrays = _ARRAYS.search(text)
-    decoding = any(isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) for e in chain)
-    if "meta/metadata" in text or (decoding and not arrays):  # orbax's name of the record
+    causes, said = chain(error), Unread(error)
+    decoding = any(isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) for e in causes)
+    if said.record or (decoding and said.part is None):
         holder = "its record file"
     else:
-        holder = f"a file of its {arrays.group(1)} arrays" if arrays else "a file of its arrays"
+        holder = f"a file of its {said.part} arrays" if said.part else "a file of its arrays"
     reason = os_error(error)
-    missing = reason == os.strerror(errno.ENOENT) or any(m in text for m in _MISSING)
-    if missing or any(isinstance(e, FileNotFoundError) for e in chain):
+    missing = reason == os.strerror(errno.ENOENT) or said.missing
+    if missing or any(isinstance(e, FileNotFoundError) for e in causes):
         return f"{holder} is missing"
-    if any(m in text for m in _CUT):
+    if said.cut:
         return f"{holder} is missing or cut short"
     if reason is not None:
         return f"{holder} cannot be read ({reason})"

@@ -117,9 +117,38 @@ def _generate(net, prime, valid, keys, temperatures, top_k, top_p, *, length, mo
     return advance(net, loop, keys, temperatures, top_k, top_p, mode, filtered)[1]
 
 
-def filtering(top_k: int, top_p: float) -> bool:
-    """Whether top-k or top-p filtering is on (`advance`'s static `filtered`)."""
-    return top_k > 0 or top_p < 1.0
+class Settings(NamedTuple):
+    """What to sample, as one value that the commands, `generate` and `stream.stream` pass:
+    temperatures (a number or a 1-D list; 0 = greedy), chars per text, texts per temperature,
+    top-k (0 = off) and top-p (1 = off)."""
+
+    temperatures: float | tuple = 0.5
+    length: int = 400
+    num_samples: int = 1
+    top_k: int = 0
+    top_p: float = 1.0
+
+    @property
+    def filtered(self) -> bool:
+        """Whether top-k or top-p filtering is on (`advance`'s static `filtered`)."""
+        return self.top_k > 0 or self.top_p < 1.0
+
+    def check(self, vocab: int) -> None:
+        """A one-line error naming the first setting out of range (`vocab`: the model's)."""
+        temperatures = np.asarray(self.temperatures, np.float32)
+        if not np.all(np.isfinite(temperatures)) or np.any(temperatures < 0):
+            raise CharjaxError(
+                f"temperature must be a finite number >= 0 (0 = greedy), got "
+                f"{temperatures.tolist()}"
+            )
+        if not 0 <= self.top_k <= vocab:
+            raise CharjaxError(f"top-k must be between 0 (off) and the vocabulary size {vocab}")
+        if not (0 < self.top_p <= 1):
+            raise CharjaxError(f"top-p must be in (0, 1] (1 = off), got {self.top_p}")
+        if self.length < 0:
+            raise CharjaxError(f"length must be >= 0, got {self.length}")
+        if self.num_samples < 1:
+            raise CharjaxError(f"num-samples must be >= 1, got {self.num_samples}")
 
 
 def _pad_prime(prime_ids, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,19 +161,6 @@ def _pad_prime(prime_ids, size: int) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _check(temperatures: np.ndarray, top_k: int, top_p: float, length: int, vocab: int) -> None:
-    if not np.all(np.isfinite(temperatures)) or np.any(temperatures < 0):
-        raise CharjaxError(
-            f"temperature must be a finite number >= 0 (0 = greedy), got {temperatures.tolist()}"
-        )
-    if not 0 <= top_k <= vocab:
-        raise CharjaxError(f"top-k must be between 0 (off) and the vocabulary size {vocab}")
-    if not (0 < top_p <= 1):
-        raise CharjaxError(f"top-p must be in (0, 1] (1 = off), got {top_p}")
-    if length < 0:
-        raise CharjaxError(f"length must be >= 0, got {length}")
-
-
 class Prepared(NamedTuple):
     """What `generate` and `stream.stream` start from, checked and laid out."""
 
@@ -153,63 +169,41 @@ class Prepared(NamedTuple):
     temperatures: jax.Array  # float32[S]: each temperature `num_samples` times
     sample_keys: jax.Array  # [S]: each sample's key; step t uses split(key, length)[t]
     shape: tuple  # of the result: temperature.shape (+ samples) + (length,)
+    filters: tuple  # (top_k int32, top_p float32): traced, so changing them never recompiles
 
 
-def prepare(net, prime_ids, key, temperature, *, length, mode, maxlen, num_samples, top_k,
-             top_p) -> Prepared:  # fmt: skip
+def prepare(net, prime_ids, key, settings: Settings, *, mode, maxlen) -> Prepared:
     if mode not in MODES:
         raise CharjaxError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    temps = np.asarray(temperature, np.float32)
-    _check(temps, top_k, top_p, length, net.spec.vocab)
-    if num_samples < 1:
-        raise CharjaxError(f"num-samples must be >= 1, got {num_samples}")
-    flat_t = np.repeat(temps.reshape(-1), num_samples)
+    settings.check(net.spec.vocab)
+    temps, samples = np.asarray(settings.temperatures, np.float32), settings.num_samples
+    flat_t = np.repeat(temps.reshape(-1), samples)
     prime_len = len(prime_ids)
     if mode == "window":
         size = maxlen
     else:  # bucket prime lengths (powers of two) so most primes share one compilation
         size = max(maxlen, 1 << max(prime_len - 1, 0).bit_length())
     prime, valid = _pad_prime(prime_ids, size)
-    shape = temps.shape + ((num_samples,) if num_samples > 1 else ()) + (length,)
-    return Prepared(prime, valid, jnp.asarray(flat_t), jax.random.split(key, flat_t.size), shape)
+    shape = temps.shape + ((samples,) if samples > 1 else ()) + (settings.length,)
+    filters = (jnp.int32(settings.top_k), jnp.float32(settings.top_p))
+    keys = jax.random.split(key, flat_t.size)
+    return Prepared(prime, valid, jnp.asarray(flat_t), keys, shape, filters)
 
 
-def generate(
-    net: model.Model,
-    prime_ids,
-    key: jax.Array,
-    temperature,
-    *,
-    length: int,
-    mode: str = "window",
-    maxlen: int = 60,
-    num_samples: int = 1,
-    top_k: int = 0,
-    top_p: float = 1.0,
-) -> jax.Array:
-    """Generate `length` char ids after `prime_ids` with the model `net`.
+def generate(net: model.Model, prime_ids, key: jax.Array, settings: Settings, *,
+             mode: str = "window", maxlen: int = 60) -> jax.Array:  # fmt: skip
+    """Generate `settings.length` char ids after `prime_ids` with the model `net`.
 
-    temperature: a number or 1-D list; the result is int32[*temperature.shape, length], with a
-    sample axis before `length` when `num_samples > 1`. Each (temperature, sample) gets its own
-    key split from `key`, so a fixed key always gives the same texts. `mode="window"` feeds the
-    model the last `maxlen` chars at every step from a zero state (the original); "stateful"
-    carries the LSTM state, reading the whole prime once.
+    The result is int32[*temperatures.shape, length], with a sample axis before `length` when
+    `settings.num_samples > 1`. Each (temperature, sample) gets its own key split from `key`,
+    so a fixed key always gives the same texts. `mode="window"` feeds the model the last
+    `maxlen` chars at every step from a zero state (the original); "stateful" carries the LSTM
+    state, reading the whole prime once.
     """
-    run = prepare(net, prime_ids, key, temperature, length=length, mode=mode, maxlen=maxlen,
-                   num_samples=num_samples, top_k=top_k, top_p=top_p)  # fmt: skip
-    keys = jax.vmap(lambda k: jax.random.split(k, length))(run.sample_keys)
-    ids = _generate(
-        net,
-        run.prime,
-        run.valid,
-        keys,
-        run.temperatures,
-        jnp.int32(top_k),
-        jnp.float32(top_p),
-        length=length,
-        mode=mode,
-        filtered=filtering(top_k, top_p),
-    )
+    run = prepare(net, prime_ids, key, settings, mode=mode, maxlen=maxlen)
+    keys = jax.vmap(lambda k: jax.random.split(k, settings.length))(run.sample_keys)
+    ids = _generate(net, run.prime, run.valid, keys, run.temperatures, *run.filters,
+                    length=settings.length, mode=mode, filtered=settings.filtered)  # fmt: skip
     return ids.reshape(run.shape)
 
 
@@ -219,15 +213,8 @@ def epoch_samples(net, corpus, sample_key, epoch: int, cfg) -> dict:
     seed_key, gen_key = jax.random.split(jax.random.fold_in(sample_key, epoch))
     offset = int(jax.random.randint(seed_key, (), 0, len(corpus.ids) - cfg.maxlen))
     prime = corpus.ids[offset : offset + cfg.maxlen]
-    out = generate(
-        net,
-        prime,
-        gen_key,
-        list(cfg.temperatures),
-        length=cfg.sample_length,
-        maxlen=cfg.maxlen,
-        mode=objective.of(cfg).reading,
-    )
+    settings = Settings(tuple(cfg.temperatures), cfg.sample_length)
+    out = generate(net, prime, gen_key, settings, maxlen=cfg.maxlen, mode=objective.of(cfg).reading)
     texts = {
         f"{t:g}": corpus.vocab.decode(row) for t, row in zip(cfg.temperatures, out, strict=False)
     }

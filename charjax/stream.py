@@ -41,44 +41,27 @@ def _counter_based(key) -> bool:
     )
 
 
-def stream(
-    net: model.Model,
-    prime_ids,
-    key: jax.Array,
-    temperature,
-    *,
-    length: int,
-    mode: str = "window",
-    maxlen: int = 60,
-    num_samples: int = 1,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    block: int = 1024,
-):
+def stream(net: model.Model, prime_ids, key: jax.Array, settings: sample.Settings, *,
+           mode: str = "window", maxlen: int = 60, block: int = 1024):  # fmt: skip
     """`sample.generate`, block by block: an iterator of ids int32[S, <= block] (rows: each
     temperature's samples in turn, S in all), each as soon as its block is done; the arguments
     are checked at once, before the first block. Joined along the last axis they are exactly
-    `generate(...)`'s ids (same key, same text); memory follows the block, not `length`."""
-    run = sample.prepare(
-        net, prime_ids, key, temperature, length=length, mode=mode, maxlen=maxlen,
-        num_samples=num_samples, top_k=top_k, top_p=top_p,
-    )  # fmt: skip
+    `generate(...)`'s ids (same key, same text); memory follows the block, not the length."""
+    run = sample.prepare(net, prime_ids, key, settings, mode=mode, maxlen=maxlen)
     loop = _start(net, run.prime, run.valid, samples=len(run.temperatures), mode=mode)
     every = None
     if not _counter_based(key):  # another PRNG: all the keys up front (8 bytes a char)
-        every = jax.vmap(lambda k: jax.random.split(k, length))(run.sample_keys)
-    filters = (jnp.int32(top_k), jnp.float32(top_p), sample.filtering(top_k, top_p))
-    return _blocks(net, loop, run, every, length, block, filters, mode)
+        every = jax.vmap(lambda k: jax.random.split(k, settings.length))(run.sample_keys)
+    return _blocks(net, loop, run, every, settings, block, mode)
 
 
-def _blocks(net, loop, run, every, length: int, block: int, filters, mode: str):
-    for begin in range(0, length, block):
-        size = min(block, length - begin)
+def _blocks(net, loop, run, every, settings, block: int, mode: str):
+    for begin in range(0, settings.length, block):
+        size = min(block, settings.length - begin)
         if every is None:
             keys = _step_keys(run.sample_keys, begin, size)
         else:
             keys = every[:, begin : begin + size]
-        top_k, top_p, on = filters
-        loop, ids = _block(net, loop, keys, run.temperatures, top_k, top_p, mode=mode,
-                           filtered=on)  # fmt: skip
+        loop, ids = _block(net, loop, keys, run.temperatures, *run.filters, mode=mode,
+                           filtered=settings.filtered)  # fmt: skip
         yield np.asarray(ids)

@@ -264,8 +264,7 @@ def test_sampling_each_cell_is_deterministic_per_key(case):
                 bound(params),
                 prime,
                 jax.random.key(key),
-                [0.5, 1.0],
-                length=30,
+                sample.Settings([0.5, 1.0], length=30),
                 maxlen=8,
                 mode=mode,
             )  # fmt: skip

@@ -2,7 +2,6 @@
 and at rate 0 exactly as the static stateful score; the RMS rule's statistics and step by hand;
 the settings the flags choose; and the scores of a fixed model, recorded."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -55,8 +54,8 @@ def test_gradient_rms_is_the_root_mean_square_of_each_steps_gradient():
     first, carry = _mean_loss_grad(params, model.zero_carry(2, 8, 1), inputs[:, :5], targets[:, :5])
     second, _ = _mean_loss_grad(params, carry, inputs[:, 5:], targets[:, 5:])
     expected = jax.tree.map(lambda a, b: jnp.sqrt((a * a + b * b) / 2), first, second)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), rms.scale,
-                 expected)  # fmt: skip
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8),
+                 rms.scale.params, expected)  # fmt: skip
     # each weight's share of the pull: the scale over the sum of the tensors' mean scales
     assert sum(float(jnp.mean(w)) for w in jax.tree.leaves(rms.pull)) == pytest.approx(1.0)
     with pytest.raises(CharjaxError, match="--dynamic-rule sgd"):
@@ -70,18 +69,18 @@ def test_the_rms_step_divides_by_the_gradient_rms_and_pulls_back_by_each_weights
     rms = dynamic.gradient_rms(bound(base), ids, segment=5, streams=4)
     inputs, targets, valid = ids[:5], ids[1:6], np.ones(5, bool)
     carry = model.zero_carry(1, 8, 1)
-    step = functools.partial(dynamic._adapt, dtype="float32")
+    net, base_net = bound(params), bound(base)
     grads, _ = _mean_loss_grad(params, carry, inputs[None], targets[None])
-    moved, _, _ = step(params, base, carry, inputs, targets, valid, 0.01, 0.0, rms)
+    moved, _, _ = dynamic._adapt(net, base_net, carry, inputs, targets, valid, 0.01, 0.0, rms)
     expected = jax.tree.map(lambda p, g, s: p - 0.01 * g / (s + dynamic.RMS_EPSILON), params,
-                            grads, rms.scale)  # fmt: skip
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), moved,
-                 expected)  # fmt: skip
-    pulled, _, _ = step(params, base, carry, inputs, targets, valid, 0.0, 0.5, rms)
+                            grads, rms.scale.params)  # fmt: skip
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 moved.params, expected)  # fmt: skip
+    pulled, _, _ = dynamic._adapt(net, base_net, carry, inputs, targets, valid, 0.0, 0.5, rms)
     expected = jax.tree.map(lambda p, b, w: p + jnp.minimum(0.5 * w, 1.0) * (b - p), params, base,
-                            rms.pull)  # fmt: skip
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), pulled,
-                 expected)  # fmt: skip
+                            rms.pull.params)  # fmt: skip
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 pulled.params, expected)  # fmt: skip
 
 
 @pytest.mark.slow  # the fast tier pins the RMS rule's recorded scores

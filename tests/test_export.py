@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from util import TINY_TEXT, forward, init_params, quiet
 
-from charjax import cli, export, inference, runner
+from charjax import cells, cli, export, inference, runner
 from charjax.config import Config
 from charjax.run_dir import Meta
 from charjax.web import charlstm_path
@@ -158,3 +158,16 @@ def test_export_errors_are_one_line(trained, tmp_path, capsys, monkeypatch):
     one_line([*ck, "--json", str(tmp_path)], "cannot write the JSON export")
     monkeypatch.setattr(export, "MAX_PAGE_BYTES", 1000)
     one_line([*ck, "--html", str(tmp_path / "p.html")], "export it with --json instead")
+
+
+def test_the_cell_names_and_formats_are_the_registrys_everywhere():
+    """A cell is one registry entry (`charjax.cells`) plus its JavaScript twin: the config's
+    choices, the export's formats and the page's cells and formats are the registry's."""
+    names = list(cells.CELLS)
+    assert Config.__dataclass_fields__["cell"].metadata["choices"] == tuple(names)
+    script = charlstm_path().read_text(encoding="utf-8")
+    start = script.index("const CELLS = {")
+    body = script[start : script.index("\n};", start)]
+    assert re.findall(r"^  (\w+)\(layer, state, x\)", body, re.M) == names
+    formats = re.search(r"const FORMATS = \[(.*)\];", script).group(1)
+    assert sorted({c.format for c in cells.CELLS.values()}) == re.findall(r'"([^"]+)"', formats)

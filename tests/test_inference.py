@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from util import quiet, same_trees
 
-from charjax import cli, epoch, inference, optim, runner
+from charjax import cli, epoch, inference, optim, runner, sample
 from charjax.errors import CharjaxError
 
 
@@ -26,11 +26,11 @@ def test_a_model_is_read_without_its_optimizer(tiny_cfg, tmp_path, monkeypatch):
     with pytest.raises(CharjaxError, match="--unknown skip"):
         inference.encode_prime(saved, "fox?")
     texts = inference.sample_texts(
-        saved, ids, seed=3, temperatures=(0.5, 1.0), length=15, num_samples=2
+        saved, ids, settings=sample.Settings((0.5, 1.0), length=15, num_samples=2), seed=3
     )
     assert len(texts) == 4 and all(len(t) == 15 for t in texts)
     again = inference.sample_texts(
-        saved, ids, seed=3, temperatures=(0.5, 1.0), length=15, num_samples=2
+        saved, ids, settings=sample.Settings((0.5, 1.0), length=15, num_samples=2), seed=3
     )
     assert texts == again
     record, unknown = inference.score_text(saved, None, directory=tmp_path)

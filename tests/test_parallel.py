@@ -41,12 +41,13 @@ for name, c in (("windows", cfg), ("streams", streams), ("mogrifier", mogrifier)
     for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
         out[name + ":" + "/".join(str(k.key) for k in path)] = np.asarray(leaf)
 assert len(jax.devices()) == int(sys.argv[1])
-from charjax import evaluate  # window scoring split over the devices, or on one
+from charjax import evaluate, step  # window scoring split over the devices, or on one
 held = np.arange(300, dtype=np.int32) % 5
+net = step.bind(c, state.params)  # the last run's model
 for where, mesh in (("split", parallel.data_mesh()), ("one", None)):
-    out["score:" + where] = evaluate.score_ids(bound(state.params), held, maxlen=10, stride=3,
-                                               batch_size=8, mesh=mesh).nats
-spread = evaluate._spread(state.params, parallel.data_mesh(), 8)[0]
+    out["score:" + where] = evaluate.score_ids(net, held, maxlen=10, stride=3, batch_size=8,
+                                               mesh=mesh).nats
+spread = evaluate._spread(net, parallel.data_mesh(), 8)[0]
 out["score:devices"] = len(jax.tree.leaves(spread)[0].sharding.device_set)
 np.savez(sys.argv[5], **out)
 """

@@ -19,16 +19,16 @@ PRIME = np.array([1, 5, 2, 7, 3, 3, 9, 0])
 
 
 def test_shapes_and_dtypes(params):
-    one = sample.generate(bound(params), PRIME, jax.random.key(0), 0.5, length=12, maxlen=MAXLEN)
+    one = sample.generate(
+        bound(params), PRIME, jax.random.key(0), sample.Settings(0.5, length=12), maxlen=MAXLEN
+    )
     assert one.shape == (12,) and one.dtype == jnp.int32
     many = sample.generate(
         bound(params),
         PRIME,
         jax.random.key(0),
-        [0.2, 1.0, 1.2],
-        length=12,
+        sample.Settings([0.2, 1.0, 1.2], length=12, num_samples=4),
         maxlen=MAXLEN,
-        num_samples=4,
         mode="stateful",
     )
     assert many.shape == (3, 4, 12)
@@ -39,8 +39,13 @@ def test_shapes_and_dtypes(params):
 def test_same_key_same_text_other_key_other_text(params, mode):
     def gen(key):
         return np.asarray(
-            sample.generate(  # noqa: E731
-                bound(params), PRIME, jax.random.key(key), [0.5, 1.0], length=40, maxlen=MAXLEN, mode=mode
+            sample.generate(
+                bound(params),
+                PRIME,
+                jax.random.key(key),
+                sample.Settings([0.5, 1.0], length=40),
+                maxlen=MAXLEN,
+                mode=mode,
             )
         )
 
@@ -60,10 +65,8 @@ def test_changing_temperature_key_or_filter_values_does_not_recompile(params):
         before = sample._generate._cache_size()
         for t, k in ((0.2, 1), (1.5, 2), (0.0, 3)):
             changed = {"top_k": 3 + k, "top_p": 0.9} if filters else {}
-            sample.generate(
-                bound(params), PRIME[::-1], jax.random.key(k), [t, 1.0], length=9, maxlen=MAXLEN,
-                **changed,
-            )  # fmt: skip
+            settings = sample.Settings([t, 1.0], length=9, **changed)
+            sample.generate(bound(params), PRIME[::-1], jax.random.key(k), settings, maxlen=MAXLEN)
         assert sample._generate._cache_size() == before
 
 
@@ -81,11 +84,9 @@ def test_rigged_logits_give_the_known_char(mode, temperature):
         bound(_rigged(4)),
         PRIME,
         jax.random.key(3),
-        temperature,
-        length=30,
+        sample.Settings(temperature, length=30, num_samples=3),
         maxlen=MAXLEN,
         mode=mode,
-        num_samples=3,
     )
     assert (np.asarray(out) == 4).all()
 
@@ -112,7 +113,12 @@ def _greedy_reference(params, prime, length, mode):
 )
 def test_greedy_matches_a_step_by_step_loop(params, mode, prime):
     got = sample.generate(
-        bound(params), prime, jax.random.key(0), 0.0, length=10, maxlen=MAXLEN, mode=mode
+        bound(params),
+        prime,
+        jax.random.key(0),
+        sample.Settings(0.0, length=10),
+        maxlen=MAXLEN,
+        mode=mode,
     )
     assert np.asarray(got).tolist() == _greedy_reference(params, prime, 10, mode)
 
@@ -125,11 +131,9 @@ def test_window_and_stateful_agree_on_the_first_char(params):
                     bound(params),
                     PRIME,
                     jax.random.key(key),
-                    [0.5, 1.0, 1.5],
-                    length=1,
+                    sample.Settings([0.5, 1.0, 1.5], length=1, num_samples=50),
                     maxlen=MAXLEN,
                     mode=m,
-                    num_samples=50,
                 )
             )
             for m in sample.MODES
@@ -177,7 +181,9 @@ def test_top_k_and_top_p_keep_only_the_head():
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), [0.5, -1.0]])
 def test_bad_temperatures_are_refused(params, bad):
     with pytest.raises(CharjaxError, match="temperature"):
-        sample.generate(bound(params), PRIME, jax.random.key(0), bad, length=5, maxlen=MAXLEN)
+        sample.generate(
+            bound(params), PRIME, jax.random.key(0), sample.Settings(bad, length=5), maxlen=MAXLEN
+        )
 
 
 def test_other_bad_arguments_are_refused(params):
@@ -188,18 +194,21 @@ def test_other_bad_arguments_are_refused(params):
         ({"length": -5}, "length"),
         ({"num_samples": 0}, "num-samples"),
     ):
-        args = {"length": 5, **kw}
+        how = {"mode": kw.pop("mode")} if "mode" in kw else {}
+        settings = sample.Settings(0.5, **{"length": 5, **kw})
         with pytest.raises(CharjaxError, match=word):
-            sample.generate(bound(params), PRIME, jax.random.key(0), 0.5, maxlen=MAXLEN, **args)
+            sample.generate(bound(params), PRIME, jax.random.key(0), settings, maxlen=MAXLEN, **how)
 
 
 @pytest.mark.slow  # compiles the sampling loop twice more
 def test_noise_drawn_before_or_inside_the_loop_gives_the_same_text(params, monkeypatch):
     args = (bound(params), PRIME, jax.random.key(11), [0.7, 1.3])
-    before = sample.generate(*args, length=25, maxlen=MAXLEN, mode="stateful", top_p=0.95)
+    settings = sample.Settings([0.7, 1.3], length=25, top_p=0.95)
+    args = (*args[:3], settings)
+    before = sample.generate(*args, maxlen=MAXLEN, mode="stateful")
     monkeypatch.setattr(sample, "PRECOMPUTE_NOISE_MAX", 0)
     sample._generate.clear_cache()
-    inside = sample.generate(*args, length=25, maxlen=MAXLEN, mode="stateful", top_p=0.95)
+    inside = sample.generate(*args, maxlen=MAXLEN, mode="stateful")
     sample._generate.clear_cache()
     np.testing.assert_array_equal(before, inside)
 
@@ -216,6 +225,11 @@ def test_stacked_models_sample_in_both_modes():
     _, logits = forward(params, jnp.asarray([prime]))
     for mode in ("window", "stateful"):
         out = sample.generate(
-            bound(params), prime, jax.random.key(0), 0.0, length=6, mode=mode, maxlen=5
+            bound(params),
+            prime,
+            jax.random.key(0),
+            sample.Settings(0.0, length=6),
+            mode=mode,
+            maxlen=5,
         )
         assert out.shape == (6,) and int(out[0]) == int(jnp.argmax(logits[0]))

@@ -30,17 +30,20 @@ def test_block_keys_are_the_split_keys_whatever_the_length():
 @pytest.mark.parametrize("mode", sample.MODES)
 @pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_the_blocks_joined_are_generates_ids(params, mode):
-    options = dict(length=45, mode=mode, maxlen=8, num_samples=2, top_k=5, top_p=0.9)
-    temps = [0.0, 0.7, 1.3]
-    whole = np.asarray(sample.generate(bound(params), PRIME, jax.random.key(7), temps, **options))
-    blocks = list(
-        stream.stream(bound(params), PRIME, jax.random.key(7), temps, block=16, **options)
-    )
+    settings = sample.Settings([0.0, 0.7, 1.3], length=45, num_samples=2, top_k=5, top_p=0.9)
+    how = dict(mode=mode, maxlen=8)
+    whole = np.asarray(sample.generate(bound(params), PRIME, jax.random.key(7), settings, **how))
+    blocks = list(stream.stream(bound(params), PRIME, jax.random.key(7), settings, block=16, **how))
     assert [b.shape for b in blocks] == [(6, 16), (6, 16), (6, 13)]
     np.testing.assert_array_equal(np.concatenate(blocks, axis=1), whole.reshape(6, 45))
 
 
 def test_bad_arguments_are_refused_before_any_block(params):
     with pytest.raises(CharjaxError, match="length must be >= 0"):
-        stream.stream(bound(params), PRIME, jax.random.key(0), [0.5], length=-1)
-    assert list(stream.stream(bound(params), PRIME, jax.random.key(0), [0.5], length=0)) == []
+        stream.stream(bound(params), PRIME, jax.random.key(0), sample.Settings([0.5], length=-1))
+    assert (
+        list(
+            stream.stream(bound(params), PRIME, jax.random.key(0), sample.Settings([0.5], length=0))
+        )
+        == []
+    )

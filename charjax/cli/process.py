@@ -4,14 +4,12 @@ gives in one line itself."""
 
 from __future__ import annotations
 
-import inspect
 import logging
-import re
 import sys
 import threading
 import warnings
 
-from charjax.errors import os_error
+from charjax import orbax_errors
 
 
 def quiet_process() -> None:
@@ -37,51 +35,17 @@ def quiet_process() -> None:
         warnings.showwarning = _drop_unawaited_orbax(warnings.showwarning)
 
 
-# orbax's coroutine that reads one array: when a read fails, it re-raises even the
-# GeneratorExit of its siblings' finalization, each as an unraisable error with a TensorStore spec
-_ORBAX_READ = "_read_array_index_and_device_put"
-
-
-def _orbax_read(code) -> bool:
-    return code is not None and code.co_name == _ORBAX_READ and "orbax" in code.co_filename
-
-
-def _raised_by_orbax_read(error: BaseException) -> bool:
-    """Whether `error` was raised in orbax's read of an array (a damaged checkpoint)."""
-    tb = error.__traceback__
-    while tb is not None:
-        if _orbax_read(tb.tb_frame.f_code):
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def _orbax_leftover(args) -> bool:
-    """Whether an unraisable error or a thread's exception is one of orbax's leftovers: an
-    "Event loop is closed" of a failed save's callbacks, or an array read that a failed
-    restore abandoned (the restore already failed in one line)."""
-    error, source = args.exc_value, getattr(args, "object", None)
-    if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
-        return True
-    return _orbax_read(getattr(source, "cr_code", None)) or (
-        error is not None and _raised_by_orbax_read(error)
-    )
-
-
 def _drop_orbax_leftovers(previous):
     """An exception hook (for `sys.unraisablehook` or `threading.excepthook`: both pass the
-    error as `exc_value`) that drops orbax's leftovers (`_orbax_leftover`) and passes anything
-    else on to `previous`."""
+    error as `exc_value`) that drops orbax's leftovers (`orbax_errors.orbax_leftover`) and
+    passes anything else on to `previous`."""
 
     def hook(args):
-        if not _orbax_leftover(args):
+        if not orbax_errors.orbax_leftover(args.exc_value, getattr(args, "object", None)):
             previous(args)
 
     hook.quiet = True
     return hook
-
-
-_UNAWAITED = re.compile(r"coroutine '([\w.<>]+)' was never awaited")
 
 
 def _drop_unawaited_orbax(previous):
@@ -90,38 +54,13 @@ def _drop_unawaited_orbax(previous):
     other warning with `previous`."""
 
     def show(message, category, filename, lineno, file=None, line=None):
-        named = _UNAWAITED.fullmatch(str(message)) if category is RuntimeWarning else None
-        if named is None or not _orbax_coroutine(named.group(1)):
+        unawaited = orbax_errors.UNAWAITED.fullmatch(str(message))
+        named = unawaited if category is RuntimeWarning else None
+        if named is None or not orbax_errors.orbax_coroutine(named.group(1)):
             previous(message, category, filename, lineno, file, line)
 
     show.quiet = True
     return show
-
-
-def _orbax_coroutine(qualname: str) -> bool:
-    """Whether a coroutine function of this qualified name is defined in one of orbax's loaded
-    modules (for a nested one: the function it is nested in)."""
-    outer, nested = qualname.split(".<locals>.")[0], ".<locals>." in qualname
-    for module_name, module in list(sys.modules.items()):
-        if not module_name.startswith("orbax.") or module is None:
-            continue
-        found = module
-        for name in outer.split("."):
-            found = getattr(found, name, None)
-        code = getattr(found, "__code__", None)
-        if code is not None and "orbax" in code.co_filename:
-            if nested or inspect.iscoroutinefunction(found):
-                return True
-    return False
-
-
-# asyncio's message for the error of a task or a future (of any class: a gathering of
-# futures, `_GatheringFuture`) that nobody retrieved
-_UNRETRIEVED = re.compile(r"\w*(Task|Future) exception was never retrieved")
-
-
-# the folder orbax writes a checkpoint into before renaming it: an error naming it is a failed save
-_SAVE_TMP = ".orbax-checkpoint-tmp"
 
 
 class DropUnretrievedOrbaxErrors(logging.Filter):
@@ -134,7 +73,6 @@ class DropUnretrievedOrbaxErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if error is None or not _UNRETRIEVED.match(str(record.msg)):
+        if error is None or not orbax_errors.UNRETRIEVED.match(str(record.msg)):
             return True
-        failed_save = os_error(error) is not None or _SAVE_TMP in str(error)
-        return not failed_save and not _raised_by_orbax_read(error)
+        return not orbax_errors.failed_save_or_read(error)

@@ -75,6 +75,14 @@ def sample_parser() -> argparse.ArgumentParser:
     return p
 
 
+def sample_settings(args: argparse.Namespace):
+    """The sampling settings the flags give (`sample.Settings`)."""
+    from charjax.sample import Settings
+
+    return Settings(tuple(args.temperature), args.length, args.num_samples, args.top_k,
+                    args.top_p)  # fmt: skip
+
+
 def sample(args: argparse.Namespace) -> int:
     from charjax import inference
 
@@ -87,15 +95,8 @@ def sample(args: argparse.Namespace) -> int:
         skipped = json.dumps(skipped, ensure_ascii=False)
         print(f"skipping prime characters not in the vocabulary: {skipped}", file=sys.stderr)
     mode = args.mode or saved.reading
-    options = dict(
-        seed=args.seed,
-        temperatures=args.temperature,
-        length=args.length,
-        mode=mode,
-        num_samples=args.num_samples,
-        top_k=args.top_k,
-        top_p=args.top_p,
-    )
+    settings = sample_settings(args)
+    options = dict(seed=args.seed, settings=settings, mode=mode)
     # Both check their arguments before anything is printed (the stream before its first block).
     if args.json:
         texts = inference.sample_texts(saved, prime_ids, **options)
