@@ -1,12 +1,11 @@
 """The recurrent cells a model can stack (`--cell`), in one registry: each cell's parameters
-(shapes and initialisers), its time-parallel input part, one time step, and its options read
-back from a parameter tree. Every cell keeps an LSTM's state (h, c), each float32[B, H], and
+(shapes and initialisers), its time-parallel input part, one time step, its title and export
+format. Every cell keeps an LSTM's state (h, c), each float32[B, H], and
 its layer's parameters hold `kernel` [F, 4H], `recurrent_kernel` [H, 4H] and `bias` [4H] in
 Keras' layout (gates i, f, c, o), so weight-drop, recurrent dropout and the export treat them
 alike.
 
-- `lstm`: the Keras LSTM (`charjax.lstm`; trained through the hand-written backward of
-  `lstm_scan`).
+- `lstm`: the Keras LSTM.
 - `lnlstm`: layer normalisation inside the cell (Ba, Kiros & Hinton 2016), as in Ha et al.'s
   HyperNetworks LN-LSTM: each gate's H pre-activations of the input and of the recurrent
   projection normalised separately (one gain per unit, no shift: `bias` shifts), and the cell
@@ -17,7 +16,9 @@ alike.
   of Q's and R's rows and a scalar per row; a stacked layer's Q and R may be low-rank
   products (`rank`), as in the paper.
 
-The cells other than `lstm` train through autodiff of `cell_scan`'s scan.
+`lstm` and `lnlstm` are LSTM-shaped (`lstm_shaped`: the recurrent matmul, then an `update`):
+they train through the fast scan of `charjax.scans`; the mogrifier through autodiff of the
+plain scan.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ ask here instead of parsing messages themselves.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import re
@@ -43,6 +44,8 @@ def os_error(error: BaseException) -> str | None:
     """The OS error behind `error`, in words (orbax and TensorStore wrap it: in the chain of
     causes, or as "os_error_code='N'" in a message), or None when it was not an OS error."""
     for seen in chain(error, limit=64):
+        if isinstance(seen, FileNotFoundError) and not seen.strerror:  # orbax's "... not found"
+            return os.strerror(errno.ENOENT)
         if isinstance(seen, OSError):
             return seen.strerror or str(seen)
         code = _OS_ERROR.search(str(seen))
@@ -120,8 +123,11 @@ def orbax_leftover(error: BaseException | None, source=None) -> bool:
 
 def failed_save_or_read(error: BaseException) -> bool:
     """Whether an error nobody retrieved is of an orbax task that failed on an OS error, in
-    writing a save's temporary folder, or in reading an array: a failure already reported."""
-    return os_error(error) is not None or TMP_SUFFIX in str(error) or raised_by_orbax_read(error)
+    writing a save's temporary folder, or in reading an array (raised there, or naming the
+    array it could not read): a failure already reported."""
+    if os_error(error) is not None or TMP_SUFFIX in str(error):
+        return True
+    return raised_by_orbax_read(error) or Unread(error).part is not None
 
 
 def orbax_coroutine(qualname: str) -> bool:

@@ -30,7 +30,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 # The suite checks float32 math (Keras parity at 1e-5, modes that agree exactly): on a GPU,
 # float32 matmuls default to TF32 (10-bit mantissas), so the tests ask for full float32. No
-# effect on CPU. (The fused Pallas kernels keep TF32; their test allows for it.)
+# effect on CPU.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 # The benchmarks are not installed: their tests import them from the repository root (last on
 # the path, so that an installed charjax still comes first).

@@ -141,7 +141,7 @@ def _training_draws(length):
 @pytest.mark.parametrize("case", CASES)
 def test_each_cells_training_gradient_equals_autodiff_of_its_equations(case):
     """The training path (draws: locked dropout, weight-drop, recurrent dropout and a window
-    length; autodiff of the scan, or the LSTM's hand-written backward) against jax.grad of
+    length; the fast scan, or autodiff of the plain scan for the mogrifier) against jax.grad of
     the step-by-step loop."""
     params = _params(case, seed=1)
     draws = _training_draws(length=5)

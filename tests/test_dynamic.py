@@ -2,7 +2,6 @@
 and at rate 0 exactly as the static stateful score; the RMS rule's statistics and step by hand;
 the settings the flags choose; and the scores of a fixed model, recorded."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -316,7 +316,13 @@ def test_a_damaged_epoch_is_one_line_per_process_of_a_two_process_resume(runs, t
         )
         for i in (0, 1)
     ]
-    (out0, err0), (out1, err1) = (p.communicate(timeout=300) for p in pair)
+    try:
+        (out0, err0), (out1, err1) = (p.communicate(timeout=300) for p in pair)
+    except subprocess.TimeoutExpired:
+        for p in pair:
+            p.kill()
+        said = [p.communicate() for p in pair]
+        raise AssertionError(f"the pair hung; they said {said}") from None
     assert [p.returncode for p in pair] == [0, 0], err0 + err1
     assert err0.count("\n") == 1 and err0.startswith(f"epoch 2 in {run} is damaged: "), err0
     assert err0.endswith("; moved it to 2.damaged and trying the checkpoint before it\n"), err0

@@ -20,6 +20,8 @@ def test_the_os_error_is_found_in_the_chain_or_in_tensorstores_code():
     wrapped = ValueError("UNKNOWN: " + READING.format("params.dense.bias") + "[os_error_code='5']")
     assert oe.os_error(wrapped) == os.strerror(errno.EIO)
     assert oe.os_error(ValueError("no such words here")) is None
+    gone = FileNotFoundError("Checkpoint at /run/2 not found.")  # orbax's, without an errno
+    assert oe.os_error(_caused(ValueError("restore"), gone)) == os.strerror(errno.ENOENT)
 
 
 def test_a_read_failure_names_its_part_and_how_it_failed():
@@ -48,6 +50,8 @@ def test_orbax_leftovers_are_known_and_others_are_not():
     assert oe.failed_save_or_read(ValueError("No space left on device [os_error_code='28']"))
     assert oe.failed_save_or_read(ValueError(f"writing 3{oe.TMP_SUFFIX}/state failed"))
     assert not oe.failed_save_or_read(ValueError("a bug"))
+    # a read a failed restore abandoned (its future's error, raised outside orbax's reader)
+    assert oe.failed_save_or_read(ValueError("OUT_OF_RANGE: " + READING.format("params.lstm")))
     assert oe.UNRETRIEVED.match("_GatheringFuture exception was never retrieved")
     assert oe.UNAWAITED.fullmatch("coroutine 'Foo.bar' was never awaited").group(1) == "Foo.bar"
     assert not oe.orbax_coroutine("not_a_module_function")

@@ -59,9 +59,8 @@ def test_changing_temperature_key_or_filter_values_does_not_recompile(params):
     """Values are traced; only switching top-k/top-p filtering on or off is static (so that the
     loop holds no per-char conditional), and each way compiles once."""
     for filters in ({}, {"top_k": 1, "top_p": 0.5}):
-        sample.generate(
-            bound(params), PRIME, jax.random.key(0), [0.5, 1.0], length=9, maxlen=MAXLEN, **filters
-        )
+        first = sample.Settings([0.5, 1.0], length=9, **filters)
+        sample.generate(bound(params), PRIME, jax.random.key(0), first, maxlen=MAXLEN)
         before = sample._generate._cache_size()
         for t, k in ((0.2, 1), (1.5, 2), (0.0, 3)):
             changed = {"top_k": 3 + k, "top_p": 0.9} if filters else {}
@@ -112,14 +111,8 @@ def _greedy_reference(params, prime, length, mode):
     "prime", [PRIME, PRIME[:3], np.tile(PRIME, 3)], ids=["full", "short", "long"]
 )
 def test_greedy_matches_a_step_by_step_loop(params, mode, prime):
-    got = sample.generate(
-        bound(params),
-        prime,
-        jax.random.key(0),
-        sample.Settings(0.0, length=10),
-        maxlen=MAXLEN,
-        mode=mode,
-    )
+    greedy = sample.Settings(0.0, length=10)
+    got = sample.generate(bound(params), prime, jax.random.key(0), greedy, maxlen=MAXLEN, mode=mode)
     assert np.asarray(got).tolist() == _greedy_reference(params, prime, 10, mode)
 
 
@@ -224,12 +217,6 @@ def test_stacked_models_sample_in_both_modes():
     prime = [1, 2, 3, 4, 5]
     _, logits = forward(params, jnp.asarray([prime]))
     for mode in ("window", "stateful"):
-        out = sample.generate(
-            bound(params),
-            prime,
-            jax.random.key(0),
-            sample.Settings(0.0, length=6),
-            mode=mode,
-            maxlen=5,
-        )
+        greedy = sample.Settings(0.0, length=6)
+        out = sample.generate(bound(params), prime, jax.random.key(0), greedy, mode=mode, maxlen=5)
         assert out.shape == (6,) and int(out[0]) == int(jnp.argmax(logits[0]))
