@@ -60,7 +60,9 @@ class Cell(NamedTuple):
     c), its step after the recurrent matmul r = (h * hmask) @ recurrent_kernel float32[B, 4H]:
     its step is built from it (`lstm_shaped`), and the fast training scan (`charjax.scans`)
     runs it forward and through its VJP backward. `title`: how a person names it; `format`:
-    its export format."""
+    its export format; `remat`: the fast scan's backward recomputes `update` from its inputs
+    instead of keeping its residuals (cheaper where they are many: the LN-LSTM's
+    normalisations)."""
 
     shapes: Callable
     inputs: Callable
@@ -68,16 +70,18 @@ class Cell(NamedTuple):
     update: Callable | None = None
     title: str = ""
     format: str = "charjax-export/2"
+    remat: bool = False
 
 
-def lstm_shaped(shapes, inputs, update, title: str, format: str = "charjax-export/2") -> Cell:
+def lstm_shaped(shapes, inputs, update, title: str, format: str = "charjax-export/2",
+                remat: bool = False) -> Cell:  # fmt: skip
     """A cell whose step is the recurrent matmul, then `update` (see `Cell`)."""
 
     def step(params, carry, inputs_t, dtype=None, hmask=None):
         h, c = carry
         return update(params, inputs_t, recurrent(params["recurrent_kernel"], h, dtype, hmask), c)
 
-    return Cell(shapes, inputs, step, update, title, format)
+    return Cell(shapes, inputs, step, update, title, format, remat)
 
 
 def recurrent(kernel: jax.Array, h: jax.Array, dtype=None, hmask=None) -> jax.Array:
@@ -166,7 +170,7 @@ def _ln_update(params, xz, r, c):
     return _update(z, c, lambda c: normalise(c) * params["cell_gain"] + params["cell_bias"])
 
 
-LNLSTM = lstm_shaped(_ln_shapes, _ln_inputs, _ln_update, "LN-LSTM")
+LNLSTM = lstm_shaped(_ln_shapes, _ln_inputs, _ln_update, "LN-LSTM", remat=True)
 
 
 # mogrifier

@@ -52,8 +52,13 @@ def fast(cell: Cell, params: dict, x: jax.Array, carry=None, dtype=None, unroll:
     rest = {k: v for k, v in params.items() if k not in KERNELS}
     carry = _start(carry, inputs, params)
     length = jnp.int32(x.shape[0]) if length is None else length
-    return recurrence(cell.update, dtype, unroll, outputs, params["recurrent_kernel"], rest,
-                      inputs, carry, hmask, length)  # fmt: skip
+    update = _rematted(cell.update) if cell.remat else cell.update
+    return recurrence(update, dtype, unroll, outputs, params["recurrent_kernel"], rest, inputs,
+                      carry, hmask, length)  # fmt: skip
+
+
+# `update` recomputed in the backward (its pullback keeps only its inputs): one function per cell
+_rematted = functools.cache(jax.checkpoint)
 
 
 def _start(carry, inputs, params):
@@ -68,18 +73,23 @@ def _at(emitted: tuple, length) -> tuple:
     return tuple(lax.dynamic_index_in_dim(x, length - 1, keepdims=False) for x in emitted)
 
 
-def _forward(update, dtype, unroll, kernel, rest, inputs, carry, hmask, length):
-    """-> (final carry, (hs, cs float32[T, B, H], rs float32[T, B, 4H])): the states and each
-    step's recurrent matmul, what the backward loop differentiates `update` at."""
+def _forward(update, dtype, unroll, kernel, rest, inputs, carry, hmask, length, saving=False):
+    """-> (final carry, hs float32[T, B, H], what the backward needs or None). `saving`: each
+    step's pullback of `update` (`jax.vjp`: its residuals, e.g. the gates after their
+    activations, stacked over the steps), so the backward loop recomputes nothing."""
 
     def step(carry, inputs_t):
         h, c = carry
         r = cells.recurrent(kernel, h, dtype, hmask)
-        new = update(rest, inputs_t, r, c)
-        return new, (*new, r)
+        if not saving:
+            new = update(rest, inputs_t, r, c)
+            return new, new
+        new, pullback = jax.vjp(update, rest, inputs_t, r, c)
+        return new, (new, pullback)
 
-    _, (hs, cs, rs) = lax.scan(step, carry, inputs, unroll=unroll)
-    return _at((hs, cs), length), (hs, cs, rs)
+    _, emitted = lax.scan(step, carry, inputs, unroll=unroll)
+    (hs, cs), pullbacks = emitted if saving else (emitted, None)
+    return _at((hs, cs), length), hs, pullbacks
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
@@ -89,33 +99,31 @@ def recurrence(update, dtype, unroll, outputs, kernel, rest, inputs, carry, hmas
     [1, T]; the steps after it are padding). `kernel`: the recurrent kernel [H, 4H]; `rest`:
     the layer's other parameters (`update` reads its own); `hmask` float32[B, H] or None:
     recurrent dropout, a constant. Its gradient is `_recurrence_bwd`."""
-    final, (hs, _, _) = _forward(update, dtype, unroll, kernel, rest, inputs, carry, hmask, length)
+    final, hs, _ = _forward(update, dtype, unroll, kernel, rest, inputs, carry, hmask, length)
     return final, hs if outputs else None
 
 
 def _recurrence_fwd(update, dtype, unroll, outputs, kernel, rest, inputs, carry, hmask, length):
-    final, saved = _forward(update, dtype, unroll, kernel, rest, inputs, carry, hmask, length)
-    residuals = (kernel, rest, inputs, carry, hmask, length, saved)
-    return (final, saved[0] if outputs else None), residuals
+    final, hs, pullbacks = _forward(update, dtype, unroll, kernel, rest, inputs, carry, hmask,
+                                    length, saving=True)  # fmt: skip
+    residuals = (kernel, rest, carry, hmask, length, hs, pullbacks)
+    return (final, hs if outputs else None), residuals
 
 
 def _recurrence_bwd(update, dtype, unroll, outputs, residuals, cotangent):
     """Backward through time. The loop carries (dh, dc) and the sum of `rest`'s gradient and
-    emits each step's d inputs and d r (the VJP of `update` at the saved step); after it, the
+    emits each step's d inputs and d r (its saved pullback of `update`); after it, the
     recurrent kernel's gradient is one matmul of h_{t-1} (masked as it entered) and d r."""
-    kernel, rest, inputs, carry0, hmask, length, (hs, cs, rs) = residuals
+    kernel, rest, carry0, hmask, length, hs, pullbacks = residuals
     d_final, dhs = cotangent
-    h_prev = jnp.concatenate([carry0[0][None], hs[:-1]])  # h_{t-1}, [T, B, H]
-    c_prev = jnp.concatenate([carry0[1][None], cs[:-1]])
     at_end = (jnp.arange(hs.shape[0]) == length - 1)[:, None, None]  # the final carry's step
 
     def step(grad, saved_t):
         dh, dc, d_rest = grad
-        inputs_t, r_t, c_before, dh_out, at = saved_t
+        pullback, dh_out, at = saved_t
         dh = dh + jnp.where(at, d_final[0], 0.0) + (0.0 if dh_out is None else dh_out)
         dc = dc + jnp.where(at, d_final[1], 0.0)
-        _, vjp = jax.vjp(update, rest, inputs_t, r_t, c_before)
-        d_rest_t, d_inputs_t, dr_t, dc_prev = vjp((dh, dc))
+        d_rest_t, d_inputs_t, dr_t, dc_prev = pullback((dh, dc))
         dh_prev = lstm.matmul(dr_t, kernel.T, dtype)
         if hmask is not None:
             dh_prev = dh_prev * hmask
@@ -124,8 +132,9 @@ def _recurrence_bwd(update, dtype, unroll, outputs, residuals, cotangent):
 
     zeros = jnp.zeros_like(carry0[0])
     start = (zeros, jnp.zeros_like(carry0[1]), jax.tree.map(jnp.zeros_like, rest))
-    xs = (inputs, rs, c_prev, dhs if outputs else None, at_end)
+    xs = (pullbacks, dhs if outputs else None, at_end)
     (dh0, dc0, d_rest), (d_inputs, drs) = lax.scan(step, start, xs, reverse=True, unroll=unroll)
+    h_prev = jnp.concatenate([carry0[0][None], hs[:-1]])  # h_{t-1}, [T, B, H]
     masked = h_prev if hmask is None else h_prev * hmask
     rows = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731  [T*B, .]
     d_kernel = lstm.matmul(rows(masked).T, rows(drs), dtype)
