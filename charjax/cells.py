@@ -62,7 +62,8 @@ class Cell(NamedTuple):
     runs it forward and through its VJP backward. `title`: how a person names it; `format`:
     its export format; `remat`: the fast scan's backward recomputes `update` from its inputs
     instead of keeping its residuals (cheaper where they are many: the LN-LSTM's
-    normalisations)."""
+    normalisations); `summed`: `update` reads its inputs and r only as their sum (the LSTM's
+    z = inputs + r), so their gradients are one array and the backward keeps it once."""
 
     shapes: Callable
     inputs: Callable
@@ -71,17 +72,18 @@ class Cell(NamedTuple):
     title: str = ""
     format: str = "charjax-export/2"
     remat: bool = False
+    summed: bool = False
 
 
 def lstm_shaped(shapes, inputs, update, title: str, format: str = "charjax-export/2",
-                remat: bool = False) -> Cell:  # fmt: skip
+                remat: bool = False, summed: bool = False) -> Cell:  # fmt: skip
     """A cell whose step is the recurrent matmul, then `update` (see `Cell`)."""
 
     def step(params, carry, inputs_t, dtype=None, hmask=None):
         h, c = carry
         return update(params, inputs_t, recurrent(params["recurrent_kernel"], h, dtype, hmask), c)
 
-    return Cell(shapes, inputs, step, update, title, format, remat)
+    return Cell(shapes, inputs, step, update, title, format, remat, summed)
 
 
 def recurrent(kernel: jax.Array, h: jax.Array, dtype=None, hmask=None) -> jax.Array:
@@ -126,6 +128,7 @@ LSTM = lstm_shaped(
     lambda params, xz, r, c: _update(xz + r, c),
     "LSTM",
     "charjax-export/1",  # format 1: LSTM layers (kernel, recurrent_kernel, bias)
+    summed=True,
 )
 
 

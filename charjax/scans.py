@@ -53,8 +53,8 @@ def fast(cell: Cell, params: dict, x: jax.Array, carry=None, dtype=None, unroll:
     carry = _start(carry, inputs, params)
     length = jnp.int32(x.shape[0]) if length is None else length
     update = _rematted(cell.update) if cell.remat else cell.update
-    return recurrence(update, dtype, unroll, outputs, params["recurrent_kernel"], rest, inputs,
-                      carry, hmask, length)  # fmt: skip
+    return recurrence(update, dtype, unroll, (outputs, cell.summed), params["recurrent_kernel"],
+                      rest, inputs, carry, hmask, length)  # fmt: skip
 
 
 # `update` recomputed in the backward (its pullback keeps only its inputs): one function per cell
@@ -93,29 +93,31 @@ def _forward(update, dtype, unroll, kernel, rest, inputs, carry, hmask, length, 
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def recurrence(update, dtype, unroll, outputs, kernel, rest, inputs, carry, hmask, length):
+def recurrence(update, dtype, unroll, how, kernel, rest, inputs, carry, hmask, length):
     """(final (h, c), hs float32[T, B, H] or None) of `update`'s cell over per-step `inputs`
     (time-major) from `carry`, the final carry taken after `length` steps (int32 scalar in
     [1, T]; the steps after it are padding). `kernel`: the recurrent kernel [H, 4H]; `rest`:
     the layer's other parameters (`update` reads its own); `hmask` float32[B, H] or None:
-    recurrent dropout, a constant. Its gradient is `_recurrence_bwd`."""
+    recurrent dropout, a constant; `how`: (outputs: hs returned, summed: `Cell.summed`). Its
+    gradient is `_recurrence_bwd`."""
     final, hs, _ = _forward(update, dtype, unroll, kernel, rest, inputs, carry, hmask, length)
-    return final, hs if outputs else None
+    return final, hs if how[0] else None
 
 
-def _recurrence_fwd(update, dtype, unroll, outputs, kernel, rest, inputs, carry, hmask, length):
+def _recurrence_fwd(update, dtype, unroll, how, kernel, rest, inputs, carry, hmask, length):
+    outputs = how[0]
     final, hs, pullbacks = _forward(update, dtype, unroll, kernel, rest, inputs, carry, hmask,
                                     length, saving=True)  # fmt: skip
     residuals = (kernel, rest, carry, hmask, length, hs, pullbacks)
     return (final, hs if outputs else None), residuals
 
 
-def _recurrence_bwd(update, dtype, unroll, outputs, residuals, cotangent):
+def _recurrence_bwd(update, dtype, unroll, how, residuals, cotangent):
     """Backward through time. The loop carries (dh, dc) and the sum of `rest`'s gradient and
     emits each step's d inputs and d r (its saved pullback of `update`); after it, the
     recurrent kernel's gradient is one matmul of h_{t-1} (masked as it entered) and d r."""
     kernel, rest, carry0, hmask, length, hs, pullbacks = residuals
-    d_final, dhs = cotangent
+    (outputs, summed), (d_final, dhs) = how, cotangent
     at_end = (jnp.arange(hs.shape[0]) == length - 1)[:, None, None]  # the final carry's step
 
     def step(grad, saved_t):
@@ -128,12 +130,13 @@ def _recurrence_bwd(update, dtype, unroll, outputs, residuals, cotangent):
         if hmask is not None:
             dh_prev = dh_prev * hmask
         d_rest = jax.tree.map(jnp.add, d_rest, d_rest_t)
-        return (dh_prev, dc_prev, d_rest), (d_inputs_t, dr_t)
+        return (dh_prev, dc_prev, d_rest), (None if summed else d_inputs_t, dr_t)
 
     zeros = jnp.zeros_like(carry0[0])
     start = (zeros, jnp.zeros_like(carry0[1]), jax.tree.map(jnp.zeros_like, rest))
     xs = (pullbacks, dhs if outputs else None, at_end)
     (dh0, dc0, d_rest), (d_inputs, drs) = lax.scan(step, start, xs, reverse=True, unroll=unroll)
+    d_inputs = drs if summed else d_inputs  # z = inputs + r: one gradient
     h_prev = jnp.concatenate([carry0[0][None], hs[:-1]])  # h_{t-1}, [T, B, H]
     masked = h_prev if hmask is None else h_prev * hmask
     rows = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731  [T*B, .]
