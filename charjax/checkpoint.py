@@ -28,7 +28,14 @@ import orbax.checkpoint as ocp
 
 from charjax import integrity
 from charjax.errors import CharjaxError
-from charjax.orbax_errors import TMP_SUFFIX, has_status, os_error, out_of_memory, runtime_refused
+from charjax.orbax_errors import (
+    TMP_SUFFIX,
+    has_status,
+    os_error,
+    out_of_memory,
+    retrieve_abandoned_reads,
+    runtime_refused,
+)
 
 PARTIAL = "partial"
 
@@ -131,6 +138,7 @@ def _read_failed(error: Exception, where: str, step: int, directory, layout=()) 
     (a state of another layout), else `_unreadable`."""
     if isinstance(error, ValueError) and any(w in str(error) for w in layout):
         if not has_status(error):  # TensorStore's errors are files', never a layout's
+            retrieve_abandoned_reads()
             return _other_layout(step, directory)
     return _unreadable(where, error)
 
@@ -146,6 +154,7 @@ def _unreadable(where: str, error: Exception) -> CharjaxError:
     other than a missing file or a refusal of jax's runtime (`orbax_errors.runtime_refused`) is
     `ReadFailed`, and a device out of memory (a model too big for it) is raised as it is (jax's
     RESOURCE_EXHAUSTED, which the commands say in one line)."""
+    retrieve_abandoned_reads()  # the failed reads' errors: this report is their one line
     exhausted = out_of_memory(error)
     if exhausted is not None:
         raise exhausted

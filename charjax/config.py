@@ -315,14 +315,13 @@ def _check_counts(cfg: Config) -> None:
     """Counts: sizes >= 1, counts and intervals >= 0."""
     positive = (
         "maxlen", "step", "hidden", "layers", "batch_size", "steps_per_call", "keep",
-        "mogrify_rounds",
+        "mogrify_rounds", "epochs",
     )  # fmt: skip
     for name in positive:
         if getattr(cfg, name) < 1:
             raise CharjaxError(f"{flag(name)} must be >= 1, got {getattr(cfg, name)}")
     for name in (
         "unroll",
-        "epochs",
         "max_chars",
         "sample_length",
         "warmup",

@@ -129,6 +129,17 @@ def resolve_files(text: str, recursive: bool = False, globs=("*.txt",)) -> list[
     return files
 
 
+def _named(path: Path, text: str) -> str:
+    """`path` as a person finds it: relative to the --text folder it was found in
+    ('email/mime/__init__.py'), else as it was given."""
+    parts = [text] if Path(text).expanduser().exists() else text.split(os.pathsep)
+    for part in parts:
+        folder = Path(part).expanduser()
+        if folder.is_dir() and path.is_relative_to(folder):
+            return path.relative_to(folder).as_posix()
+    return str(path)
+
+
 def non_empty(files: list[Path]) -> tuple[list[Path], list[Path]]:
     """(the files with something in them, the empty ones: a package's `__init__.py` among many
     source files); every file empty is the first one's one-line error."""
@@ -284,7 +295,9 @@ def load(cfg: Config) -> Corpus:
         raise _changed(where)
     left_out = "".join(sorted(beyond - chars))
     fingerprint = _fingerprint(files, digests)
-    return Corpus(vocab, ids, fingerprint, prime, left_out, tuple(map(str, empty)))
+    return Corpus(
+        vocab, ids, fingerprint, prime, left_out, tuple(_named(f, cfg.text) for f in empty)
+    )
 
 
 def _changed(where) -> CharjaxError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn
@@ -27,6 +26,7 @@ RUN_KEYS = (
     "val_loss",
     "val_bits",
     "samples",
+    "resumed_after",
 )
 
 
@@ -92,7 +92,8 @@ class Reporter:
 
         empty = run.corpus.empty
         if empty:
-            names = ", ".join(Path(p).name for p in empty[:3]) + (", ..." if len(empty) > 3 else "")
+            more = f", ... and {len(empty) - 3} more" if len(empty) > 3 else ""
+            names = ", ".join(empty[:3]) + more
             self.note(f"skipped {len(empty)} empty file{'s' if len(empty) > 1 else ''} ({names})")
         left_out = run.corpus.left_out
         if left_out:
@@ -195,9 +196,12 @@ class Reporter:
         if "val_loss" in metrics:
             val = f"  val {metrics['val_loss']:.4f} nats ({metrics['val_bits']:.3f} bits/char)"
         unit = "chars" if "chars_per_s" in metrics else "windows"
+        resumed = ""
+        if metrics.get("resumed_after"):  # the time and rate are of this process's part
+            resumed = f" (the part after the resume at {metrics['resumed_after']:,} windows)"
         self.log(
             f"epoch {metrics['epoch']}/{epochs}  {step_metrics(metrics)}{val}  "
-            f"{metrics['seconds']:.1f} s  {metrics[unit + '_per_s']:,.0f} {unit}/s"
+            f"{metrics['seconds']:.1f} s  {metrics[unit + '_per_s']:,.0f} {unit}/s{resumed}"
         )
         shown = metrics.get("samples")
         if shown:
@@ -226,8 +230,8 @@ class _Bar(BarColumn):
 class _Figures(ProgressColumn):
     """The bar's figures in one column that fits the console's width: batches, step metrics,
     rate, the epoch's and the run's time left; the least needed are left out first (the
-    metrics after the loss, then the rate, the run's time left, the loss), never the batch
-    count and the epoch's time left."""
+    metrics after the loss, then the run's time left, the loss, the rate), never the batch
+    count and the epoch's time left. At 80 columns all but the run's time left fit."""
 
     def __init__(self, console: Console):
         super().__init__()
@@ -238,9 +242,9 @@ class _Figures(ProgressColumn):
         batches = f"{task.completed:,.0f}/{task.total:,.0f}" if task.total else "?"
         metrics = f["metrics"].split(" · ")
         pieces = [  # (text, rank): the highest rank is left out first
-            (f"{batches} batches", 0),
+            (batches, 0),
             *((m, 3 if i == 0 else 6) for i, m in enumerate(metrics)),
-            (f"{f['rate']:,.0f} {f['unit']}/s", 5),
+            (f"{f['rate']:,.0f} {f['unit']}/s", 2),
             (f"{f['left']} left", 1),
             (f"run {f['run_left']} left", 4),
         ]

@@ -213,7 +213,10 @@ def _newest_intact(folder: RunDir, given: dict, note, sharding):
             note(f"{e}; moved it to {aside.name} and trying the checkpoint before it")
             damaged += 1
     if not damaged:  # at most a save that never finished
-        raise CharjaxError(f"nothing to resume: no checkpoints in {folder.directory}")
+        raise CharjaxError(
+            f"nothing to resume: no checkpoints in {folder.directory}; drop --resume to start "
+            "a run there"
+        )
     raise CharjaxError(
         f"no intact checkpoint left in {folder.directory} to resume from (the damaged ones "
         "were moved aside); train again in a new --checkpoint-dir"

@@ -144,6 +144,8 @@ def _run_epoch(this: run.Run, loop: Loop, mesh, folder: RunDir, report, stop) ->
         "lr_scale": float(state.lr_scale),
         "steps": int(state.step),
     }
+    if loop.position.windows:  # resumed inside the epoch: the figures are of the rest
+        metrics["resumed_after"] = loop.position.windows
     _finish_epoch(this, loop.epoch, folder, state, metrics, report, stop)
     if stop.requested and loop.epoch < cfg.epochs:
         raise Interrupted(f"interrupted after epoch {loop.epoch}. Continue with: {_hint(folder)}")

@@ -29,10 +29,7 @@ class StopRequest:
             raise KeyboardInterrupt
         if not self.requested:
             self.requested = True
-            self.log(
-                "stopping after the current batches to save a checkpoint "
-                "(Ctrl-C again to quit without saving the epoch in progress)"
-            )
+            self.log("stopping after these batches to save; Ctrl-C again quits without saving")
 
     @contextlib.contextmanager
     def protect(self):

@@ -328,7 +328,7 @@ def test_a_folder_of_code_trains_by_glob_and_resume_holds_to_its_choice(capsys, 
     code = ["--text", str(src), "--recursive", "--glob", "*.py", "--keep-case"]
     assert cli.train_main([*code, *tiny, "--epochs", "1", "--checkpoint-dir", ck]) == 0
     out, err = capsys.readouterr()
-    assert "skipped 1 empty file (__init__.py)" in err and "skipped" not in out
+    assert "skipped 1 empty file (pkg/__init__.py)" in err and "skipped" not in out
     saved = inference.load(ck)
     assert saved.meta.cfg.glob == ("*.py",) and not saved.meta.cfg.lower
     assert "I" in saved.meta.vocab and "#" in saved.meta.vocab  # the case kept; *.py only

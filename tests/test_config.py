@@ -15,6 +15,7 @@ from charjax.errors import CharjaxError
         ({"maxlen": 0}, "--maxlen"),
         ({"step": -1}, "--step"),
         ({"epochs": -1}, "--epochs"),
+        ({"epochs": 0}, "--epochs must be >= 1, got 0"),  # a run of no epochs makes nothing
         ({"learning_rate": float("nan")}, "--learning-rate"),
         ({"vary_length": 2}, "--vary-length .* needs --carry-state"),
         (

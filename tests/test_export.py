@@ -29,7 +29,14 @@ import(pathToFileURL(modulePath).href).then((lstm) => {
   const probs = Array.from(lstm.softmax(lstm.read(model, state, lstm.encode(model, prefix))));
   const greedy = lstm.generate(model, prefix, { length: 200, temperature: 0 });
   const drawn = lstm.generate(model, prefix, { length: 50, temperature: 1.0, topP: 0.9 });
-  console.log(JSON.stringify({ probs, greedy, drawn }));
+  // the page's address: its settings, and the text they give
+  const hash = `#prime=${encodeURIComponent(prefix)}&temperature=0&length=200&seed=3&generate`;
+  const given = lstm.settingsFromHash(hash);
+  const fromHash = lstm.generate(model, given.prime, { ...given, random: lstm.seeded(given.seed) });
+  const odd = lstm.settingsFromHash("#top-p=0.9&length=abc&temperature=");
+  const seeded = [3, 3, 4].map((seed) => lstm.generate(model, prefix,
+    { length: 50, temperature: 1.0, random: lstm.seeded(seed) }));
+  console.log(JSON.stringify({ probs, greedy, drawn, given, fromHash, odd, seeded }));
 });
 """
 
@@ -91,6 +98,11 @@ def test_the_javascript_lstm_equals_charjax(trained, tmp_path, capsys):
     assert cli.sample_main([*argv, "--mode", "stateful", "--length", "200"]) == 0
     assert got["greedy"] == capsys.readouterr().out[:-1]  # 200 chars, then charjax's newline
     assert len(got["drawn"]) == 50 and set(got["drawn"]) <= set(saved.vocab.chars)
+    # the page's address sets its form; greedy from it is charjax-sample's greedy text
+    want = {"prime": PREFIX, "temperature": 0, "length": 200, "seed": 3, "generate": True}
+    assert got["given"] == want and got["fromHash"] == got["greedy"]
+    assert got["odd"] == {"topP": 0.9}  # a value that is not a number is left to the form
+    assert got["seeded"][0] == got["seeded"][1] != got["seeded"][2]  # a seed, the same text
 
 
 def test_the_json_layout(trained, tmp_path):

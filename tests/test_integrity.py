@@ -375,6 +375,52 @@ def test_a_damaged_params_file_is_one_line_on_stderr_for_sample_and_resume(
     assert Checkpoints(run).epochs() == [1, 2, 3]
 
 
+SWEEP = """
+import contextlib, gc, io, json, shutil, sys
+from pathlib import Path
+from charjax import cli
+run = Path(sys.argv[1])
+said = {}
+for path in sorted((run / "2" / "state").glob("ocdbt.process_*/d/*")):
+    for damage in ("truncated", "deleted"):
+        copy = run.with_name("damaged")
+        shutil.copytree(run, copy)
+        target = copy / path.relative_to(run)
+        if damage == "deleted":
+            target.unlink()
+        else:
+            target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.sample_main(["--checkpoint-dir", str(copy), "--length", "5"])
+            gc.collect()  # what a failed read left behind is reported when collected
+        said[f"{path.name} {damage}"] = [code, err.getvalue()]
+        shutil.rmtree(copy)
+print(json.dumps(said))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_each_array_file_of_an_epoch_damaged_in_turn_is_one_stderr_line(seed, tiny_cfg, tmp_path):
+    """Every data file of an epoch, cut to half or deleted, one at a time: charjax-sample either
+    samples (the file held none of the parameters: the record's line alone) or says the epoch
+    is damaged, in one line; nothing a failed read left behind reaches stderr (three training
+    seeds: which file holds what varies with the run)."""
+    cfg = tiny_cfg.replace(epochs=2, hidden=64, layers=2, temperatures=(), seed=seed)
+    run = tmp_path / "run"
+    runner.train_run(cfg, run, log=quiet)
+    done = subprocess.run([sys.executable, "-c", SWEEP, str(run)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    said = json.loads(done.stdout)
+    assert said and any(code == 2 for code, _ in said.values())
+    for case, (code, err) in said.items():
+        assert err.count("\n") == 1, (case, err)
+        if code == 2:
+            assert "is damaged: " in err and "TensorStore" not in err, (case, err)
+
+
 def test_failed_orbax_futures_are_not_logged_again_other_future_errors_are(caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [DropUnretrievedOrbaxErrors()])
 

@@ -169,7 +169,7 @@ def test_locked_dropout_keeps_one_mask_per_sequence_and_weight_drop_masks_the_ke
     for n, name in enumerate(("lstm", "lstm_1")):
         kernel = apply_dropout(params[name]["recurrent_kernel"], 0.5, jax.random.fold_in(key, n))
         masked[name] = {**params[name], "recurrent_kernel": kernel}
-    np.testing.assert_allclose(forward(masked, ids)[1], dropped, rtol=1e-6)
+    np.testing.assert_allclose(forward(masked, ids)[1], dropped, rtol=RTOL, atol=ATOL)
 
 
 def test_recurrent_dropout_masks_h_per_sequence_only_while_training():

@@ -55,3 +55,19 @@ def test_orbax_leftovers_are_known_and_others_are_not():
     assert oe.UNRETRIEVED.match("_GatheringFuture exception was never retrieved")
     assert oe.UNAWAITED.fullmatch("coroutine 'Foo.bar' was never awaited").group(1) == "Foo.bar"
     assert not oe.orbax_coroutine("not_a_module_function")
+
+
+def test_the_errors_of_abandoned_reads_are_retrieved_and_others_left_alone():
+    import asyncio
+    import gc
+
+    loop = asyncio.new_event_loop()
+    read, other = loop.create_future(), loop.create_future()
+    read.set_exception(ValueError("OUT_OF_RANGE: " + READING.format("params.dense.bias")))
+    other.set_exception(ValueError("a bug of someone else's"))
+    loop.close()
+    assert oe.retrieve_abandoned_reads() >= 1
+    assert not read._log_traceback and other._log_traceback  # only the read is retrieved
+    other.exception()  # (retrieved here: the test leaves nothing to be logged)
+    del read, other
+    gc.collect()

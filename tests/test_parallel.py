@@ -95,7 +95,7 @@ def test_four_devices_match_one(tiny_text, tmp_path):
                                    err_msg=name)  # fmt: skip
     assert not np.allclose(one["windows:dense/kernel"], 0)
     assert int(four["score:devices"]) == 4 and int(one["score:devices"]) == 1
-    np.testing.assert_allclose(four["score:split"], four["score:one"], rtol=1e-6)
+    np.testing.assert_allclose(four["score:split"], four["score:one"], rtol=1e-6, atol=1e-5)
     assert "streams:lstm_1/kernel" in one and "lnlstm:lnlstm_1/cell_gain" in one
     assert "mogrifier:mogrifier_1/mogrify_q_left" in one
 

@@ -31,6 +31,9 @@ def test_epoch_line_shows_the_step_metrics_then_the_runs():
     Reporter(log=lines.append).epoch_finished({**RECORD, "grad_norm": 0.5}, 5)
     assert "loss 1.2346  grad_norm 0.5000  val" in lines[0]  # a new metric needs no change here
     assert step_metrics({"epoch": 1, "loss": 2.0, "samples": {}}) == "loss 2.0000"
+    lines.clear()
+    Reporter(log=lines.append).epoch_finished({**RECORD, "resumed_after": 1800}, 5)
+    assert lines[0].endswith("4,321 windows/s (the part after the resume at 1,800 windows)")
 
 
 def test_the_progress_bar_shows_them_too():
@@ -96,8 +99,20 @@ def test_the_progress_bar_fits_a_narrow_terminal(width):
     assert max(len(line) for line in lines) <= width
     line = [line for line in lines if "117/" in line][-1]  # the bar after the update
     assert line.startswith("epoch 12/60 ")
-    assert re.search(r"117/1,408 batches .* 0:01:5\d left", line), line  # never left out
-    if width >= 100:
-        assert "loss 1.2346" in line
+    assert re.search(r"117/1,408 .* 0:01:5\d left", line), line  # never left out
+    assert "loss 1.2346" in line and "1,498 windows/s" in line  # at 80 columns too
     if width >= 120:
-        assert "run 1:" in line and "1,498 windows/s" in line
+        assert "run 1:" in line
+
+
+def test_skipped_empty_files_are_named_as_found_and_counted():
+    notes = []
+    empty = ("a/__init__.py", "b/__init__.py", "b/c/__init__.py", "d.py")
+    corpus = SimpleNamespace(ids=[0] * 50, vocab=SimpleNamespace(size=5), left_out="", empty=empty)
+    goal = SimpleNamespace(every_position=False)
+    run = SimpleNamespace(corpus=corpus, held_out=None, windows=10, epoch=1, cfg=Config(epochs=2),
+                          objective=goal)  # fmt: skip
+    Reporter(log=notes.append).started(run, 2, "cpu", "ck")
+    assert notes[-1] == (
+        "skipped 4 empty files (a/__init__.py, b/__init__.py, b/c/__init__.py, ... and 1 more)"
+    )

@@ -87,7 +87,7 @@ def test_resume_refuses_conflicts_and_fresh_runs_refuse_full_dirs(tiny_cfg, tmp_
     with pytest.raises(CharjaxError, match="--hidden 32"):
         runner.train_run(tiny_cfg, tmp_path, resume=True, given={"hidden": 32}, log=quiet)
     (tmp_path / "empty").mkdir()  # (a folder that does not exist: `test_a_failed_start...`)
-    with pytest.raises(CharjaxError, match="nothing to resume"):
+    with pytest.raises(CharjaxError, match="nothing to resume: .*; drop --resume to start a run"):
         runner.train_run(tiny_cfg, tmp_path / "empty", resume=True, log=quiet)
 
 

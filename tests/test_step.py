@@ -40,7 +40,7 @@ def test_train_step_jit_equals_no_jit(tiny_cfg):
     assert set(metrics) == {"loss"}  # the step's metrics: what the epoch averages and shows
     loss = metrics["loss"]
     jitted, jloss = loss_of(STEP(state, *batch, tiny_cfg))
-    np.testing.assert_allclose(loss, jloss, rtol=1e-6)
+    np.testing.assert_allclose(loss, jloss, rtol=1e-6, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), plain, jitted)
     assert loss.shape == () and loss.dtype == jnp.float32
 
@@ -65,7 +65,7 @@ def test_padding_is_ignored_and_empty_batches_are_no_ops(tiny_cfg):
     weights = jnp.zeros(tiny_cfg.batch_size).at[:5].set(1.0)
     padded, loss_p = loss_of(STEP(state, inputs, targets, weights, tiny_cfg))
     short, loss_s = loss_of(STEP(state, inputs[:5], targets[:5], weights[:5], tiny_cfg))
-    np.testing.assert_allclose(loss_p, loss_s, rtol=1e-6)
+    np.testing.assert_allclose(loss_p, loss_s, rtol=1e-6, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), padded, short)
     same, _ = loss_of(STEP(state, inputs, targets, jnp.zeros_like(weights), tiny_cfg))
     assert same_trees(same, state)
@@ -85,7 +85,7 @@ def test_sequence_loss_counts_every_predicted_char(tiny_cfg):
     total = loss_sum(params, inputs, targets, weights, cfg)
     _, logits = forward(params, inputs, all_steps=True)
     per_char = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    np.testing.assert_allclose(total, per_char[:2].sum(), rtol=1e-5)
+    np.testing.assert_allclose(total, per_char[:2].sum(), rtol=1e-5, atol=1e-5)
 
 
 def _first_windows(cfg):
@@ -130,7 +130,7 @@ def test_carried_state_goes_from_each_window_to_the_next(tiny_cfg):
     _, loss2 = loss_of(STEP(after1, x2, y2, ones, cfg))
     _, logits = forward(after1.params, x2, carry1, all_steps=True)
     expected = optax.softmax_cross_entropy_with_integer_labels(logits, y2).mean()
-    np.testing.assert_allclose(loss2, expected, rtol=1e-5)
+    np.testing.assert_allclose(loss2, expected, rtol=1e-5, atol=1e-6)
     zero_start = loss_sum(after1.params, x2, y2, ones, cfg) / (3 * cfg.maxlen)
     assert abs(float(zero_start) - float(loss2)) > 1e-4  # the carry made a difference
     with pytest.raises(CharjaxError, match="--carry-state reads the text as contiguous"):
@@ -153,7 +153,7 @@ def test_a_varied_window_is_the_window_of_its_length_with_a_step_scaled_by_it(ti
     padded, loss_v = loss_of(STEP(state, x, y, ones, varied, length=jnp.int32(length)))
     exact = streams.replace(maxlen=length, step=length)
     short, loss_s = loss_of(STEP(state, x[:, :length], y[:, :length], ones, exact))
-    np.testing.assert_allclose(loss_v, loss_s, rtol=1e-6)
+    np.testing.assert_allclose(loss_v, loss_s, rtol=1e-6, atol=1e-6)
     for a, b in zip(jax.tree.leaves(padded.carry), jax.tree.leaves(short.carry), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     moved = lambda s: jax.tree.map(lambda p, q: p - q, s.params, state.params)  # noqa: E731

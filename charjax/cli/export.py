@@ -21,9 +21,9 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--html",
         metavar="PAGE",
-        help="write the web page here (e.g. model.html); opened with #generate at the end of "
-        "its address (model.html#generate) it generates once as it loads, with its default "
-        "settings (for screenshots)",
+        help="write the web page here (e.g. model.html); its address sets its form and "
+        "generates once as it loads (model.html#temperature=0.8&length=400&seed=3&generate; "
+        "docs/export.md)",
     )
     p.add_argument("--json", metavar="FILE", help="write the JSON export here (docs/export.md)")
     p.add_argument("--title", default=None, help="the page's title (default: the run's folder)")

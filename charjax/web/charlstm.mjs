@@ -235,3 +235,32 @@ export function generate(model, prime, { length, temperature = 0, topP = 1, rand
   }
   return out;
 }
+
+/** A seeded source of uniform numbers in [0, 1) (mulberry32): the same seed, the same text. */
+export function seeded(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** The page's settings from its address' fragment, e.g. "#prime=the%20&temperature=0.8&
+ * length=400&seed=3&generate": {prime, temperature, topP, length, seed, generate}, each
+ * present only if given (top-p as `top-p` or `topP`); `generate` is true when named. */
+export function settingsFromHash(hash) {
+  const params = new URLSearchParams(hash.replace(/^#/, ""));
+  const settings = {};
+  const number = (name) => (params.has(name) && params.get(name) !== "" ? Number(params.get(name)) : undefined);
+  if (params.has("prime")) settings.prime = params.get("prime");
+  for (const [key, name] of [["temperature", "temperature"], ["topP", "top-p"], ["topP", "topP"],
+    ["length", "length"], ["seed", "seed"]]) {
+    const value = number(name);
+    if (value !== undefined && Number.isFinite(value)) settings[key] = value;
+  }
+  if (params.has("generate")) settings.generate = true;
+  return settings;
+}
