@@ -58,7 +58,7 @@ def test_bad_training_inputs_are_one_line(capsys, texts, tmp_path):
         (["--text", good, "--batch-size", "0"], "--batch-size must be >= 1"),
         (["--text", good, "--maxlen", "0"], "--maxlen must be >= 1"),
         (["--text", good, "--step", "-1"], "--step must be >= 1"),
-        (["--text", good, "--epochs", "-1"], "--epochs must be >= 0"),
+        (["--text", good, "--epochs", "-1"], "--epochs must be >= 1"),
         (["--text", good, "--learning-rate", "nan"], "--learning-rate must be a positive"),
         (["--text", good, "--temperatures", "0.5,-1"], "--temperatures must be finite"),
         (["--text", good, "--temperatures", "inf"], "--temperatures must be finite"),
