@@ -219,13 +219,17 @@ class Checkpoints:
             )
         self.keep = keep
         self._manager = _manager(self.directory, keep, create)
+        self._forgotten: set[int] = set()  # epochs set aside as damaged (`set_aside`)
         self._failed = False  # a save failed: its writes still in flight may leave files
 
     def epochs(self) -> list[int]:
-        return sorted(self._manager.all_steps())
+        """The saved epochs, less those set aside: forgotten by every process of a run at once,
+        whether or not process 0 has renamed the folder yet."""
+        return sorted(set(self._manager.all_steps()) - self._forgotten)
 
     def save(self, epoch: int, state, meta: dict) -> None:
         """Write epoch `epoch` (state pytree + JSON-able meta) and prune old ones."""
+        self._forgotten.discard(epoch)  # written anew: listed again
         try:
             _save(self._manager, epoch, state, meta, f"epoch {epoch}")
         except SaveFailed:
@@ -337,6 +341,7 @@ class Checkpoints:
         if move:
             source.rename(target)
         if epoch is not None:  # let the manager forget the step it listed
+            self._forgotten.add(epoch)
             self._manager.reload()
         return target
 

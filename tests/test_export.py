@@ -144,9 +144,9 @@ def test_the_page_is_one_offline_file(trained, tmp_path, capsys):
     assert check.returncode == 0, check.stderr
     data = re.search(r'<script type="application/json" id="model">(.*?)</script>', html, re.S)
     assert json.loads(data.group(1))["vocab"] == inference.load(trained).meta.vocab
-    assert 'location.hash === "#generate"' in html  # PAGE#generate generates as it loads
+    assert "settingsFromHash(location.hash)" in html  # PAGE#...&generate generates as it loads
     shown = " ".join(cli.export_parser().format_help().split())  # as wrapped at any width
-    assert "(model.html#generate) it generates once" in shown
+    assert "its address sets its form and generates once as it loads" in shown
 
 
 def test_the_default_models_page_is_under_1_mb():
