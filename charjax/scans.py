@@ -1,8 +1,9 @@
 """A layer of a registered cell (`charjax.cells`) over time: `plain`, a masked scan of the
 cell's step (inference, and training through autodiff), and `fast`, the training scan of every
-LSTM-shaped cell, whose gradient is written out (`custom_vjp`): the backward loop carries only
-(dh, dc) and emits each step's gradients through the VJP of the cell's own `update` (no second
-copy of any cell's math); the recurrent-kernel gradient is then one matmul over all T*B rows.
+LSTM-shaped cell, whose gradient is written out (`custom_vjp`): the forward keeps each step's
+pullback of the cell's own `update` (`jax.vjp`; for a `remat` cell only its inputs), the backward
+loop carries only (dh, dc) and emits each step's gradients through it (no second copy of any
+cell's math); the recurrent-kernel gradient is then one matmul over all T*B rows.
 """
 
 from __future__ import annotations
