@@ -101,6 +101,15 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def barrier(name: str) -> None:
+    """Wait until every process of a multi-process run gets here (nothing with one process):
+    e.g. none renames a checkpoint folder that another is still reading."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def data_mesh(devices=None) -> Mesh:
     """A 1-D mesh over `devices` (default: every device of every process)."""
     return Mesh(np.array(devices if devices is not None else jax.devices()), (AXIS,))

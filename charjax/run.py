@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from charjax import corpus as corpora
-from charjax import model, objective, step
+from charjax import model, objective, parallel, step
 from charjax.config import MATH_FIELDS, Config, flag, shown, typed
 from charjax.epoch import Position
 from charjax.errors import CharjaxError
@@ -209,7 +209,11 @@ def _newest_intact(folder: RunDir, given: dict, note, sharding):
                 return meta, folder.restore_partial(like, sharding)
             return meta, folder.restore(like, epoch, sharding)
         except Damaged as e:
+            # every process read it (orbax's reads are collective) before process 0 moves it,
+            # and it is gone for all before any lists the epochs again
+            parallel.barrier(f"read damaged {epoch}")
             aside = folder.set_aside(epoch)
+            parallel.barrier(f"set aside {epoch}")
             note(f"{e}; moved it to {aside.name} and trying the checkpoint before it")
             damaged += 1
     if not damaged:  # at most a save that never finished
