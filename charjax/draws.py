@@ -54,11 +54,6 @@ class Draws:
             return None
         return row_masks(self.recurrent_key, self.first_row, rows, size, self.recurrent_dropout)
 
-    @property
-    def plain(self) -> bool:
-        """No h mask and the windows end at the last step: the fastest scans may run."""
-        return not self.masks_h and self.length is None
-
 
 NONE = Draws()  # evaluation, sampling: no masks, whole windows
 

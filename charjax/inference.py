@@ -126,8 +126,9 @@ def sample_texts(saved: SavedModel, prime_ids, *, seed: int, settings: sample.Se
 
 def _request(saved, prime_ids, seed, settings: sample.Settings) -> tuple:
     """The arguments of `sample.generate` and `stream.stream` for a saved model."""
-    check_temperatures(np.atleast_1d(settings.temperatures))
-    settings = settings._replace(temperatures=tuple(np.atleast_1d(settings.temperatures)))
+    temperatures = tuple(np.atleast_1d(settings.temperatures))
+    check_temperatures(temperatures)
+    settings = settings._replace(temperatures=temperatures)
     return saved.model, prime_ids, jax.random.key(seed), settings
 
 

@@ -217,6 +217,5 @@ def test_draws_are_a_pytree_with_static_rates_and_per_layer_keys():
     data = jax.random.key_data
     assert jnp.array_equal(data(second.dropout_key), data(jax.random.fold_in(key, 1)))
     assert second.weight_key is None and second.h_mask(2, 3) is None
-    assert not draws.plain and Draws().plain
     masks = Draws(recurrent_dropout=0.5, recurrent_key=key).h_mask(4, 6)
     assert masks.shape == (4, 6) and set(np.unique(masks)) <= {0.0, 2.0}
