@@ -101,6 +101,15 @@ class Config:
     hidden: int = _field(128, "LSTM units", "model", math=True)
     batch_size: int = _field(128, "windows per optimizer step", "optimizer", math=True)
     epochs: int = _field(60, "epochs to train in total (a resumed run counts earlier ones)", "run")
+    minutes: float = _field(
+        0.0,
+        "train for as many epochs as fit M minutes of wall time here (validation, samples and "
+        "saves included): the run times its first steps, chooses the epoch count, says it and "
+        "records it (a resume keeps it); then it is the run of --epochs N. Not with --epochs; "
+        "0 = --epochs decides",
+        "run",
+        metavar="M",
+    )
     learning_rate: float = _field(0.01, "learning rate", "optimizer", math=True, type=float)
     rho: float = _field(0.9, "RMSprop decay (Keras `rho`)", "optimizer", math=True, cli=False)
     epsilon: float = _field(
@@ -356,6 +365,8 @@ def _check_numbers(cfg: Config) -> None:
         raise CharjaxError(
             f"--glob needs a non-empty file name pattern such as '*.py', got {list(cfg.glob)}"
         )
+    if not (math.isfinite(cfg.minutes) and cfg.minutes >= 0):
+        raise CharjaxError(f"--minutes must be a number of minutes > 0, got {cfg.minutes:g}")
     if cfg.eval_chars < 1:
         raise CharjaxError(f"--eval-chars must be >= 1, got {cfg.eval_chars}")
     if cfg.eval_every and not cfg.val_fraction:
@@ -452,7 +463,7 @@ PRESETS = {
     "quality": dict(
         objective="sequence", carry_state=True, maxlen=25, step=25, batch_size=64, layers=2,
         hidden=256, dropout=0.2, optimizer="adam", learning_rate=0.01, warmup=50,
-        schedule="cosine", clip_norm=5.0, weight_drop=0.2, epochs=11, keep_best=True,
+        schedule="cosine", clip_norm=5.0, weight_drop=0.2, minutes=20.0, keep_best=True,
         cell="lnlstm",
     ),
     "long-streams": dict(

@@ -172,6 +172,11 @@ def resume(given: dict, folder: RunDir, log, sharding, note=None) -> Run:
             f"--steps-per-call {saved.steps_per_call}; resume it without --steps-per-call "
             "(change it after that epoch)"
         )
+    if given.get("minutes"):
+        raise CharjaxError(
+            f"--minutes chooses the epoch count of a new run; the run in {folder.directory} "
+            f"keeps its --epochs {saved.epochs} (drop --minutes)"
+        )
     cfg = merge_resumed(saved, given).check()
     if meta.format < 3 and not objective.of(cfg).carried:
         raise CharjaxError(

@@ -7,6 +7,7 @@ retries, history).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from charjax import epoch, evaluate, guard, intervals, parallel, run, sample, step
+from charjax import budget, epoch, evaluate, guard, intervals, parallel, run, sample, step
 from charjax.checkpoint import SaveFailed
 from charjax.config import Config
 from charjax.epoch import Position
@@ -72,6 +73,7 @@ def train_run(
     progress bar on or off (default: on when stdout is a terminal and `log` is not given).
     Ctrl-C saves the epoch so far and raises `Interrupted`.
     """
+    started = time.perf_counter()
     cfg.check()
     primary = parallel.is_primary()
     if not primary:  # in a multi-process run only process 0 talks
@@ -82,6 +84,8 @@ def train_run(
     try:
         folder = RunDir(checkpoint_dir, cfg.keep, lock=primary, primary=primary)
         this = _set_up(cfg, folder, resume, given or {}, report, mesh)
+        if not resume and cfg.minutes:
+            this = _fit_minutes(this, mesh, folder, report, started)
         if resume and this.epoch > this.cfg.epochs:
             report.nothing_to_train(this, folder.directory)
             return this.state, []
@@ -120,6 +124,15 @@ def _set_up(cfg: Config, folder: RunDir, resume: bool, given: dict, report, mesh
         this = run.fresh(cfg, folder)
     folder.keep(this.cfg.keep)
     return this
+
+
+def _fit_minutes(this: run.Run, mesh, folder: RunDir, report, started: float) -> run.Run:
+    """--minutes: the run with the epoch count that fits its budget here (`budget`), said in
+    one line; its config records the count."""
+    timings = budget.probe(this, mesh, folder, started, _held_out_score)
+    n = budget.fitted(this.cfg.minutes, timings)
+    report.log(budget.message(this.cfg.minutes, n, timings))
+    return dataclasses.replace(this, cfg=this.cfg.replace(epochs=n))
 
 
 def _run_epoch(this: run.Run, loop: Loop, mesh, folder: RunDir, report, stop) -> None:

@@ -225,4 +225,13 @@ def _train_chunk(state, inputs, targets, weights, lengths, context, cfg: Config,
     return sharded(state, inputs, targets, weights, lengths, context)
 
 
-train_chunk = jax.jit(_train_chunk, static_argnames=("cfg", "mesh"), donate_argnums=0)
+_jitted_chunk = jax.jit(_train_chunk, static_argnames=("cfg", "mesh"), donate_argnums=0)
+
+
+def train_chunk(state, inputs, targets, weights, lengths, context, cfg: Config, mesh: Mesh):
+    """`_train_chunk` under `jax.jit` (the state's buffers are donated), compiled once for the
+    run's recipe: the run's length (--epochs, --minutes), which only the schedule's step count
+    in `context` carries, is left out of the compile's key, so a run that timed its steps
+    before choosing its epoch count (--minutes) trains with the same compiled chunk."""
+    return _jitted_chunk(state, inputs, targets, weights, lengths, context,
+                         cfg=cfg.replace(epochs=1, minutes=0.0), mesh=mesh)  # fmt: skip

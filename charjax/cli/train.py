@@ -119,5 +119,14 @@ def config_of(args: argparse.Namespace) -> tuple[Config, dict]:
         raise CharjaxError(
             "--preset sets up a new run; a resumed run keeps its own recipe (drop --preset)"
         )
-    recipe = PRESETS[args.preset] if args.preset else {}
+    if "epochs" in given and given.get("minutes"):
+        raise CharjaxError(
+            "--minutes chooses the epoch count that fits its budget, and --epochs sets it: "
+            "give one of them"
+        )
+    recipe = dict(PRESETS[args.preset]) if args.preset else {}
+    if "epochs" in given:  # a preset's budget gives way to an epoch count typed beside it
+        recipe.pop("minutes", None)
+    if given.get("minutes"):
+        recipe.pop("epochs", None)
     return Config(**{**recipe, **given}), given
