@@ -58,9 +58,9 @@ def fitted(minutes: float, timings: Timings) -> int:
     if n < 1:
         need = math.ceil((timings.spent + timings.epoch) / 60)
         raise CharjaxError(
-            f"--minutes {minutes:g} fits no whole epoch here: one takes ~{_seconds(timings.epoch)} s "
-            f"after {timings.spent:.0f} s of compiling and timing; give --minutes {need} or "
-            "more, or make the run smaller (--max-chars, --hidden)"
+            f"--minutes {minutes:g} fits no whole epoch here: one takes "
+            f"~{_seconds(timings.epoch)} s after {timings.spent:.0f} s of compiling and timing; "
+            f"give --minutes {need} or more, or make the run smaller (--max-chars, --hidden)"
         )
     return n
 
@@ -72,8 +72,9 @@ def _seconds(seconds: float) -> str:
 
 def message(minutes: float, n: int, timings: Timings) -> str:
     """The line a run with --minutes says once it has chosen."""
+    epochs = f"{n} epoch{'s' if n > 1 else ''}"
     return (
-        f"{minutes:g} minutes fit {n} epoch{'s' if n > 1 else ''} of ~{_seconds(timings.epoch)} s here "
+        f"{minutes:g} minutes fit {epochs} of ~{_seconds(timings.epoch)} s here "
         f"(after {timings.spent:.0f} s of compiling and timing); the same run again: --epochs {n}"
     )
 
@@ -90,9 +91,7 @@ def probe(this, mesh, folder, started: float, score) -> Timings:
     if this.held_out is not None:
         validation = _twice(lambda: score(net, this.held_out, cfg))
     if cfg.temperatures and cfg.sample_length:
-        samples = _twice(
-            lambda: sample.epoch_samples(net, this.corpus, this.keys.sample, 1, cfg)
-        )
+        samples = _twice(lambda: sample.epoch_samples(net, this.corpus, this.keys.sample, 1, cfg))
     save = _time_save(this, folder) * (2 if cfg.keep_best else 1)
     figures = np.array([chunk, chunks, validation, samples, save,
                         time.perf_counter() - started])  # fmt: skip
