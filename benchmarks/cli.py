@@ -1,7 +1,8 @@
-"""`python scripts/bench.py`: training windows/s, compile time, sampling latency and peak memory
-of the default recipe, optionally beside Keras 3; or a preset's training speed on one and on all
-devices; or each cell's training speed; or start-up time and peak memory on big corpora; or the
-device check.
+"""`charjax-bench` (also `python scripts/bench.py`): training windows/s, compile time, sampling
+latency and peak memory of the default recipe, optionally beside Keras 3; or charjax beside its
+peers (PyTorch, Keras 3 on TensorFlow and on JAX), interleaved; or a preset's training speed on
+one and on all devices; or each cell's training speed; or start-up time and peak memory on big
+corpora; or the device check.
 
 Timings are medians of repeats measured in one process, compile time apart (`timing`,
 `measure`); the peak-RSS run and the Keras baseline run in child processes (`child`) so that
@@ -12,22 +13,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 from charjax import parallel
+from charjax.cli.common import Parser, run
 from charjax.config import PRESETS
 from charjax.errors import CharjaxError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python scripts/bench.py",
+    p = Parser(
+        prog="charjax-bench",
         description=__doc__.split("\n\n")[0].replace("\n", " ").replace("`", ""),
     )
     p.add_argument("--quick", action="store_true", help="a < 60 s version with fewer steps")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     p.add_argument("--baseline", choices=("keras",), help="also time Keras 3 (JAX backend)")
+    p.add_argument(
+        "--peers",
+        metavar="NAME,...",
+        help="instead: charjax beside these peers (torch, keras-tf, keras-jax: the original "
+        "recipe as each framework's user writes it, benchmarks/peers/), each run a process of "
+        "its own, interleaved; medians and charjax's ratios with the host (needs pip install "
+        "-e '.[peers]')",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="with --peers: runs of each (default: 2)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help="with --peers: timed optimizer steps in each run (default: 100)",
+    )
     p.add_argument(
         "--corpus-chars",
         metavar="N,...",
@@ -69,8 +87,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    p = parser()
-    args = p.parse_args(argv)
+    """The command: every failure one line on stderr (`--debug`: the traceback)."""
+    return run(bench, parser(), sys.argv[1:] if argv is None else argv)
+
+
+def bench(args: argparse.Namespace) -> int:
+    if args.peers:
+        return peers(args)
     if args.corpus_chars:
         from benchmarks import scale
         from benchmarks.environment import environment
@@ -85,13 +108,24 @@ def main(argv=None) -> int:
         from benchmarks import device_check
 
         only = args.parts.split(",") if args.parts else None
-        try:
-            device_check.check(Path(args.device_check), args.quick, not args.quick, only)
-        except CharjaxError as e:
-            p.error(str(e))
+        device_check.check(Path(args.device_check), args.quick, not args.quick, only)
         return 0
     results = cells(args) if args.cells else preset(args) if args.preset else default(args)
     _write(args.json, results)
+    return 0
+
+
+def peers(args) -> int:
+    """--peers: charjax and the named peers interleaved, in processes of their own."""
+    from benchmarks.peers import harness
+
+    chosen = harness.peers_named(args.peers)
+    if args.rounds < 1 or args.steps < 10:
+        raise CharjaxError(
+            f"--rounds must be >= 1 and --steps >= 10, got {args.rounds} and {args.steps}"
+        )
+    _write(args.json, harness.compare(chosen, args.rounds, args.steps,
+                                      log=lambda line: print(line, flush=True)))  # fmt: skip
     return 0
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charjax.cli import train_command
+from charjax.cli.common import Parser, run
+from charjax.errors import CharjaxError
 from charjax.metrics_log import read_metrics
 
 STOP_WAIT_S = 120  # for a stopped child to save its epoch in progress, then it is killed
@@ -149,13 +151,8 @@ def sweep(
     return results
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    common = argv[argv.index("--") + 1 :] if "--" in argv else []
-    own = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(
-        prog="charjax-sweep", description=__doc__.split("\n\n")[0].replace("\n", " ")
-    )
+def parser() -> argparse.ArgumentParser:
+    p = Parser(prog="charjax-sweep", description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("recipes", type=Path, help="recipes file: one `name --flag value ...` a line")
     p.add_argument("--out", type=Path, default=Path("sweep"), help="folder for the runs")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (default: 1)")
@@ -169,16 +166,27 @@ def main(argv=None) -> int:
         "and tabulate what they reached, marked cut; recipes not started are left out "
         "(default: none)",
     )
-    args = p.parse_args(own)
+    return p
+
+
+def main(argv=None) -> int:
+    """The command (the flags after `--` go to every run); every failure one line on stderr."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    common = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    return run(lambda args: _main(args, common), parser(), own)
+
+
+def _main(args: argparse.Namespace, common: list[str]) -> int:
     try:
         recipes = parse_recipes(args.recipes.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        p.error(f"{args.recipes}: {e}")
+        raise CharjaxError(f"{args.recipes}: {getattr(e, 'strerror', None) or e}") from e
     if args.only:
         names = args.only.split(",")
         unknown = sorted(set(names) - {r.name for r in recipes})
         if unknown:
-            p.error(f"--only: no recipe named {', '.join(unknown)} in {args.recipes}")
+            raise CharjaxError(f"--only: no recipe named {', '.join(unknown)} in {args.recipes}")
         recipes = [r for r in recipes if r.name in names]
     results = sweep(recipes, args.out, common, max(1, args.jobs), args.time_limit)
     print(table(results))
