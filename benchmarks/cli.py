@@ -195,3 +195,7 @@ def _write(path: str | None, results: dict) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -37,14 +37,22 @@ class Loop:
     epoch: int  # the epoch to train next
     position: Position  # where in it (inside it when a resume continues an interruption)
     best: float  # the lowest training loss of a kept epoch (earlier runs' included)
+    began: float  # time.perf_counter() when the run began (less the wall time before a resume)
     cuts: int = 0  # learning-rate halvings since the last kept epoch
     history: list[dict] = field(default_factory=list)  # metrics of the epochs kept in this call
 
     @classmethod
-    def start(cls, this: run.Run, folder: RunDir) -> Loop:
-        """The loop where the run starts, its best loss that of the epochs saved before."""
-        earlier = [m["loss"] for m in folder.metrics() if m["epoch"] < this.epoch]
-        return cls(this.state, this.epoch, this.position, min(earlier, default=math.inf))
+    def start(cls, this: run.Run, folder: RunDir, started: float) -> Loop:
+        """The loop where the run starts (`started`: its time.perf_counter()), its best loss
+        that of the epochs saved before, its wall clock going on from theirs."""
+        earlier = [m for m in folder.metrics() if m["epoch"] < this.epoch]
+        best = min((m["loss"] for m in earlier), default=math.inf)
+        return cls(this.state, this.epoch, this.position, best,
+                   started - max((m.get("wall_s", 0.0) for m in earlier), default=0.0))  # fmt: skip
+
+    def wall(self) -> float:
+        """Seconds of wall time the run has taken so far (its earlier calls' included)."""
+        return time.perf_counter() - self.began
 
     def keep(self, state: TrainState, metrics: dict) -> None:
         """The epoch is kept: the next one starts from its state."""
@@ -90,7 +98,7 @@ def train_run(
             report.nothing_to_train(this, folder.directory)
             return this.state, []
         report.started(this, mesh.size, mesh.devices.flat[0].platform, folder.directory)
-        loop = Loop.start(this, folder)
+        loop = Loop.start(this, folder, started)
         with StopRequest(report.log) as stop:
             while loop.epoch <= this.cfg.epochs and not _stalled(this.cfg.patience, folder, report):
                 _run_epoch(this, loop, mesh, folder, report, stop)
@@ -159,7 +167,7 @@ def _run_epoch(this: run.Run, loop: Loop, mesh, folder: RunDir, report, stop) ->
     }
     if loop.position.windows:  # resumed inside the epoch: the figures are of the rest
         metrics["resumed_after"] = loop.position.windows
-    _finish_epoch(this, loop.epoch, folder, state, metrics, report, stop)
+    _finish_epoch(this, loop.epoch, folder, state, metrics, report, stop, loop.wall)
     if stop.requested and loop.epoch < cfg.epochs:
         raise Interrupted(f"interrupted after epoch {loop.epoch}. Continue with: {_hint(folder)}")
     loop.keep(state, metrics)
@@ -274,9 +282,10 @@ def _restore_for_retry(this: run.Run, loop: Loop, folder: RunDir, state, verdict
 
 
 def _finish_epoch(this: run.Run, number: int, folder: RunDir, state, metrics: dict, report,
-                  stop) -> None:  # fmt: skip
-    """Validate, sample, show, save and log kept epoch `number` (`metrics` gains the results);
-    under --keep-best an epoch that beats every earlier held-out loss is also kept as the best."""
+                  stop, wall) -> None:  # fmt: skip
+    """Validate, sample, show, save and log kept epoch `number` (`metrics` gains the results,
+    and `wall_s`, the run's wall seconds by `wall()` before the save); under --keep-best an
+    epoch that beats every earlier held-out loss is also kept as the best."""
     net = this.bind(parallel.local(step.eval_params(state)))
     improved = False
     if this.held_out is not None:
@@ -293,6 +302,7 @@ def _finish_epoch(this: run.Run, number: int, folder: RunDir, state, metrics: di
             net, this.corpus, this.keys.sample, number, this.cfg
         )
     report.epoch_finished(metrics, this.cfg.epochs)
+    metrics["wall_s"] = wall()
     meta = this.meta(number, metrics)
     with stop.protect():
         folder.save_epoch(state, meta)

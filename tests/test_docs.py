@@ -56,8 +56,14 @@ class _Parser(BaseException):
 
 @cache
 def options(command: str) -> frozenset[str]:
-    """The option strings of `scripts/<command>.py` (the `charjax-<command>` program): its main
-    is called with argparse's parsing replaced by a hand-back of the parser, so nothing runs."""
+    """The option strings of `scripts/<command>.py` (the `charjax-<command>` program)."""
+    return frozenset(parser_of(command)._option_string_actions)
+
+
+@cache
+def parser_of(command: str) -> argparse.ArgumentParser:
+    """The parser of `scripts/<command>.py` (the `charjax-<command>` program): its main is
+    called with argparse's parsing replaced by a hand-back of the parser, so nothing runs."""
     path = ROOT / "scripts" / f"{command}.py"
     assert path.is_file(), f"the docs name scripts/{command}.py, which does not exist"
     spec = importlib.util.spec_from_file_location(f"_docs_script_{command}", path)
@@ -76,7 +82,7 @@ def options(command: str) -> frozenset[str]:
     try:
         mains[0]([])
     except _Parser as got:
-        return frozenset(got.parser._option_string_actions)
+        return got.parser
     finally:
         for n, method in saved.items():
             setattr(argparse.ArgumentParser, n, method)
@@ -254,8 +260,61 @@ def test_every_documented_flag_is_accepted_by_its_command():
     assert not wrong, "\n".join(wrong)
 
 
+def figure_commands(text: str) -> list[list[str]]:
+    """The words of each charjax command beside a figure: in a table's `command` column, and
+    in fenced shell blocks."""
+    found = []
+    for lang, body in FENCE.findall(text):
+        if lang in SHELL:
+            for line in re.sub(r"\\\n", " ", body).splitlines():
+                words = shlex.split(line, comments=True)
+                if command_of(words)[0]:
+                    found.append(words)
+    column = None
+    for line in _prose(text).splitlines():
+        if not line.startswith("|"):
+            column = None
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if "command" in cells:
+            column = cells.index("command")
+        elif column is not None and column < len(cells):
+            for span in SPAN.findall(cells[column]):
+                words = _words(span)
+                if command_of(words)[0]:
+                    found.append(words)
+    return found
+
+
+def test_every_command_beside_a_figure_in_benchmarks_parses():
+    """Each command that BENCHMARKS.md gives for a figure is installed (or a script here) and
+    its whole command line parses with that command's own parser: flags, values and choices
+    (a sweep's flags after `--` with charjax-train's)."""
+    commands = figure_commands((ROOT / "BENCHMARKS.md").read_text(encoding="utf-8"))
+    assert len(commands) >= 5 and any(w[:1] == ["charjax-bench"] for w in commands)
+    for words in commands:
+        command, args = command_of(words)
+        assert not command.startswith("!"), f"{words[0]} is not an installed command"
+        parts = [(command, args)]
+        if command == "sweep" and "--" in args:
+            cut = args.index("--")
+            parts = [("sweep", args[:cut]), ("train", args[cut + 1 :])]
+        for name, argv in parts:
+            try:
+                parser_of(name).parse_args(argv)
+            except SystemExit:
+                raise AssertionError(f"BENCHMARKS.md: {shlex.join(words)} does not parse") from None
+
+
+def test_the_figure_command_check_catches_a_wrong_value():
+    text = "| what | command |\n|---|---|\n| x | `charjax-bench --rounds two` |\n"
+    (words,) = figure_commands(text)
+    with pytest.raises(SystemExit):
+        parser_of("bench").parse_args(command_of(words)[1])
+
+
 def _program(command: str) -> str:
-    return "scripts/bench.py" if command == "bench" else f"charjax-{command}"
+    return f"charjax-{command}"
 
 
 def test_every_flag_of_every_command_is_in_the_usage_page():
