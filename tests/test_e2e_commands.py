@@ -345,3 +345,26 @@ def test_bench_script_finds_the_benchmarks_from_any_directory(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "usage: python scripts/bench.py" in done.stdout and "--device-check" in done.stdout
+
+
+def test_a_run_with_minutes_fills_its_budget_and_says_how_to_repeat_it(nietzsche_dir, tmp_path):
+    """--minutes as a user runs it: the line with the chosen count, that many epochs, the
+    whole command within the budget (plus the process's start, which the run does not see),
+    and --resume of the finished run keeps the count."""
+    import time
+
+    ckpt = tmp_path / "run"
+    t0 = time.perf_counter()
+    done = run("train.py", "--max-chars", 20000, "--minutes", 0.5, "--checkpoint-dir", ckpt,
+               "--quiet", "--temperatures", "")  # fmt: skip
+    wall = time.perf_counter() - t0
+    assert done.returncode == 0, done.stderr
+    chosen = re.search(r"0.5 minutes fit (\d+) epochs? of ~[\d.]+ s here \(after \d+ s of "
+                       r"compiling and timing\); the same run again: --epochs (\d+)",
+                       done.stdout)  # fmt: skip
+    assert chosen and chosen.group(1) == chosen.group(2), done.stdout
+    n = int(chosen.group(1))
+    assert n >= 2 and _checkpoint_epochs(ckpt)[-1] == n
+    assert wall < 30 * 1.25 + 10, f"{wall:.0f} s for a 30 s budget"
+    again = run("train.py", "--resume", "--checkpoint-dir", ckpt)
+    assert again.returncode == 0 and f"has done all its --epochs {n}" in again.stdout
