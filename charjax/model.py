@@ -183,10 +183,11 @@ def zero_carry(batch: int, hidden: int, layers: int) -> tuple:
 
 
 def default_unroll() -> int:
-    """Time steps per LSTM loop iteration where `--unroll` is 0: 1 on CPU (a loop iteration
-    costs nothing there, and a longer body compiles slower), 10 on GPU and TPU, where each
-    iteration costs microseconds of control (an epoch of the original recipe on an H200: 1.2 s
-    at 10, against 3.0 s at 1)."""
+    """Time steps per LSTM loop iteration where `--unroll` is 0: 1 on CPU (unrolled sampling
+    and validation loops measured no faster there, and compile slower), 10 on GPU and TPU,
+    where each iteration costs microseconds of control (an epoch of the original recipe on an
+    H200: 1.21 s at 10, against 1.76 s at 1; code of 2026-11-27, jax 0.11.2 (CUDA 13),
+    BENCHMARKS.md)."""
     return 1 if jax.default_backend() == "cpu" else 10
 
 

@@ -25,11 +25,14 @@ DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 def request_cpu_devices(count: int | None = None) -> None:
     """Ask XLA for `count` host (CPU) devices; call before jax starts its backends.
 
-    On the 2-core CPU measured here, two devices with the batch split between them train ~1.4x
-    faster than one two-threaded device (less thread synchronisation around the small
-    per-step ops). Default: $CHARJAX_CPU_DEVICES, else min(2, cores). A count the user
-    already put in XLA_FLAGS wins; GPUs and TPUs are not affected; once jax has started its
-    backends the request has no effect.
+    Measured on 2-core AMD EPYC hosts (BENCHMARKS.md), the answer depends on the recipe. The
+    original recipe trained faster on two devices with the batch split between them than on one
+    two-threaded device: 2,410-2,800 -> 3,480-3,710 windows/s (2026-11-26, "What made it
+    fast"). The LSTM recipe (`--preset quality --cell lstm`, host without AVX-512, 2026-11-28)
+    trained faster on one device: +2.5 % in one process, +9 % in whole epochs of separate
+    processes. Default: $CHARJAX_CPU_DEVICES, else min(2, cores). A count the user already put
+    in XLA_FLAGS wins; GPUs and TPUs are not affected; once jax has started its backends the
+    request has no effect.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if DEVICE_COUNT_FLAG in flags:
@@ -48,7 +51,8 @@ def tune_host_malloc() -> bool:
     XLA's CPU runtime allocates and frees the same buffers every training step; with glibc's
     defaults each cycle goes through mmap/munmap and page faults. Raising the mmap and trim
     thresholds (the same as MALLOC_MMAP_THRESHOLD_=32M, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_)
-    measured ~10 % faster training here. Returns False where it does not apply (non-glibc).
+    took the original recipe from 3,480-3,710 to 3,700-4,060 windows/s on a 2-core AMD EPYC
+    (2026-11-26, BENCHMARKS.md). Returns False where it does not apply (non-glibc).
     """
     if not sys.platform.startswith("linux"):
         return False
