@@ -51,8 +51,8 @@ def main() -> None:
     sample_text()
     sample_s = r.clock() - t2
     r.report(
-        train_s=train_s * (calls * cfg.steps_per_call * r.BATCH) / windows,
-        steps=calls * cfg.steps_per_call, first_s=t1 - t0, sample_s=sample_s,
+        train_s=train_s, steps=calls * cfg.steps_per_call, windows=windows, first_s=t1 - t0,
+        sample_s=sample_s,
         train=f"charjax-train's loop: jitted chunks of {cfg.steps_per_call} steps on "
         f"{len(jax.devices())} {jax.devices()[0].platform} device(s)",
         sample="charjax-sample: 400 stateful steps in one jitted call (lax.scan)",

@@ -59,11 +59,12 @@ def versions(*names: str) -> dict:
 
 
 def report(*, train_s: float, steps: int, first_s: float, sample_s: float, train: str,
-           sample: str, packages: dict) -> None:  # fmt: skip
-    """Print the peer's one JSON line: training windows/s over the timed steps, the seconds of
-    the warm-up steps (compile included), one 400-char sample's milliseconds, what each does."""
+           sample: str, packages: dict, windows: int | None = None) -> None:  # fmt: skip
+    """Print the peer's one JSON line: training windows/s over the timed steps (`windows`
+    trained, by default `steps` full batches), the seconds of the warm-up steps (compile
+    included), one 400-char sample's milliseconds, and what each does."""
     print(json.dumps({
-        "train_windows_per_s": steps * BATCH / train_s,
+        "train_windows_per_s": (windows or steps * BATCH) / train_s,
         "steps": steps,
         "warmup_s": first_s,
         "sample_ms": 1000 * sample_s,
