@@ -73,15 +73,17 @@ def train_run(
     given: dict | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool | None = None,
+    started: float | None = None,
 ) -> tuple[TrainState, list[dict]]:
     """Train epochs up to `cfg.epochs`, saving a checkpoint after each -> (state, metrics list).
 
     `given` holds the flags the user set explicitly; on resume they are checked against and
     applied to the saved config. Lines go to `log` (default: stdout); `progress` turns the live
     progress bar on or off (default: on when stdout is a terminal and `log` is not given).
-    Ctrl-C saves the epoch so far and raises `Interrupted`.
+    Ctrl-C saves the epoch so far and raises `Interrupted`. `started`: when the command began,
+    on time.perf_counter()'s clock (default: now), what --minutes and `wall_s` count from.
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     cfg.check()
     primary = parallel.is_primary()
     if not primary:  # in a multi-process run only process 0 talks

@@ -16,13 +16,15 @@ TIMINGS = budget.Timings(chunk=2.0, chunks=10, validation=5.0, samples=2.0, save
 
 def test_the_count_is_the_most_epochs_that_fit_after_the_setup():
     assert TIMINGS.epoch == 28.0
-    assert budget.choose(20, TIMINGS) == (1200 - 40) // 28 == 41
+    spare = 28 * (1 + budget.MARGIN)  # an epoch as the choice counts it
+    assert budget.choose(20, TIMINGS) == int((1200 - 40) // spare) == 40  # not 41 = 1160 // 28
     assert budget.choose(1, TIMINGS) == 0  # 60 s: 20 left, not one epoch
     assert budget.choose(40 / 60, TIMINGS) == 0  # nothing left after the setup
-    assert budget.choose(68 / 60, TIMINGS) == 1  # exactly one
-    assert budget.message(20, 41, TIMINGS) == (
-        "20 minutes fit 41 epochs of ~28 s here (after 40 s of compiling and timing); the "
-        "same run again: --epochs 41"
+    assert budget.choose((40 + spare) / 60, TIMINGS) == 1  # exactly one
+    assert budget.choose((40 + 28) / 60, TIMINGS) == 0  # one, without its spare: not chosen
+    assert budget.message(20, 40, TIMINGS) == (
+        "20 minutes fit 40 epochs of ~28 s here (after 40 s of compiling and timing); the "
+        "same run again: --epochs 40"
     )
 
 
@@ -52,12 +54,12 @@ def test_a_run_with_minutes_is_the_run_of_the_epochs_it_chose_and_records_them(
     three = budget.Timings(chunk=1.0, chunks=4, validation=1.0, samples=0.0, save=1.0, spent=0.0)
     _patched(monkeypatch, three)
     lines = []
-    timed, history = runner.train_run(cfg.replace(minutes=0.3), tmp_path / "timed",
+    timed, history = runner.train_run(cfg.replace(minutes=0.32), tmp_path / "timed",
                                       log=lines.append)  # fmt: skip
-    assert "0.3 minutes fit 3 epochs of ~6 s here" in lines[0] and "--epochs 3" in lines[0]
+    assert "0.32 minutes fit 3 epochs of ~6 s here" in lines[0] and "--epochs 3" in lines[0]
     assert [m["epoch"] for m in history] == [1, 2, 3]
     saved = RunDir(tmp_path / "timed").meta().cfg
-    assert (saved.epochs, saved.minutes) == (3, 0.3)
+    assert (saved.epochs, saved.minutes) == (3, 0.32)
     counted, _ = runner.train_run(cfg.replace(epochs=3), tmp_path / "counted", log=quiet)
     assert same_trees(timed, counted)
     assert not (tmp_path / "timed" / budget.PROBE_FOLDER).exists()
@@ -67,8 +69,8 @@ def test_a_resumed_run_keeps_its_count_and_refuses_a_new_budget(tiny_cfg, tmp_pa
     cfg = tiny_cfg.replace(schedule="cosine", temperatures=(), minutes=1.0)
     three = budget.Timings(chunk=1.0, chunks=5, validation=0.0, samples=0.0, save=0.0, spent=0.0)
     calls = []
-    _patched(monkeypatch, budget.Timings(**{**three.__dict__, "chunk": 4.0}), calls)
-    whole, _ = runner.train_run(cfg, tmp_path / "whole", log=quiet)  # 60 s / 20 s: 3 epochs
+    _patched(monkeypatch, budget.Timings(**{**three.__dict__, "chunk": 3.8}), calls)
+    whole, _ = runner.train_run(cfg, tmp_path / "whole", log=quiet)  # 60 s / 19 s: 3 epochs
     assert RunDir(tmp_path / "whole").meta().cfg.epochs == 3
 
     finish = runner._finish_epoch
@@ -82,7 +84,7 @@ def test_a_resumed_run_keeps_its_count_and_refuses_a_new_budget(tiny_cfg, tmp_pa
     with pytest.raises(Interrupted):
         runner.train_run(cfg, tmp_path / "split", log=quiet)
     monkeypatch.setattr(runner, "_finish_epoch", finish)
-    _patched(monkeypatch, three, calls)  # a resume that timed again would choose 12 epochs
+    _patched(monkeypatch, three, calls)  # a resume that timed again would choose 11 epochs
     with pytest.raises(CharjaxError, match="--minutes chooses the epoch count of a new run"):
         runner.train_run(cfg, tmp_path / "split", resume=True, given={"minutes": 2.0}, log=quiet)
     resumed, history = runner.train_run(cfg, tmp_path / "split", resume=True, given={},
