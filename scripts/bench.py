@@ -1,7 +1,6 @@
-"""Benchmark charjax (training, sampling, memory; the device check); `--help` for flags.
-
-The benchmarks live in the repository's `benchmarks/` folder, not in the installed package:
-run this script from a checkout (any working directory)."""
+"""Benchmark charjax (training, sampling, memory, beside its peers; the device check); `--help`
+for flags. The same program as the installed `charjax-bench`; this script runs it from a
+checkout (any working directory) without the install."""
 
 import sys
 from pathlib import Path

@@ -29,7 +29,7 @@ def train_parser() -> argparse.ArgumentParser:
         default=None,
         help="a named recipe; flags given beside it override its values. original: the Keras "
         "example (the defaults); quality: the lowest held-out loss measured in 20 minutes of a "
-        "2-core CPU (2x256 layer-normalised LSTM on carried streams of 25 chars, dropout 0.2, "
+        "2-core CPU (2x256 layer-normalised LSTM on carried streams of 25 chars, dropout 0.3, "
         "weight-drop 0.2, Adam 1e-2 with warm-up and cosine decay, clip 5, --keep-best), "
         "trained for --minutes 20: the epochs that fit 20 minutes here; "
         "long-streams: two LSTM(256) layers on streams of 100 chars, dropout 0.3, Adam 3e-3, "
