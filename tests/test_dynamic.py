@@ -98,7 +98,7 @@ def test_rms_dynamic_evaluation_adapts_to_a_repeating_text_and_is_static_at_rate
 
 
 def test_settings_are_the_rules_defaults_unless_given_and_tuning_takes_no_rates():
-    assert dynamic.settings() == (3e-4, 0.05, "rms") and dynamic.DEFAULT_RULE == "rms"
+    assert dynamic.settings() == (3e-4, 0.1, "rms") and dynamic.DEFAULT_RULE == "rms"
     assert dynamic.settings("sgd") == (0.2, 0.0, "sgd")
     assert dynamic.settings("sgd", 0.5) == (0.5, 0.0, "sgd")
     assert dynamic.settings("rms", None, 0.1) == (3e-4, 0.1, "rms")
@@ -115,7 +115,7 @@ def test_settings_are_the_rules_defaults_unless_given_and_tuning_takes_no_rates(
 STATIC = 3.4115436833079267
 RECORDED = {
     "sgd": (3.3795297696040225, 0.2, 0.0, []),
-    "rms": (3.414028662901658, 3e-4, 0.05, []),
+    "rms": (3.4141592403034586, 3e-4, 0.1, []),
     "sgd tuned": (3.3644075026878943, 0.3, 0.0, [
         3.3960603206001934, 3.3655328127607027, 3.3269929071167605, 3.295178331921448,
     ]),
