@@ -54,14 +54,14 @@ def test_the_harness_runs_each_peer_in_its_own_process_in_rounds(tmp_path, monke
     ours = standin("charjax", 4000, 8, log)
     other = standin("other", 2000, 160, log)
     lines = []
-    sitting = harness.compare([ours, other], 2, 30, log=lines.append)
+    comparison = harness.compare([ours, other], 2, 30, log=lines.append)
     assert log.read_text().split() == ["charjax", "other", "charjax", "other"]
-    assert sitting["steps"] == 30 and len(sitting["runs"]["other"]) == 2
-    assert sitting["peers"]["other"]["charjax_train_x"] == 2.0
-    assert sitting["peers"]["other"]["charjax_sample_x"] == 20.0
+    assert comparison["steps"] == 30 and len(comparison["runs"]["other"]) == 2
+    assert comparison["peers"]["other"]["charjax_train_x"] == 2.0
+    assert comparison["peers"]["other"]["charjax_sample_x"] == 20.0
     assert lines[0].startswith("round 1/2 charjax label: 4,000 windows/s")
     table = lines[-1]
-    machine = sitting["host"]
+    machine = comparison["host"]
     assert machine["cores"] >= 1 and isinstance(machine["avx512"], bool)
     assert ("with AVX-512" if machine["avx512"] else "without AVX-512") in table
     assert "medians of 2 round(s), interleaved" in table
@@ -100,7 +100,7 @@ def _installed(*modules: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _installed("torch", "keras", "tensorflow"),
                     reason="the [peers] extra is not installed")  # fmt: skip
-def test_the_real_peers_train_and_sample_in_a_sitting(tmp_path):
+def test_the_real_peers_train_and_sample_in_one_comparison(tmp_path):
     out = tmp_path / "peers.json"
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.cli", "--peers", "torch,keras-tf,keras-jax",
@@ -108,8 +108,8 @@ def test_the_real_peers_train_and_sample_in_a_sitting(tmp_path):
         capture_output=True, text=True, cwd=harness.ROOT, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    sitting = json.loads(out.read_text())
-    assert set(sitting["peers"]) == set(PEERS)
-    for name, s in sitting["peers"].items():
+    comparison = json.loads(out.read_text())
+    assert set(comparison["peers"]) == set(PEERS)
+    for name, s in comparison["peers"].items():
         assert s["train_windows_per_s"] > 0 and s["sample_ms"] > 0, name
     assert "PyTorch nn.LSTM" in done.stdout and "Keras 3 on TensorFlow" in done.stdout

@@ -1,5 +1,5 @@
 """`charjax-bench --peers NAMES --rounds R`: charjax and each named peer, interleaved (A B C D
-A B C D), each run a process of its own, then the medians and ratios of that one sitting with
+A B C D), each run a process of its own, then the medians and ratios of that one comparison with
 the host they were measured on.
 
 `schedule` orders the runs, `run_peer` starts one and reads its JSON line, `summarize` takes
@@ -107,7 +107,7 @@ def host() -> dict:
 
 
 def table(summary: dict, machine: dict, peers: list[Peer], rounds: int) -> str:
-    """The sitting as text: the host, then one row a peer (medians, charjax's ratios)."""
+    """The comparison as text: the host, then one row a peer (medians, charjax's ratios)."""
     avx = "with" if machine["avx512"] else "without"
     lines = [
         f"{machine['cpu']}, {machine['cores']} cores, {avx} AVX-512; Python "
@@ -133,7 +133,7 @@ def table(summary: dict, machine: dict, peers: list[Peer], rounds: int) -> str:
 
 def compare(peers: list[Peer], rounds: int, steps: int, *, log=print,
             runner: Callable = subprocess.run) -> dict:  # fmt: skip
-    """Run the schedule, say each run as it ends, and return the sitting: host, rounds,
+    """Run the schedule, say each run as it ends, and return the comparison: host, rounds,
     steps, each run's figures and the summary."""
     results: dict[str, list[dict]] = {p.name: [] for p in peers}
     for number, peer in schedule(peers, rounds):
