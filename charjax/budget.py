@@ -60,7 +60,7 @@ def fitted(minutes: float, timings: Timings) -> int:
     """`choose`, or a one-line error naming the budget that one epoch needs."""
     n = choose(minutes, timings)
     if n < 1:
-        need = math.ceil((timings.spent + timings.epoch) / 60)
+        need = math.ceil((timings.spent + timings.epoch * (1 + MARGIN)) / 60)
         raise CharjaxError(
             f"--minutes {minutes:g} fits no whole epoch here: one takes "
             f"~{_seconds(timings.epoch)} s after {timings.spent:.0f} s of compiling and timing; "
