@@ -68,10 +68,10 @@ def test_device_check_writes_its_json_on_cpu(nietzsche_dir, tmp_path):
 
 def test_device_check_refuses_a_part_it_does_not_have(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # main asks for devices
-    with pytest.raises(SystemExit) as stop:
-        cli.main(["--device-check", str(tmp_path / "out"), "--parts", "sampling,no_such_part"])
-    assert stop.value.code == 2 and not (tmp_path / "out").exists()
+    code = cli.main(["--device-check", str(tmp_path / "out"), "--parts", "sampling,no_such_part"])
+    assert code == 2 and not (tmp_path / "out").exists()
     err = capsys.readouterr().err
+    assert err.startswith("charjax-bench: error: ") and err.count("\n") == 1
     assert "no part named no_such_part" in err and "long_streams" in err
 
 
