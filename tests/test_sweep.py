@@ -48,9 +48,13 @@ def test_sweep_runs_each_recipe_and_tabulates_best_first(tmp_path, capsys):
 def test_only_names_unknown_recipes(tmp_path, capsys):
     recipes = tmp_path / "recipes.txt"
     recipes.write_text("a --hidden 8\n")
-    with pytest.raises(SystemExit):
-        sweep.main([str(recipes), "--only", "a,zz"])
-    assert "no recipe named zz" in capsys.readouterr().err
+    assert sweep.main([str(recipes), "--only", "a,zz"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("charjax-sweep: error: --only: no recipe named zz") and err.count("\n") == 1
+    )
+    assert sweep.main([str(recipes), "--job", "2"]) == 2  # never abbreviated, a guess offered
+    assert "did you mean --jobs?" in capsys.readouterr().err
 
 
 # A stand-in for charjax-train: one epoch at once, then it waits; SIGINT saves a second and ends.
