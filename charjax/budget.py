@@ -99,32 +99,28 @@ def probe(this, mesh, folder, started: float, score) -> Timings:
     save = _time_save(this, folder) * (2 if cfg.keep_best else 1)
     figures = np.array([chunk, chunks, validation, samples, save,
                         time.perf_counter() - started])  # fmt: skip
-    figures = _from_process_0(figures)
+    figures = parallel.from_process_0(figures)
     return Timings(float(figures[0]), int(figures[1]), *map(float, figures[2:]))
 
 
 def _time_chunks(this, mesh) -> tuple[float, int]:
     """(median seconds of a chunk after the first, chunks in an epoch), from chunks of epoch 1
-    trained on a copy of the initial state (the copy's buffers are donated, not the run's)."""
+    trained on a copy of the initial state (the copy's buffers are donated, not the run's).
+    Each chunk is waited for by `epoch.iterate`. An epoch of one chunk has only its first
+    time, compile included: an upper bound."""
     copy = jax.tree.map(jnp.copy, this.state)
     chunks = epochs.iterate(copy, this.corpus.ids, this.split, this.keys.data, 1, this.cfg,
                             mesh, context=this.context)  # fmt: skip
-    times, measured, total = [], 0.0, 1
+    times, total = [], 1
     t0 = time.perf_counter()
-    for i, done in enumerate(chunks):
-        jax.block_until_ready(done.state)
+    for done in chunks:
         now = time.perf_counter()
-        total = done.chunks
-        if i > 0:  # the first chunk compiles
-            times.append(now - t0)
-            measured += now - t0
-        t0 = now
-        if len(times) >= PROBE_CHUNKS and measured >= PROBE_SECONDS:
+        times.append(now - t0)  # times[0]: the first chunk, which compiles
+        t0, total = now, done.chunks
+        if len(times) > PROBE_CHUNKS and sum(times[1:]) >= PROBE_SECONDS:
             break
-    if not times:  # an epoch of one chunk: its one time, compile included, is an upper bound
-        times = [measured or time.perf_counter() - t0]
     chunks.close()
-    return float(np.median(times)), total
+    return float(np.median(times[1:] or times)), total
 
 
 def _twice(work) -> float:
@@ -150,12 +146,3 @@ def _time_save(this, folder) -> float:
         if parallel.is_primary():
             shutil.rmtree(where, ignore_errors=True)
     return seconds
-
-
-def _from_process_0(values: np.ndarray) -> np.ndarray:
-    """Process 0's `values` in every process of a multi-process run (as they are with one)."""
-    if jax.process_count() == 1:
-        return values
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.broadcast_one_to_all(values))

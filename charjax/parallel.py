@@ -114,6 +114,16 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def from_process_0(values: np.ndarray) -> np.ndarray:
+    """Process 0's `values` in every process of a multi-process run (as they are with one):
+    e.g. timings that every process must act on alike."""
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(values))
+
+
 def data_mesh(devices=None) -> Mesh:
     """A 1-D mesh over `devices` (default: every device of every process)."""
     return Mesh(np.array(devices if devices is not None else jax.devices()), (AXIS,))

@@ -126,3 +126,17 @@ def test_the_probe_times_the_run_without_touching_it(tiny_cfg, tmp_path):
     assert float(this.state.params["dense"]["bias"].sum()) == 0.0  # alive, untrained
     assert [p.name for p in folder.directory.iterdir() if not p.name.startswith(".lock")] == []
     folder.close()
+
+
+def test_an_epoch_of_one_chunk_is_timed_by_that_chunk_compile_included(tiny_cfg, tmp_path):
+    """With nothing after the first chunk to time, its own time (compile included) is the
+    estimate: an upper bound, never the ~0 s of an empty measurement. A chunk size no other
+    test uses, so its compile is this test's."""
+    from charjax import parallel, run
+
+    cfg = tiny_cfg.replace(steps_per_call=997)
+    folder = RunDir(tmp_path / "run")
+    this = run.fresh(cfg, folder)
+    chunk, chunks = budget._time_chunks(this, parallel.data_mesh())
+    assert chunks == 1 and chunk > 0.05  # a compile takes longer than 50 ms
+    folder.close()

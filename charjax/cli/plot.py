@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from charjax.cli.common import Parser, checkpoint_dir_flag
+from charjax.plot import BY
 
 
 def plot_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def plot_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--by",
-        choices=("minutes", "epoch"),
+        choices=BY,
         default="minutes",
         help="with --runs: against each run's wall minutes or its epochs (default: minutes)",
     )
