@@ -5,6 +5,7 @@ runs it (jitted chunks of 10 steps on the host's devices), and `charjax-sample`'
 
 from __future__ import annotations
 
+from benchmarks.environment import versions
 from benchmarks.peers import recipe as r
 
 
@@ -19,6 +20,7 @@ def main() -> None:
     import jax
 
     from benchmarks.measure import default_corpus, training, windows_of
+    from benchmarks.timing import time_calls
     from charjax import model, sample, step
     from charjax.config import Config
 
@@ -28,35 +30,24 @@ def main() -> None:
     state = step.init_state(jax.random.key(0), text.vocab.size, cfg)
     chunks = training(cfg, text.ids, len(text.ids), state, jax.random.key(1),
                       parallel.data_mesh())  # fmt: skip
+    # the first call (one chunk: more than the warm-up steps) compiles and is timed apart
     calls = max(1, args.steps // cfg.steps_per_call)
-    t0 = r.clock()
-    for _ in range(max(1, r.WARMUP_STEPS // cfg.steps_per_call)):
-        jax.block_until_ready(next(chunks))
-    t1 = r.clock()
-    windows = sum(windows_of(jax.block_until_ready(next(chunks))) for _ in range(calls))
-    train_s = r.clock() - t1
+    trained = time_calls(lambda: next(chunks), 1, calls=calls, work=windows_of)
 
     spec = model.Spec.of(Config(), text.vocab.size)
     net = model.Model(spec, spec.init(jax.random.key(0)))
     settings = sample.Settings((r.TEMPERATURE,), r.SAMPLE_CHARS)
     keys = itertools.count()
-
-    def sample_text():
-        out = sample.generate(net, r.prime(text.ids), jax.random.key(next(keys)), settings,
-                              mode="stateful", maxlen=cfg.maxlen)  # fmt: skip
-        return jax.block_until_ready(out)
-
-    sample_text()  # compiles
-    t2 = r.clock()
-    sample_text()
-    sample_s = r.clock() - t2
+    sampled = time_calls(lambda: sample.generate(
+        net, r.prime(text.ids), jax.random.key(next(keys)), settings, mode="stateful",
+        maxlen=cfg.maxlen), 1)  # fmt: skip
     r.report(
-        train_s=train_s, steps=calls * cfg.steps_per_call, windows=windows, first_s=t1 - t0,
-        sample_s=sample_s,
+        train_s=trained.seconds[0], steps=calls * cfg.steps_per_call, windows=trained.work[0],
+        first_s=trained.first_s, sample_s=sampled.seconds[0],
         train=f"charjax-train's loop: jitted chunks of {cfg.steps_per_call} steps on "
         f"{len(jax.devices())} {jax.devices()[0].platform} device(s)",
         sample="charjax-sample: 400 stateful steps in one jitted call (lax.scan)",
-        packages=r.versions("jax", "jaxlib", "flax", "optax"),
+        packages=versions("jax", "jaxlib", "flax", "optax"),
     )  # fmt: skip
 
 

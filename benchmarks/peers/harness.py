@@ -16,12 +16,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from benchmarks.child import ROOT  # the repository: `python -m benchmarks...` runs here
+from benchmarks.environment import cpu
 from benchmarks.peers import PEERS, Peer
 from charjax.errors import CharjaxError
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository: `python -m benchmarks...` runs here
 INSTALL = "pip install -e '.[peers]'"
 
 
@@ -88,19 +88,11 @@ def summarize(results: dict[str, list[dict]]) -> dict:
 
 def host() -> dict:
     """The machine: CPU model, cores, AVX-512 or not, Python, date."""
-    model, flags = platform.processor() or "unknown CPU", ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        model = next(ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                     if ln.startswith("model name"))  # fmt: skip
-        flags = next((ln for ln in info.splitlines() if ln.startswith("flags")), "")
-    except (OSError, StopIteration):
-        pass
+    model, avx512 = cpu()
     return {
         "cpu": model,
         "cores": os.cpu_count(),
-        "avx512": " avx512f" in flags,
+        "avx512": avx512,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
     }

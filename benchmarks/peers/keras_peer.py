@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from benchmarks.environment import versions
 from benchmarks.peers import recipe as r
 
 
@@ -70,7 +71,7 @@ def main() -> None:
         train_s=train_s, steps=args.steps, first_s=warm - t0, sample_s=sample_s,
         train=f"model.fit(batch_size=128) on one-hot windows, {backend} backend",
         sample="the book's loop: model.predict on the last 60 chars one-hot, once a char",
-        packages=r.versions("keras", "tensorflow-cpu" if backend == "tensorflow" else "jax"),
+        packages=versions("keras", "tensorflow-cpu" if backend == "tensorflow" else "jax"),
     )  # fmt: skip
 
 

@@ -8,7 +8,6 @@ import argparse
 import json
 import platform
 import time
-from importlib import metadata
 
 import numpy as np
 
@@ -46,16 +45,6 @@ def batches(ids: np.ndarray, count: int, seed: int = 0) -> list[tuple[np.ndarray
 
 def prime(ids: np.ndarray) -> np.ndarray:
     return ids[:MAXLEN]
-
-
-def versions(*names: str) -> dict:
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
 
 
 def report(*, train_s: float, steps: int, first_s: float, sample_s: float, train: str,

@@ -6,6 +6,7 @@ carried, under `torch.no_grad()`. `python -m benchmarks.peers.torch_peer --steps
 
 from __future__ import annotations
 
+from benchmarks.environment import versions
 from benchmarks.peers import recipe as r
 
 
@@ -70,7 +71,7 @@ def main() -> None:
         train="nn.LSTM + nn.Linear, one-hot input, a Python loop of optimizer steps "
         f"({torch.get_num_threads()} threads)",
         sample="nn.LSTM stepped one char at a time, (h, c) carried, torch.no_grad()",
-        packages=r.versions("torch"),
+        packages=versions("torch"),
     )  # fmt: skip
 
 
