@@ -6,9 +6,10 @@ in the forked process, never here).
 Each request on stdin is one JSON line: {"syscalls": "openat,...", "inject": "error=EIO:when=3"
 or a folder (a count: the trace of each target goes there), "targets": ["RunDir.save_epoch:1",
 ...] (the Nth call of Owner.method is traced), "command": "train", "argv": [...], "out": path,
-"err": path}. It answers with the forked process's exit status in a line (-9: killed after
-3 minutes, hung). strace counts the Nth call of a syscall from the start of the traced call,
-per thread and per syscall, not from the start of Python."""
+"err": path, "strace": path (strace's own messages)}. It answers with the forked process's
+exit status in a line (-9: killed after 3 minutes, hung). strace counts the Nth call of a
+syscall from the start of the traced call, per thread and per syscall, not from the start of
+Python."""
 
 import ctypes
 import json
@@ -59,8 +60,9 @@ def wait_until_traced(tracer: subprocess.Popen) -> None:
         sys.exit("strace did not attach to the process (is ptrace allowed?)")
 
 
-def traced(call, nth: int, syscalls: str, strace_out: list):
-    """`call` with strace attached during its `nth` call."""
+def traced(call, nth: int, syscalls: str, strace_out: list, log: str = os.devnull):
+    """`call` with strace attached during its `nth` call; strace's own messages go to `log`
+    (not the command's stderr, which the tests read)."""
     calls = [0]
 
     def run(*args, **kw):
@@ -68,7 +70,8 @@ def traced(call, nth: int, syscalls: str, strace_out: list):
         if calls[0] != nth:
             return call(*args, **kw)
         trace = ["strace", "-f", "-qq", "-e", f"trace={syscalls}", *strace_out]
-        tracer = subprocess.Popen([*trace, "-p", str(os.getpid())])
+        with open(log, "a") as messages:
+            tracer = subprocess.Popen([*trace, "-p", str(os.getpid())], stderr=messages)
         wait_until_traced(tracer)
         try:
             return call(*args, **kw)
@@ -95,7 +98,7 @@ def command(request: dict) -> int:
         else:
             out = ["-o", os.devnull, "-e", f"inject={syscalls}:{inject}"]
         call = getattr(OWNERS[owner], method)
-        setattr(OWNERS[owner], method, traced(call, int(nth), syscalls, out))
+        setattr(OWNERS[owner], method, traced(call, int(nth), syscalls, out, request["strace"]))
     return getattr(cli, f"{request['command']}_main")(request["argv"])
 
 
