@@ -5,6 +5,7 @@ What `charjax-sample` and `charjax-score` do, minus the printing.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +85,17 @@ def load(directory, epoch: int | None = None, best: bool = False) -> SavedModel:
         checkpoints = folder if best else folder.checkpoints
         part = "ema" if cfg.ema else "params"
         if partial is not None:
-            return SavedModel(checkpoints.restore_partial_params(like, part), meta)
-        return SavedModel(checkpoints.restore_params(like, meta.epoch, part), meta)
-    finally:
-        folder.close()
+            saved = SavedModel(checkpoints.restore_partial_params(like, part), meta)
+        else:
+            saved = SavedModel(checkpoints.restore_params(like, meta.epoch, part), meta)
+    except BaseException:
+        # the failure in flight is the one to report: a close that fails after it (orbax
+        # waiting on its threads of the failed read) must not take its place
+        with contextlib.suppress(Exception):
+            folder.close()
+        raise
+    folder.close()
+    return saved
 
 
 def check_temperatures(temperatures) -> None:

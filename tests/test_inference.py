@@ -39,6 +39,32 @@ def test_a_model_is_read_without_its_optimizer(tiny_cfg, tmp_path, monkeypatch):
     jax.clear_caches()
 
 
+def test_a_failed_read_is_reported_even_when_closing_the_folder_fails(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    """The read's own error is the one a command reports, not a failure of the close after it;
+    after a good read, a failed close is no success."""
+    from charjax.checkpoint import Checkpoints, ReadFailed
+
+    runner.train_run(tiny_cfg.replace(epochs=1, temperatures=()), tmp_path, log=quiet)
+    closed = []
+
+    def refused_read(self, *args, **kw):
+        raise ReadFailed(f"could not read epoch 1 in {self.directory}: Input/output error")
+
+    def failed_close(self):
+        closed.append(self.directory)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Checkpoints, "close", failed_close)
+    with pytest.raises(OSError, match="Input/output"):
+        inference.load(tmp_path)  # the read went well: the close's failure is the news
+    monkeypatch.setattr(Checkpoints, "restore_params", refused_read)
+    with pytest.raises(ReadFailed, match="could not read epoch 1"):
+        inference.load(tmp_path)
+    assert closed == [tmp_path.absolute()] * 2  # closed after each read, good or failed
+
+
 @pytest.mark.slow  # compiles and runs for more than ~10 s on a 2-core host
 def test_an_interrupted_first_epoch_is_read_until_a_whole_one_is_saved(
     tiny_cfg, tmp_path, monkeypatch, capsys
