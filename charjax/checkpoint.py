@@ -18,6 +18,7 @@ the errors of its abandoned reads and writes) out of their output at start-up
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -54,6 +55,20 @@ def remove_unfinished(directory: Path) -> None:
     for path in found:
         if TMP_SUFFIX in path.name:
             shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def closed_after(thing):
+    """`thing`, closed when the block ends. Where the block failed, that failure is the one
+    raised: a close failing after it (orbax waiting on the threads of a failed read) is
+    dropped instead of taking its place; after a block that went well, a failed close raises."""
+    try:
+        yield thing
+    except BaseException:
+        with contextlib.suppress(Exception):
+            thing.close()
+        raise
+    thing.close()
 
 
 def _manager(directory: Path, keep: int, create: bool) -> ocp.CheckpointManager:
@@ -276,12 +291,9 @@ class Checkpoints:
 
     def restore_partial_params(self, like_params, part: str = "params"):
         """`restore_params` of the interrupted epoch."""
-        manager = self._partial_manager()
-        try:
+        with closed_after(self._partial_manager()) as manager:
             where = f"the interrupted epoch in {self.directory}"
             return _restore_params(manager, manager.latest_step(), like_params, part, where)
-        finally:
-            manager.close()
 
     # An epoch interrupted part-way: at most one, kept apart from the complete epochs.
     def _partial_manager(self, create: bool = False) -> ocp.CheckpointManager | None:
@@ -312,22 +324,17 @@ class Checkpoints:
         manager = self._partial_manager()
         if manager is None:
             return None
-        try:
+        with closed_after(manager):
             step = manager.latest_step()
             if step is None:
                 return None
             return _read_meta(manager, step, f"the interrupted epoch in {self.directory}")
-        finally:
-            manager.close()
 
     def restore_partial(self, like, sharding=None):
         """The state of the interrupted epoch, shaped like `like`."""
-        manager = self._partial_manager()
-        try:
+        with closed_after(self._partial_manager()) as manager:
             where = f"the interrupted epoch in {self.directory}"
             return _restore(manager, manager.latest_step(), like, sharding, where)[0]
-        finally:
-            manager.close()
 
     def set_aside(self, epoch: int | None, move: bool = True) -> Path:
         """Rename a damaged checkpoint (None: the interrupted epoch's folder) to

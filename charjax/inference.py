@@ -5,7 +5,6 @@ What `charjax-sample` and `charjax-score` do, minus the printing.
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 
 from charjax import corpus, evaluate, model, objective, sample, stream
 from charjax import dynamic as dynamic_evaluation
-from charjax.checkpoint import Checkpoints
+from charjax.checkpoint import Checkpoints, closed_after
 from charjax.errors import CharjaxError
 from charjax.run_dir import BEST, Meta, RunDir
 
@@ -75,7 +74,7 @@ def load(directory, epoch: int | None = None, best: bool = False) -> SavedModel:
     else:
         folder = RunDir(directory, create=False)
         get_meta = folder.meta
-    try:
+    with closed_after(folder):
         # a run interrupted in its first epoch: that epoch so far, until a whole one is saved
         partial = None if best or epoch is not None or folder.epochs() else folder.partial()
         meta = partial or get_meta(epoch)
@@ -85,17 +84,8 @@ def load(directory, epoch: int | None = None, best: bool = False) -> SavedModel:
         checkpoints = folder if best else folder.checkpoints
         part = "ema" if cfg.ema else "params"
         if partial is not None:
-            saved = SavedModel(checkpoints.restore_partial_params(like, part), meta)
-        else:
-            saved = SavedModel(checkpoints.restore_params(like, meta.epoch, part), meta)
-    except BaseException:
-        # the failure in flight is the one to report: a close that fails after it (orbax
-        # waiting on its threads of the failed read) must not take its place
-        with contextlib.suppress(Exception):
-            folder.close()
-        raise
-    folder.close()
-    return saved
+            return SavedModel(checkpoints.restore_partial_params(like, part), meta)
+        return SavedModel(checkpoints.restore_params(like, meta.epoch, part), meta)
 
 
 def check_temperatures(temperatures) -> None:
