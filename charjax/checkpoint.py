@@ -312,11 +312,11 @@ class Checkpoints:
             _raise_save_failed(e, what, self.directory / PARTIAL, _needed_bytes(state))
         failed = True
         try:
-            _save(manager, step, state, meta, what)
-            failed = False
+            with closed_after(manager):
+                _save(manager, step, state, meta, what)
+                failed = False
         finally:
-            manager.close()
-            if failed:  # what its writes still in flight left
+            if failed:  # what its writes still in flight left, once the manager is closed
                 remove_unfinished(self.directory / PARTIAL)
 
     def partial_meta(self) -> dict | None:

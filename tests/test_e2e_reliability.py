@@ -300,12 +300,13 @@ def test_kill_fuzz_many_sigkills_some_inside_saves_lose_nothing(long_text, tmp_p
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.time() + (60 if kills % 2 == 1 else rng.uniform(2.0, 4.5))
+        in_save = kills % 2 == 1  # this kill waits for a save to start
+        deadline = time.time() + (60 if in_save else rng.uniform(2.0, 4.5))
         while time.time() < deadline and proc.poll() is None:
-            if kills % 2 == 1 and _saving(ck, launched):
+            if in_save and _saving(ck, launched):
                 inside_saves += 1
                 break
-            time.sleep(0.001 if kills % 2 == 1 else 0.05)
+            time.sleep(0.001 if in_save else 0.05)
         if proc.poll() is not None:  # it finished before the kill: nothing left to fuzz
             assert proc.returncode == 0, proc.stderr.read()
             break

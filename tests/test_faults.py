@@ -8,7 +8,6 @@ A damaged epoch is one line per process of a two-process resume, and `--debug` s
 details."""
 
 import collections
-import itertools
 import json
 import os
 import re
@@ -217,24 +216,27 @@ def _faulted(runs, server, counts, case, command: str, argv: list, tmp_path):
     if n is None:
         pytest.skip(f"{op} has fewer calls than values of N: each is a case already")
     inject = f"error={error}:when={n}"
-    for attempt in itertools.count():  # again, on a fresh copy, where strace lost track
+    for attempt in range(3):  # again, on a fresh copy, where strace lost track
         run = tmp_path / f"run{attempt}"
         shutil.copytree(runs[0], run)
         done = _driven(server, [phase], FILE_OPS[op], inject, command, argv, run)
-        if LOST_TRACK not in done.strace or attempt == 2:
-            break
-    assert LOST_TRACK not in done.strace, f"strace lost track three times: {done.strace}"
-    return run, done, n
+        if LOST_TRACK not in done.strace:
+            return run, done, n
+    pytest.fail(f"strace lost track three times: {done.strace}")
 
 
-def _checked_outcome(done, prog: str, op: str, n: int, again) -> None:
-    """`_check_outcome`; where it fails, the message ends with the traceback of the same case
-    run again with --debug (`again(["--debug"])` -> its `Done`)."""
+def _faulted_and_checked(runs, server, counts, case, command: str, argv: list, tmp_path):
+    """`_faulted`, its outcome checked by `_check_outcome`; where that fails, the message ends
+    with the traceback of the same case run again with --debug."""
+    run, done, n = _faulted(runs, server, counts, case, command, argv, tmp_path)
     try:
-        _check_outcome(done, prog, op, n)
+        _check_outcome(done, f"charjax-{command}", case[1], n)
     except AssertionError as e:
-        debug = again(["--debug"])[1].stderr
-        raise AssertionError(f"{e}\n--- the same case with --debug:\n{debug[-4000:]}") from None
+        again = _faulted(runs, server, counts, case, command, [*argv, "--debug"],
+                         tmp_path / "debug")  # fmt: skip
+        debug = again[1].stderr[-4000:]
+        raise AssertionError(f"{e}\n--- the same case with --debug:\n{debug}") from None
+    return run, done, n
 
 
 SAVES = _cases(EPOCH, SAVE_OPS, ["EIO", "ENOSPC"]) + _cases(PARTIAL, SAVE_OPS, ["ENOSPC", "EIO"])
@@ -249,10 +251,7 @@ def test_a_failed_file_operation_is_one_line_and_resume_ends_as_if_none_failed(
 ):
     _, reference, cfg, _ = runs
     case = (phase, op, error, index)
-    run, done, n = _faulted(runs, server, counts, case, "train", TRAIN, tmp_path)
-    again = lambda more: _faulted(runs, server, counts, case, "train", [*TRAIN, *more],  # noqa: E731
-                                  tmp_path / "debug")  # fmt: skip
-    _checked_outcome(done, "charjax-train", op, n, again)
+    run, done, n = _faulted_and_checked(runs, server, counts, case, "train", TRAIN, tmp_path)
     saved = Checkpoints(run)
     try:  # epoch 1, saved before, is intact: it restores and its digests verify
         like = state_shape(len(saved.meta(1)["vocab"]), cfg)
@@ -277,10 +276,7 @@ def test_a_failed_read_of_sample_or_score_is_one_line(
     _, _, cfg, _ = runs
     argv = ["--length", "5"] if command == "sample" else []
     case = (PARAMS, op, error, index)
-    run, done, n = _faulted(runs, server, counts, case, command, argv, tmp_path)
-    again = lambda more: _faulted(runs, server, counts, case, command, [*argv, *more],  # noqa: E731
-                                  tmp_path / "debug")  # fmt: skip
-    _checked_outcome(done, f"charjax-{command}", op, n, again)
+    run, done, n = _faulted_and_checked(runs, server, counts, case, command, argv, tmp_path)
     if done.returncode:  # the OS's error, not damage: the checkpoint is left as it is
         assert f"error: could not read epoch 1 in {run}: " in done.stderr, done.stderr
     saved = Checkpoints(run)

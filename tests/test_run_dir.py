@@ -71,6 +71,35 @@ def test_epochs_partials_and_metrics_in_one_folder(tmp_path):
     run_dir.lock_directory(tmp_path / "run").close()  # released
 
 
+def test_a_failed_save_of_an_interrupted_epoch_is_reported_though_its_close_fails(
+    tmp_path, monkeypatch
+):
+    """The save's own one-line failure is what the run reports, not the orbax manager's close
+    failing after it, and the unfinished folder is still removed; a close that fails after a
+    good save is no success."""
+    import orbax.checkpoint as ocp
+
+    from charjax import checkpoint
+
+    def failed_write(*args, **kw):
+        (tmp_path / "run" / "partial" / "2.orbax-checkpoint-tmp").mkdir(parents=True)
+        raise checkpoint.SaveFailed("could not save epoch 1 so far: Input/output error")
+
+    def failed_close(self):
+        raise OSError(5, "Input/output error")
+
+    folder = RunDir(tmp_path / "run")
+    monkeypatch.setattr(ocp.CheckpointManager, "close", failed_close)
+    with pytest.raises(OSError, match="Input/output"):
+        folder.save_partial(_state(), dataclasses.replace(META, epoch=1))
+    monkeypatch.setattr(checkpoint, "_save", failed_write)
+    with pytest.raises(checkpoint.SaveFailed, match="could not save epoch 1 so far"):
+        folder.save_partial(_state(), dataclasses.replace(META, epoch=1))
+    assert not list((tmp_path / "run").rglob("*.orbax-checkpoint-tmp"))
+    monkeypatch.undo()
+    folder.close()
+
+
 def test_a_failed_start_removes_only_the_folders_it_made(tmp_path):
     made = RunDir(tmp_path / "new" / "run", lock=True)
     assert made.created == tmp_path / "new"
