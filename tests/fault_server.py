@@ -11,75 +11,21 @@ exit status in a line (-9: killed after 3 minutes, hung). strace counts the Nth 
 syscall from the start of the traced call, per thread and per syscall, not from the start of
 Python."""
 
-import ctypes
 import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 
 import jax  # noqa: F401  (imported here, once)
 import orbax.checkpoint  # noqa: F401
+from tracing import allow_tracing, traced
 
 from charjax import checkpoint, cli, inference, run_dir, runner  # noqa: F401
 from charjax.cli import sample, score, train  # noqa: F401
 
 OWNERS = {"RunDir": run_dir.RunDir, "Checkpoints": checkpoint.Checkpoints}
-PR_SET_PTRACER, PTRACER_ANY = 0x59616D61, ctypes.c_ulong(-1)  # Yama: let strace attach
-
-
-def wait_until_traced(tracer: subprocess.Popen) -> None:
-    """Wait until strace has attached to every thread. In a thread of its own: strace counts per
-    thread, so these reads spend no count of the threads that save or restore (an injected
-    error here only means that strace is there)."""
-
-    def traced(task):
-        try:
-            with open(f"/proc/self/task/{task}/status") as status:
-                return "TracerPid:\t0\n" not in status.read()
-        except OSError:
-            return False
-
-    def poll():
-        while time.monotonic() < deadline and tracer.poll() is None:
-            try:
-                if all(traced(task) for task in os.listdir("/proc/self/task")):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.01)
-
-    deadline = time.monotonic() + 60
-    poller = threading.Thread(target=poll)
-    poller.start()
-    poller.join()
-    if time.monotonic() >= deadline or tracer.poll() is not None:
-        sys.exit("strace did not attach to the process (is ptrace allowed?)")
-
-
-def traced(call, nth: int, syscalls: str, strace_out: list, log: str = os.devnull):
-    """`call` with strace attached during its `nth` call; strace's own messages go to `log`
-    (not the command's stderr, which the tests read)."""
-    calls = [0]
-
-    def run(*args, **kw):
-        calls[0] += 1
-        if calls[0] != nth:
-            return call(*args, **kw)
-        trace = ["strace", "-f", "-qq", "-e", f"trace={syscalls}", *strace_out]
-        with open(log, "a") as messages:
-            tracer = subprocess.Popen([*trace, "-p", str(os.getpid())], stderr=messages)
-        wait_until_traced(tracer)
-        try:
-            return call(*args, **kw)
-        finally:
-            tracer.terminate()
-            tracer.wait()
-
-    return run
 
 
 def command(request: dict) -> int:
@@ -89,7 +35,7 @@ def command(request: dict) -> int:
         file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(file, fd)
         os.close(file)
-    ctypes.CDLL(None).prctl(PR_SET_PTRACER, PTRACER_ANY, 0, 0, 0)
+    allow_tracing()
     syscalls, inject = request["syscalls"], request["inject"]
     for target in request["targets"]:
         owner, method, nth = re.match(r"(\w+)\.(\w+):(\d+)$", target).groups()

@@ -8,6 +8,7 @@ A damaged epoch is one line per process of a two-process resume, and `--debug` s
 details."""
 
 import collections
+import errno
 import json
 import os
 import re
@@ -352,3 +353,52 @@ def test_a_damaged_epoch_is_one_line_per_process_of_a_two_process_resume(runs, t
     assert f"resuming from epoch 1 in {run}" in out0
     assert all(line.startswith("[Gloo] ") for line in out1.splitlines()), out1  # not charjax's
     assert Checkpoints(run).epochs() == [1, 2] and (run / "2.damaged").is_dir()
+
+
+# A process that comes back late from each of its own reads (os.read sleeps first): strace has
+# attached by then, so a read of the harness's own while it starts strace would be the one failed
+START_LATE = """
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+from tracing import allow_tracing, traced
+
+real_read = os.read
+def late_read(*args):
+    time.sleep(0.5)
+    return real_read(*args)
+os.read = late_read
+ran = []
+def read_of(path):
+    ran.append(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 100).decode()
+    finally:
+        os.close(fd)
+allow_tracing()
+inject = ["-o", os.devnull, "-e", "inject=read:error=EIO:when=1"]
+try:
+    traced(read_of, 1, "read", inject, log=sys.argv[2])(sys.argv[3])
+    error = None
+except OSError as e:
+    error = e.errno
+print(json.dumps({"calls": len(ran), "error": error, "after": read_of(sys.argv[3])}))
+"""
+
+
+@pytest.mark.slow
+def test_strace_fails_the_traced_calls_read_however_late_the_process_is(tmp_path):
+    """The harness starts strace without a read of its own that strace, attaching first, would
+    fail: the first read strace fails is the traced call's, and the harness's messages stay
+    out of the process's stderr."""
+    _strace()
+    (tmp_path / "file").write_text("contents")
+    log = tmp_path / "strace.log"
+    done = subprocess.run(
+        [sys.executable, "-c", START_LATE, str(Path(__file__).parent), str(log),
+         str(tmp_path / "file")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert json.loads(done.stdout) == {"calls": 1, "error": errno.EIO, "after": "contents"}
+    assert log.read_text() == ""
