@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from charjax.bench.cli import main  # noqa: E402 (after the path is set)
+from benchmarks.cli import main  # noqa: E402 (after the path is set)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 #   bash scripts/gpu_check.sh [OUT_DIR]     (default: $OUT, else ./device-check)
 # Installs the project without dependencies (the machine has jax with CUDA, flax, optax,
 # orbax), prints the versions, then runs `python scripts/bench.py --device-check` (see
-# charjax/bench/device_check.py): everything lands in OUT_DIR/device_check.json and
+# benchmarks/device_check.py): everything lands in OUT_DIR/device_check.json and
 # OUT_DIR/device_check.log.
 # The Nietzsche corpus must be reachable: CHARJAX_DATA_DIR, the cache, or a download.
 set -u

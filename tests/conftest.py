@@ -14,6 +14,7 @@ need the corpus sit in both tiers: without it, the fast tier fails as well."""
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 # float32 matmuls default to TF32 (10-bit mantissas), so the tests ask for full float32. No
 # effect on CPU.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+# The benchmarks are not installed: their tests import them from the repository root (last on
+# the path, so that an installed charjax still comes first).
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+
 from util import TINY_TEXT  # noqa: E402  (after the environment above)
 
 from charjax.config import Config  # noqa: E402

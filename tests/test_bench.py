@@ -1,4 +1,4 @@
-"""The benchmarks (`charjax/bench/`, charjax-bench): the timing helper, the child
+"""The benchmarks (`benchmarks/`, run by scripts/bench.py): the timing helper, the child
 processes, the preset timings, and the device check on CPU (a few steps), so that it cannot rot
 between runs on an accelerator."""
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from charjax.bench import child, cli, device_check, timing
+from benchmarks import child, cli, device_check, timing
 from charjax.config import PRESETS, Config
 
 
@@ -114,7 +114,7 @@ def test_preset_timing_trains_the_preset_with_its_masks(
 def test_cell_timing_trains_each_cell_of_the_preset(nietzsche_dir, tmp_path, capsys, monkeypatch):
     """`scripts/bench.py --cells` times --preset quality with each variant of `CELL_VARIANTS`
     (here two of them), each training its own cell."""
-    from charjax.bench import measure
+    from benchmarks import measure
 
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # main asks for devices
     two = {name: measure.CELL_VARIANTS[name] for name in ("lstm, autodiff", "lnlstm")}

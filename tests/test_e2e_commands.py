@@ -329,7 +329,7 @@ def test_console_scripts_name_mains_of_the_installed_packages():
     packages = re.findall(r'"([\w.]+)"', re.search(r"^packages = \[(.*)\]$", text, re.M)[1])
     names = {name for name, _, _ in entries}
     assert {"charjax-train", "charjax-sweep", "charjax-bench"} <= names
-    assert {"charjax", "charjax.bench", "charjax.bench.peers"} <= set(packages)
+    assert {"benchmarks", "benchmarks.peers", "charjax"} <= set(packages)
     for name, module, function in entries:
         assert module in packages or module.rpartition(".")[0] in packages, name
         assert callable(getattr(importlib.import_module(module), function)), name

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from charjax.bench import cli
-from charjax.bench.peers import PEERS, Peer, harness
+from benchmarks import cli
+from benchmarks.peers import PEERS, Peer, harness
 from charjax.errors import CharjaxError
 
 TESTS = Path(__file__).resolve().parent
@@ -103,7 +103,7 @@ def _installed(*modules: str) -> bool:
 def test_the_real_peers_train_and_sample_in_one_comparison(tmp_path):
     out = tmp_path / "peers.json"
     done = subprocess.run(
-        [sys.executable, "-m", "charjax.bench.cli", "--peers", "torch,keras-tf,keras-jax",
+        [sys.executable, "-m", "benchmarks.cli", "--peers", "torch,keras-tf,keras-jax",
          "--rounds", "1", "--steps", "10", "--json", str(out)],
         capture_output=True, text=True, cwd=harness.ROOT, timeout=600,
     )  # fmt: skip

@@ -2,12 +2,12 @@
 last step into `nn.Linear`, cross-entropy, `torch.optim.RMSprop` (alpha 0.9, eps 1e-7; PyTorch
 adds eps outside the square root, Keras 3 inside: the same work), a plain training loop on all
 of the host's cores. Sampling: 400 chars one at a time through `nn.LSTM` with its (h, c)
-carried, under `torch.no_grad()`. `python -m charjax.bench.peers.torch_peer --steps N`."""
+carried, under `torch.no_grad()`. `python -m benchmarks.peers.torch_peer --steps N`."""
 
 from __future__ import annotations
 
-from charjax.bench.environment import versions
-from charjax.bench.peers import recipe as r
+from benchmarks.environment import versions
+from benchmarks.peers import recipe as r
 
 
 def main() -> None:

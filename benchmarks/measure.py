@@ -8,8 +8,8 @@ import itertools
 
 import jax
 
+from benchmarks.timing import time_calls, time_rounds
 from charjax import corpus, epoch, model, objective, parallel, run, sample, step
-from charjax.bench.timing import time_calls, time_rounds
 from charjax.config import PRESETS, Config
 
 

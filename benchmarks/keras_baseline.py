@@ -1,6 +1,6 @@
 """The original recipe in Keras 3 on its JAX backend: windows/s over STEPS `train_on_batch`
 calls, median of 3, compile apart. Run in its own process (`child.keras`): `python -m
-charjax.bench.keras_baseline STEPS` prints one JSON line."""
+benchmarks.keras_baseline STEPS` prints one JSON line."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ def keras_baseline(steps: int) -> dict:
     import keras  # a dev extra: imported only here, in its own process
     import numpy as np
 
+    from benchmarks.measure import default_corpus
+    from benchmarks.timing import time_calls
     from charjax import batching
-    from charjax.bench.measure import default_corpus
-    from charjax.bench.timing import time_calls
 
     cfg, text = default_corpus()
     vocab = text.vocab.size

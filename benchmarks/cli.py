@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
         "--peers",
         metavar="NAME,...",
         help="instead: charjax beside these peers (torch, keras-tf, keras-jax: the original "
-        "recipe as each framework's user writes it, charjax/bench/peers/), each run a process of "
+        "recipe as each framework's user writes it, benchmarks/peers/), each run a process of "
         "its own, interleaved; medians and charjax's ratios with the host (needs pip install "
         "-e '.[peers]')",
     )
@@ -95,8 +95,8 @@ def bench(args: argparse.Namespace) -> int:
     if args.peers:
         return peers(args)
     if args.corpus_chars:
-        from charjax.bench import scale
-        from charjax.bench.environment import environment
+        from benchmarks import scale
+        from benchmarks.environment import environment
 
         sizes = [int(float(n)) for n in args.corpus_chars.split(",") if n.strip()]
         results = {**environment(), "corpus_scale": scale.run(sizes, args.corpus_dir)}
@@ -105,7 +105,7 @@ def bench(args: argparse.Namespace) -> int:
     parallel.request_cpu_devices()  # before jax starts its backends
     parallel.tune_host_malloc()
     if args.device_check:
-        from charjax.bench import device_check
+        from benchmarks import device_check
 
         only = args.parts.split(",") if args.parts else None
         device_check.check(Path(args.device_check), args.quick, not args.quick, only)
@@ -117,7 +117,7 @@ def bench(args: argparse.Namespace) -> int:
 
 def peers(args) -> int:
     """--peers: charjax and the named peers interleaved, in processes of their own."""
-    from charjax.bench.peers import harness
+    from benchmarks.peers import harness
 
     chosen = harness.peers_named(args.peers)
     if args.rounds < 1 or args.steps < 10:
@@ -131,8 +131,8 @@ def peers(args) -> int:
 
 def preset(args) -> dict:
     """--preset NAME: the preset's training chars/s on one and on all devices."""
-    from charjax.bench import measure
-    from charjax.bench.environment import environment
+    from benchmarks import measure
+    from benchmarks.environment import environment
 
     steps, repeats = (10, 2) if args.quick else (100, 5)
     results = {**environment(), **measure.bench_preset(args.preset, steps, repeats)}
@@ -148,8 +148,8 @@ def preset(args) -> dict:
 
 def cells(args) -> dict:
     """--cells: --preset quality's training chars/s with each cell."""
-    from charjax.bench import measure
-    from charjax.bench.environment import environment
+    from benchmarks import measure
+    from benchmarks.environment import environment
 
     steps, repeats = (10, 2) if args.quick else (30, 3)
     results = {**environment(), **measure.bench_cells(steps, repeats)}
@@ -161,8 +161,8 @@ def cells(args) -> dict:
 
 def default(args) -> dict:
     """The default recipe: training, sampling, peak RSS, and the Keras baseline if asked."""
-    from charjax.bench import child, measure
-    from charjax.bench.environment import environment
+    from benchmarks import child, measure
+    from benchmarks.environment import environment
 
     results = environment()
     steps, repeats = (60, 3) if args.quick else (300, 3)

@@ -16,7 +16,7 @@ from charjax import parallel
 from charjax.cli import train_command
 from charjax.config import Config
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository: `python -m charjax.bench...` runs here
+ROOT = Path(__file__).resolve().parents[1]  # the repository: `python -m benchmarks...` runs here
 
 
 def wait(process: subprocess.Popen, every: float = 0.01) -> float:
@@ -76,6 +76,6 @@ def keras(steps: int) -> dict:
     Keras user has it (JAX's default devices) -> its `keras_*` figures."""
     flags = os.environ.get("XLA_FLAGS", "").split()
     plain = " ".join(f for f in flags if not f.startswith(parallel.DEVICE_COUNT_FLAG))
-    command = [sys.executable, "-m", "charjax.bench.keras_baseline", str(steps)]
+    command = [sys.executable, "-m", "benchmarks.keras_baseline", str(steps)]
     out, _ = run(command, env={"XLA_FLAGS": plain})
     return json.loads(out.strip().splitlines()[-1])

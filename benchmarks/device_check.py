@@ -23,13 +23,13 @@ import time
 import traceback
 from pathlib import Path
 
-from charjax.bench import measure
-from charjax.bench.environment import environment
-from charjax.bench.timing import time_calls
+from benchmarks import measure
+from benchmarks.environment import environment
+from benchmarks.timing import time_calls
 from charjax.config import PRESETS, Config
 from charjax.errors import CharjaxError
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository, whose tests run on the device
+ROOT = Path(__file__).resolve().parents[1]  # the repository, whose tests run on the device
 # The tests that must hold on the device (run there as they are, on its default backend).
 DEVICE_TESTS = [
     "tests/test_keras_parity.py",

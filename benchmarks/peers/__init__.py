@@ -22,11 +22,11 @@ class Peer:
 PEERS = {
     peer.name: peer
     for peer in (
-        Peer("charjax", "charjax", "charjax.bench.peers.charjax_peer"),
-        Peer("torch", "PyTorch nn.LSTM", "charjax.bench.peers.torch_peer"),
-        Peer("keras-tf", "Keras 3 on TensorFlow", "charjax.bench.peers.keras_peer",
+        Peer("charjax", "charjax", "benchmarks.peers.charjax_peer"),
+        Peer("torch", "PyTorch nn.LSTM", "benchmarks.peers.torch_peer"),
+        Peer("keras-tf", "Keras 3 on TensorFlow", "benchmarks.peers.keras_peer",
              {"KERAS_BACKEND": "tensorflow"}),
-        Peer("keras-jax", "Keras 3 on JAX", "charjax.bench.peers.keras_peer",
+        Peer("keras-jax", "Keras 3 on JAX", "benchmarks.peers.keras_peer",
              {"KERAS_BACKEND": "jax"}),
     )
 }  # fmt: skip

@@ -17,9 +17,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from charjax.bench.child import ROOT  # the repository: `python -m charjax.bench...` runs here
-from charjax.bench.environment import cpu
-from charjax.bench.peers import PEERS, Peer
+from benchmarks.child import ROOT  # the repository: `python -m benchmarks...` runs here
+from benchmarks.environment import cpu
+from benchmarks.peers import PEERS, Peer
 from charjax.errors import CharjaxError
 
 INSTALL = "pip install -e '.[peers]'"

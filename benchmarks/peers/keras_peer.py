@@ -2,14 +2,14 @@
 (tensorflow or jax): one-hot windows, `LSTM(128)` + softmax `Dense`, RMSprop 0.01,
 `model.fit(batch_size=128)` over the windows (a callback times the batches after the warm-up
 ones). Sampling: the book's loop, `model.predict` on the last 60 chars one-hot, once a char.
-`KERAS_BACKEND=tensorflow python -m charjax.bench.peers.keras_peer --steps N`."""
+`KERAS_BACKEND=tensorflow python -m benchmarks.peers.keras_peer --steps N`."""
 
 from __future__ import annotations
 
 import os
 
-from charjax.bench.environment import versions
-from charjax.bench.peers import recipe as r
+from benchmarks.environment import versions
+from benchmarks.peers import recipe as r
 
 
 def main() -> None:

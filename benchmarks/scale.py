@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.child import high_water_kib, wait
 from charjax import corpus
-from charjax.bench.child import high_water_kib, wait
 from charjax.cli import train_command
 
 SAVE_EVERY = 30  # steps between the mid-epoch saves of a measured run

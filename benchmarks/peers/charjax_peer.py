@@ -1,12 +1,12 @@
 """charjax's side of `charjax-bench --peers`: the original recipe's training as `charjax-train`
 runs it (jitted chunks of 10 steps on the host's devices), and `charjax-sample`'s stateful
 400-char loop (one jitted call), in a process of its own like each peer.
-`python -m charjax.bench.peers.charjax_peer --steps N`."""
+`python -m benchmarks.peers.charjax_peer --steps N`."""
 
 from __future__ import annotations
 
-from charjax.bench.environment import versions
-from charjax.bench.peers import recipe as r
+from benchmarks.environment import versions
+from benchmarks.peers import recipe as r
 
 
 def main() -> None:
@@ -19,9 +19,9 @@ def main() -> None:
 
     import jax
 
+    from benchmarks.measure import default_corpus, training, windows_of
+    from benchmarks.timing import time_calls
     from charjax import model, sample, step
-    from charjax.bench.measure import default_corpus, training, windows_of
-    from charjax.bench.timing import time_calls
     from charjax.config import Config
 
     cfg, text = default_corpus()
