@@ -1,3 +1,3 @@
-"""charjax's benchmarks, run from a checkout by `python scripts/bench.py` (not installed):
+"""charjax's benchmarks, `charjax-bench` (`python scripts/bench.py` in a checkout): the peers,
 training, sampling and memory of the default recipe (`measure`, `child`), a preset on one and on
 all devices, big corpora (`scale`), the device check (`device_check`), all timed by `timing`."""

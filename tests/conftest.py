@@ -32,8 +32,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 # float32 matmuls default to TF32 (10-bit mantissas), so the tests ask for full float32. No
 # effect on CPU.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
-# The benchmarks are not installed: their tests import them from the repository root (last on
-# the path, so that an installed charjax still comes first).
+# The tests import the checkout's `benchmarks` (the repository root last on the path, so that
+# an installed charjax still comes first).
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
