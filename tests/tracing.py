@@ -18,10 +18,11 @@ def allow_tracing() -> None:
 
 
 class Tracer:
-    """strace attached to this process. Started by `os.posix_spawnp`, which returns once strace
-    runs without a syscall of this thread after it: `subprocess.Popen` reads a pipe until the
-    child has started, and where this process is slow to come back from that read, strace has
-    attached first and fails the read itself (it counts from its attach), not the traced call's."""
+    """strace attached to this process. Started by `os.posix_spawnp`, which comes back once
+    strace runs and leaves this thread no syscall to make before the traced call:
+    `subprocess.Popen` reads a pipe until the child has started, and where this process is slow
+    to come back from that read, strace has attached first and fails the read itself (it counts
+    from its attach), not the traced call's."""
 
     def __init__(self, argv: list, log: str):
         with open(log, "a") as messages:  # strace's own messages (not the command's stderr)
